@@ -1,0 +1,62 @@
+# verinfer — everyday tasks. `make demo` and `make test` work on a fresh clone:
+# they create the virtual environment and install the npm dev chains themselves.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
+export PYTHONDONTWRITEBYTECODE := 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+PY_STAMP := $(VENV)/.installed
+NPM_STAMP := node_modules/.installed
+FUZZ_EXAMPLES ?= 3000
+
+.PHONY: setup test fuzz lint fmt demo bench-gas bench-verify compile clean
+
+setup: $(PY_STAMP) $(NPM_STAMP)
+
+$(PY_STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	@touch $@
+
+$(NPM_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+compile: setup
+	ape compile
+
+test: setup
+	ape compile
+	pytest tests -q
+
+# Long stateful fuzzing run of the contracts (make test runs a short one).
+fuzz: setup
+	VERINFER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) pytest tests/contracts/fuzz -q
+
+lint: setup
+	ruff check workers scripts tests
+	ruff format --check workers scripts tests
+	mypy
+	slither contracts/ --config-file slither.config.json
+
+fmt: setup
+	ruff format workers scripts tests
+	ruff check --fix workers scripts tests
+
+demo: setup
+	python scripts/demo.py
+
+bench-gas: setup
+	ape run bench_gas
+
+bench-verify: setup
+	python scripts/bench_verify.py
+
+clean:
+	rm -rf .build .cache $(VENV) node_modules
