@@ -1,0 +1,1073 @@
+# pragma version ~=0.4.3
+# pragma nonreentrancy on
+# pragma experimental-codegen
+# pragma optimize codesize
+"""
+@title verinfer job market
+@license GNU Affero General Public License v3.0 or later
+@notice Model registry, staking registry, client prepaid balances and the job escrow
+        of PROTOCOL.md §2-§4, in one contract so that the hot path (submit, claim,
+        publish, finalize) makes no cross-contract call. Disputes, audits and appeals
+        (§7) live in the court contract, which settles through the `court_*` hooks.
+        Per job, storage holds one word: keccak256(abi_encode(Job)) with its low byte
+        replaced by the status. Callers pass the Job struct back and the market checks it.
+        The owner sets parameters within hard-coded bounds and can never move escrow,
+        stake, balances, bonds or claimable credits.
+"""
+
+from ethereum.ercs import IERC20
+
+from snekmate.auth import ownable
+from snekmate.auth import ownable_2step
+
+from interfaces import IMarket
+
+implements: IMarket
+
+initializes: ownable
+initializes: ownable_2step[ownable := ownable]
+
+exports: ownable_2step.__interface__
+
+
+# ---- constants ----
+MAX_BPS: constant(uint256) = 10_000
+MAX_INPUT_BYTES: constant(uint256) = 8_000
+MAX_INPUT_ABI: constant(uint256) = 8_192
+MAX_PARAMS_ABI: constant(uint256) = 512
+MIN_PARAMS_BYTES: constant(uint256) = 192  # encode_params with no stop tokens
+MAX_OUTPUT_TOKENS: constant(uint256) = 2_048
+MAX_OUTPUT_ABI: constant(uint256) = 8_320  # 4 bytes per token + ciphertext overhead
+MAX_JOB_DURATION: constant(uint256) = 30 * 86_400
+MAX_NODES_PER_MODEL: constant(uint256) = 64
+MAX_MODELS_PER_NODE: constant(uint256) = 16
+MAX_BATCH: constant(uint256) = 32
+STATUS_MASK: constant(uint256) = 255
+HASH_MASK: constant(uint256) = max_value(uint256) - 255
+
+# job status
+ST_NONE: constant(uint256) = 0
+OPEN: constant(uint256) = 1
+CLAIMED: constant(uint256) = 2
+PUBLISHED: constant(uint256) = 3
+VERIFYING: constant(uint256) = 4
+FINALIZED: constant(uint256) = 5
+CANCELLED: constant(uint256) = 6
+EXPIRED: constant(uint256) = 7
+SLASHED: constant(uint256) = 8
+
+# parameter ids for set_param, with hard-coded bounds
+P_FEE_BPS: constant(uint8) = 0
+P_AUDIT_SHARE_BPS: constant(uint8) = 1
+P_CHALLENGE_WINDOW: constant(uint8) = 2
+P_EXCLUSIVE_WINDOW: constant(uint8) = 3
+P_MIN_STAKE: constant(uint8) = 4
+P_COLLATERAL_BPS: constant(uint8) = 5
+P_EXPIRE_PENALTY_BPS: constant(uint8) = 6
+P_UNBONDING_DELAY: constant(uint8) = 7
+
+MAX_FEE_BPS: constant(uint256) = 1_000
+MAX_AUDIT_SHARE_BPS: constant(uint256) = 2_000
+MIN_CHALLENGE_WINDOW: constant(uint256) = 60
+MAX_CHALLENGE_WINDOW: constant(uint256) = 7 * 86_400
+MAX_EXCLUSIVE_WINDOW: constant(uint256) = 3_600
+MIN_MIN_STAKE: constant(uint256) = 1
+MAX_MIN_STAKE: constant(uint256) = 10**30
+MIN_COLLATERAL_BPS: constant(uint256) = 1_000
+MAX_COLLATERAL_BPS: constant(uint256) = 100_000
+MAX_EXPIRE_PENALTY_BPS: constant(uint256) = 10_000
+MIN_UNBONDING_DELAY: constant(uint256) = 3_600
+MAX_UNBONDING_DELAY: constant(uint256) = 30 * 86_400
+
+
+# ---- storage ----
+struct Stake:
+    registered: bool
+    slashed: bool
+    stake: uint256
+    locked: uint256
+    unbonding: uint256
+    unbond_ready_at: uint64
+
+
+struct Profile:
+    pubkey: Bytes[64]
+    endpoint: String[256]
+
+
+token: public(immutable(address))
+court: public(address)
+fee_recipient: public(address)
+
+# parameters (set_param)
+fee_bps: public(uint256)
+audit_share_bps: public(uint256)
+challenge_window: public(uint256)
+exclusive_window: public(uint256)
+min_stake: public(uint256)
+collateral_bps: public(uint256)
+expire_penalty_bps: public(uint256)
+unbonding_delay: public(uint256)
+
+# models
+model_registered: public(HashMap[bytes32, bool])
+_model_nodes: HashMap[bytes32, DynArray[address, MAX_NODES_PER_MODEL]]
+_node_index: HashMap[bytes32, HashMap[address, uint256]]  # 1-based index in _model_nodes
+_node_models: HashMap[address, DynArray[bytes32, MAX_MODELS_PER_NODE]]
+_price: HashMap[address, HashMap[bytes32, uint256]]
+
+# nodes
+_stakes: HashMap[address, Stake]
+_profiles: HashMap[address, Profile]
+total_stake: public(uint256)
+
+# money
+balance_of: public(HashMap[address, uint256])
+claimable: public(HashMap[address, uint256])
+protocol_fees: public(uint256)
+audit_pool: public(uint256)
+court_funds: public(uint256)
+
+# jobs: hash of the Job (low byte cleared) | status
+_jobs: HashMap[uint256, uint256]
+next_job_id: public(uint256)
+
+
+@deploy
+def __init__(token_: address, min_stake_: uint256, fee_recipient_: address):
+    """
+    @notice Deploys the market for one payment/stake token with default parameters.
+    @param token_ The ERC20 that pays jobs and backs stake.
+    @param min_stake_ The minimum bonded stake of an active node.
+    @param fee_recipient_ Receives the protocol fee when the owner withdraws it.
+    """
+    ownable.__init__()
+    ownable_2step.__init__()
+    assert token_ != empty(address), "market: zero token"
+    assert fee_recipient_ != empty(address), "market: zero fee recipient"
+    assert min_stake_ >= MIN_MIN_STAKE and min_stake_ <= MAX_MIN_STAKE, "market: param out of bounds"
+    token = token_
+    self.fee_recipient = fee_recipient_
+    self.fee_bps = 100
+    self.audit_share_bps = 200
+    self.challenge_window = 3_600
+    self.exclusive_window = 60
+    self.min_stake = min_stake_
+    self.collateral_bps = 20_000
+    self.expire_penalty_bps = 5_000
+    self.unbonding_delay = 7 * 86_400
+    self.next_job_id = 1
+
+
+# ---- owner ----
+@external
+def set_court(court: address):
+    """
+    @notice Sets the court contract once (it is deployed after the market).
+    @param court The court address.
+    """
+    ownable._check_owner()
+    assert self.court == empty(address), "market: court already set"
+    assert court != empty(address), "market: zero court"
+    self.court = court
+    log IMarket.CourtSet(court=court)
+
+
+@external
+def set_param(param: uint8, new_value: uint256):
+    """
+    @notice Sets one parameter within its hard-coded bounds (see docs/protocol.md).
+    @param param The parameter id (0 fee_bps .. 7 unbonding_delay).
+    @param new_value The new value.
+    """
+    ownable._check_owner()
+    old: uint256 = 0
+    if param == P_FEE_BPS:
+        assert new_value <= MAX_FEE_BPS, "market: param out of bounds"
+        old = self.fee_bps
+        self.fee_bps = new_value
+    elif param == P_AUDIT_SHARE_BPS:
+        assert new_value <= MAX_AUDIT_SHARE_BPS, "market: param out of bounds"
+        old = self.audit_share_bps
+        self.audit_share_bps = new_value
+    elif param == P_CHALLENGE_WINDOW:
+        assert new_value >= MIN_CHALLENGE_WINDOW and new_value <= MAX_CHALLENGE_WINDOW, "market: param out of bounds"
+        old = self.challenge_window
+        self.challenge_window = new_value
+    elif param == P_EXCLUSIVE_WINDOW:
+        assert new_value <= MAX_EXCLUSIVE_WINDOW, "market: param out of bounds"
+        old = self.exclusive_window
+        self.exclusive_window = new_value
+    elif param == P_MIN_STAKE:
+        assert new_value >= MIN_MIN_STAKE and new_value <= MAX_MIN_STAKE, "market: param out of bounds"
+        old = self.min_stake
+        self.min_stake = new_value
+    elif param == P_COLLATERAL_BPS:
+        assert new_value >= MIN_COLLATERAL_BPS and new_value <= MAX_COLLATERAL_BPS, "market: param out of bounds"
+        old = self.collateral_bps
+        self.collateral_bps = new_value
+    elif param == P_EXPIRE_PENALTY_BPS:
+        assert new_value <= MAX_EXPIRE_PENALTY_BPS, "market: param out of bounds"
+        old = self.expire_penalty_bps
+        self.expire_penalty_bps = new_value
+    elif param == P_UNBONDING_DELAY:
+        assert new_value >= MIN_UNBONDING_DELAY and new_value <= MAX_UNBONDING_DELAY, "market: param out of bounds"
+        old = self.unbonding_delay
+        self.unbonding_delay = new_value
+    else:
+        raise "market: unknown param"
+    log IMarket.ParamChanged(param=param, old_value=old, new_value=new_value)
+
+
+@external
+def set_fee_recipient(recipient: address):
+    """
+    @notice Sets who receives the protocol fee.
+    @param recipient The new fee recipient.
+    """
+    ownable._check_owner()
+    assert recipient != empty(address), "market: zero fee recipient"
+    self.fee_recipient = recipient
+
+
+@external
+def withdraw_fees() -> uint256:
+    """
+    @notice Credits the accrued protocol fee to the fee recipient's claimable balance.
+    @dev Only the fee bucket moves: escrow, stake, balances and bonds are out of reach.
+    @return The amount credited.
+    """
+    ownable._check_owner()
+    amount: uint256 = self.protocol_fees
+    assert amount > 0, "market: no fees"
+    self.protocol_fees = 0
+    self._credit(self.fee_recipient, amount)
+    log IMarket.FeesWithdrawn(recipient=self.fee_recipient, amount=amount)
+    return amount
+
+
+# ---- models ----
+@external
+def register_model(name: String[64], revision: String[64], manifest_hash: bytes32) -> bytes32:
+    """
+    @notice Registers an immutable model spec; permissionless (PROTOCOL §3).
+    @param name The model name, e.g. "verinfer/tiny-llama".
+    @param revision The weights revision.
+    @param manifest_hash keccak256 of the manifest of the model's files.
+    @return model_id = keccak256(abi_encode(name, revision, manifest_hash)).
+    """
+    assert len(name) > 0, "market: empty model name"
+    assert manifest_hash != empty(bytes32), "market: empty manifest hash"
+    model_id: bytes32 = keccak256(abi_encode(name, revision, manifest_hash))
+    assert not self.model_registered[model_id], "market: model exists"
+    self.model_registered[model_id] = True
+    log IMarket.ModelRegistered(
+        model_id=model_id, registrant=msg.sender, name=name, revision=revision,
+        manifest_hash=manifest_hash,
+    )
+    return model_id
+
+
+# ---- nodes and stake ----
+@external
+def register_node(pubkey: Bytes[64], endpoint: String[256]):
+    """
+    @notice Registers the caller as a node.
+    @param pubkey The node's uncompressed secp256k1 public key (64 bytes, x || y), used
+           by clients to encrypt private jobs.
+    @param endpoint Where the node can be reached off chain (may be empty).
+    """
+    assert not self._stakes[msg.sender].registered, "market: node exists"
+    assert len(pubkey) == 64, "market: bad pubkey"
+    self._stakes[msg.sender].registered = True
+    self._profiles[msg.sender] = Profile(pubkey=pubkey, endpoint=endpoint)
+    log IMarket.NodeRegistered(node=msg.sender, pubkey=pubkey, endpoint=endpoint)
+
+
+@external
+def update_node(pubkey: Bytes[64], endpoint: String[256]):
+    """
+    @notice Updates the caller's public key and endpoint.
+    @param pubkey The new 64-byte uncompressed secp256k1 public key.
+    @param endpoint The new endpoint.
+    """
+    self._check_node(msg.sender)
+    assert len(pubkey) == 64, "market: bad pubkey"
+    self._profiles[msg.sender] = Profile(pubkey=pubkey, endpoint=endpoint)
+    log IMarket.NodeUpdated(node=msg.sender, pubkey=pubkey, endpoint=endpoint)
+
+
+@external
+def stake(amount: uint256) -> uint256:
+    """
+    @notice Adds stake; tokens are pulled from the caller (approve the market first).
+    @param amount The amount to transfer in.
+    @return The amount credited (what arrived, for fee-on-transfer tokens).
+    """
+    self._check_node(msg.sender)
+    assert amount > 0, "market: zero amount"
+    received: uint256 = self._pull_tokens(msg.sender, amount)
+    new_stake: uint256 = self._stakes[msg.sender].stake + received
+    self._stakes[msg.sender].stake = new_stake
+    self.total_stake += received
+    log IMarket.Staked(node=msg.sender, amount=received, stake=new_stake)
+    return received
+
+
+@external
+def unbond(amount: uint256):
+    """
+    @notice Starts unbonding free stake; it stays slashable until `complete_unbond`.
+    @dev A new request adds to the pending amount and restarts the delay.
+    @param amount The amount of free (unlocked) stake to unbond.
+    """
+    self._check_node(msg.sender)
+    assert amount > 0, "market: zero amount"
+    s: Stake = self._stakes[msg.sender]
+    assert s.stake - s.locked >= amount, "market: amount exceeds free stake"
+    ready_at: uint64 = convert(block.timestamp + self.unbonding_delay, uint64)
+    self._stakes[msg.sender].stake = s.stake - amount
+    self._stakes[msg.sender].unbonding = s.unbonding + amount
+    self._stakes[msg.sender].unbond_ready_at = ready_at
+    log IMarket.UnbondRequested(
+        node=msg.sender, amount=amount, unbonding=s.unbonding + amount, ready_at=ready_at
+    )
+
+
+@external
+def complete_unbond() -> uint256:
+    """
+    @notice Moves unbonded stake to the caller's claimable balance once the delay passed.
+    @return The amount credited.
+    """
+    amount: uint256 = self._stakes[msg.sender].unbonding
+    assert amount > 0, "market: nothing unbonding"
+    assert block.timestamp >= convert(self._stakes[msg.sender].unbond_ready_at, uint256), "market: unbonding not ready"
+    self._stakes[msg.sender].unbonding = 0
+    self.total_stake -= amount
+    self._credit(msg.sender, amount)
+    log IMarket.Unbonded(node=msg.sender, amount=amount)
+    return amount
+
+
+@external
+def serve_model(model_id: bytes32, price_per_token: uint256):
+    """
+    @notice Declares that the caller serves `model_id` at `price_per_token`, or updates
+            the price; joins the model's active set.
+    @param model_id A registered model id.
+    @param price_per_token Token units charged per output token.
+    """
+    self._check_node(msg.sender)
+    assert self.model_registered[model_id], "market: unknown model"
+    if self._node_index[model_id][msg.sender] == 0:
+        assert len(self._model_nodes[model_id]) < MAX_NODES_PER_MODEL, "market: model node set full"
+        assert len(self._node_models[msg.sender]) < MAX_MODELS_PER_NODE, "market: node serves too many models"
+        self._model_nodes[model_id].append(msg.sender)
+        self._node_index[model_id][msg.sender] = len(self._model_nodes[model_id])
+        self._node_models[msg.sender].append(model_id)
+    self._price[msg.sender][model_id] = price_per_token
+    log IMarket.ModelServed(node=msg.sender, model_id=model_id, price_per_token=price_per_token)
+
+
+@external
+def stop_serving(model_id: bytes32):
+    """
+    @notice Leaves the active set of `model_id`.
+    @param model_id The model to stop serving.
+    """
+    assert self._node_index[model_id][msg.sender] != 0, "market: model not served"
+    self._unserve(msg.sender, model_id)
+    log IMarket.ModelUnserved(node=msg.sender, model_id=model_id)
+
+
+@view
+@external
+def node_info(node: address) -> IMarket.NodeInfo:
+    """
+    @notice Everything known about a node.
+    @param node The node address.
+    @return The node's registration, stake accounting, public key and endpoint.
+    """
+    s: Stake = self._stakes[node]
+    p: Profile = self._profiles[node]
+    return IMarket.NodeInfo(
+        registered=s.registered, slashed=s.slashed, stake=s.stake, locked=s.locked,
+        unbonding=s.unbonding, unbond_ready_at=s.unbond_ready_at, pubkey=p.pubkey,
+        endpoint=p.endpoint,
+    )
+
+
+@view
+@external
+def model_nodes(model_id: bytes32) -> DynArray[address, MAX_NODES_PER_MODEL]:
+    """
+    @notice The active set of a model (nodes that declared they serve it).
+    @param model_id The model id.
+    @return The node addresses, in set order.
+    """
+    return self._model_nodes[model_id]
+
+
+@view
+@external
+def serve_price(node: address, model_id: bytes32) -> uint256:
+    """
+    @notice A node's current price per output token for a model.
+    @param node The node.
+    @param model_id The model.
+    @return The price (0 if not served).
+    """
+    return self._price[node][model_id]
+
+
+@view
+@external
+def is_serving(node: address, model_id: bytes32) -> bool:
+    """
+    @notice Whether `node` is in the active set of `model_id`.
+    @param node The node.
+    @param model_id The model.
+    @return True if the node serves the model.
+    """
+    return self._node_index[model_id][node] != 0
+
+
+@view
+@external
+def is_eligible(node: address, model_id: bytes32) -> bool:
+    """
+    @notice Whether `node` may claim or verify jobs of `model_id` now: registered, not
+            slashed, serving the model, bonded stake at least `min_stake`.
+    @param node The node.
+    @param model_id The model.
+    @return True if eligible.
+    """
+    return self._is_eligible(node, model_id)
+
+
+# ---- balances and pull payments ----
+@external
+def deposit(amount: uint256) -> uint256:
+    """
+    @notice Adds to the caller's prepaid balance (approve the market first).
+    @param amount The amount to transfer in.
+    @return The amount credited (what arrived).
+    """
+    return self._deposit(msg.sender, amount)
+
+
+@external
+def withdraw_deposit(amount: uint256):
+    """
+    @notice Takes part of the caller's prepaid balance back.
+    @param amount The amount to withdraw.
+    """
+    assert amount > 0, "market: zero amount"
+    bal: uint256 = self.balance_of[msg.sender]
+    assert bal >= amount, "market: insufficient balance"
+    self.balance_of[msg.sender] = bal - amount
+    self._push_tokens(msg.sender, amount)
+    log IMarket.DepositWithdrawn(account=msg.sender, amount=amount, balance=bal - amount)
+
+
+@external
+def withdraw() -> uint256:
+    """
+    @notice Pays out everything credited to the caller (earnings, refunds of bonds,
+            rewards, unbonded stake, fees for the fee recipient).
+    @return The amount transferred.
+    """
+    amount: uint256 = self.claimable[msg.sender]
+    assert amount > 0, "market: nothing to withdraw"
+    self.claimable[msg.sender] = 0
+    self._push_tokens(msg.sender, amount)
+    log IMarket.Withdrawn(account=msg.sender, amount=amount)
+    return amount
+
+
+# ---- jobs ----
+@external
+def submit(
+    model_id: bytes32,
+    input: Bytes[MAX_INPUT_ABI],
+    params: Bytes[MAX_PARAMS_ABI],
+    max_payment: uint256,
+    preferred_node: address,
+    claim_deadline: uint64,
+    result_deadline: uint64,
+) -> uint256:
+    """
+    @notice Submits a job paid from the caller's prepaid balance; moves no tokens.
+    @dev The input lives only in calldata and in the JobSubmitted event.
+    @param model_id A registered model.
+    @param input Prompt bytes (or ciphertext for a private job), at most 8,000 bytes.
+    @param params verinfer.digest.encode_params(...) bytes; the first word is max_tokens.
+    @param max_payment The escrow; price = tokens x node price, capped at it.
+    @param preferred_node Node with an exclusive claim window, or empty.
+    @param claim_deadline Last moment to claim (unix seconds, in the future).
+    @param result_deadline Last moment to publish (after claim_deadline).
+    @return The job id.
+    """
+    return self._submit(
+        msg.sender, model_id, input, params, max_payment, preferred_node, claim_deadline,
+        result_deadline,
+    )
+
+
+@external
+def deposit_and_submit(
+    amount: uint256,
+    model_id: bytes32,
+    input: Bytes[MAX_INPUT_ABI],
+    params: Bytes[MAX_PARAMS_ABI],
+    max_payment: uint256,
+    preferred_node: address,
+    claim_deadline: uint64,
+    result_deadline: uint64,
+) -> uint256:
+    """
+    @notice Deposits `amount` and submits a job in one transaction (one-off clients).
+    @param amount Tokens to pull into the caller's balance first.
+    @param model_id A registered model.
+    @param input Prompt bytes (or ciphertext), at most 8,000 bytes.
+    @param params Canonical encoded sampling parameters.
+    @param max_payment The escrow.
+    @param preferred_node Node with an exclusive claim window, or empty.
+    @param claim_deadline Last moment to claim.
+    @param result_deadline Last moment to publish.
+    @return The job id.
+    """
+    self._deposit(msg.sender, amount)
+    return self._submit(
+        msg.sender, model_id, input, params, max_payment, preferred_node, claim_deadline,
+        result_deadline,
+    )
+
+
+@external
+def claim(job_id: uint256, job: IMarket.Job):
+    """
+    @notice Claims an open job: the caller must serve the model with enough free stake;
+            `collateral_bps` of the max payment is locked from its stake.
+    @param job_id The job id.
+    @param job The job's fields as last emitted.
+    """
+    self._check_job(job_id, job, OPEN, "market: job not open")
+    j: IMarket.Job = self._claim(job_id, job)
+    self._jobs[job_id] = self._hash(j) | CLAIMED
+
+
+@external
+def publish(
+    job_id: uint256,
+    job: IMarket.Job,
+    output: Bytes[MAX_OUTPUT_ABI],
+    output_tokens: uint32,
+    finish_reason: uint8,
+    result_digest: bytes32,
+):
+    """
+    @notice Publishes the result of a claimed job; opens the challenge window.
+    @param job_id The job id.
+    @param job The job's fields as last emitted.
+    @param output Packed big-endian uint32 token ids, or their ciphertext.
+    @param output_tokens Number of output tokens (priced).
+    @param finish_reason 0 stop, 1 length.
+    @param result_digest The PROTOCOL §5 digest over the plaintext tokens.
+    """
+    self._check_job(job_id, job, CLAIMED, "market: job not claimed")
+    j: IMarket.Job = self._publish(job_id, job, output, output_tokens, finish_reason, result_digest)
+    self._jobs[job_id] = self._hash(j) | PUBLISHED
+
+
+@external
+def claim_and_publish(
+    job_id: uint256,
+    job: IMarket.Job,
+    output: Bytes[MAX_OUTPUT_ABI],
+    output_tokens: uint32,
+    finish_reason: uint8,
+    result_digest: bytes32,
+):
+    """
+    @notice Claims an open job and publishes its result in one transaction (a node that
+            ran a job targeted at it saves a transaction).
+    @param job_id The job id.
+    @param job The job's fields as submitted.
+    @param output Packed token ids or their ciphertext.
+    @param output_tokens Number of output tokens.
+    @param finish_reason 0 stop, 1 length.
+    @param result_digest The §5 digest.
+    """
+    self._check_job(job_id, job, OPEN, "market: job not open")
+    j: IMarket.Job = self._claim(job_id, job)
+    j = self._publish(job_id, j, output, output_tokens, finish_reason, result_digest)
+    self._jobs[job_id] = self._hash(j) | PUBLISHED
+
+
+@external
+def finalize(job_id: uint256, job: IMarket.Job):
+    """
+    @notice Pays a published job once its challenge window has passed; permissionless.
+    @param job_id The job id.
+    @param job The job's fields as last emitted.
+    """
+    self._finalize(job_id, job)
+
+
+@external
+def finalize_many(job_ids: DynArray[uint256, MAX_BATCH], jobs: DynArray[IMarket.Job, MAX_BATCH]):
+    """
+    @notice Finalizes several jobs in one transaction; reverts if any cannot be.
+    @param job_ids The job ids.
+    @param jobs Their fields, in the same order.
+    """
+    assert len(job_ids) == len(jobs), "market: length mismatch"
+    for i: uint256 in range(len(job_ids), bound=MAX_BATCH):
+        self._finalize(job_ids[i], jobs[i])
+
+
+@external
+def expire(job_id: uint256, job: IMarket.Job):
+    """
+    @notice Ends a claimed job whose result deadline passed without a result; the client
+            is refunded and compensated with `expire_penalty_bps` of the collateral.
+    @param job_id The job id.
+    @param job The job's fields as last emitted.
+    """
+    self._check_job(job_id, job, CLAIMED, "market: job not claimed")
+    assert block.timestamp > convert(job.result_deadline, uint256), "market: result deadline not passed"
+    node: address = job.node
+    locked: uint256 = self._stakes[node].locked
+    self._stakes[node].locked = locked - min(locked, job.collateral)
+    stake: uint256 = self._stakes[node].stake
+    penalty: uint256 = min(job.collateral * self.expire_penalty_bps // MAX_BPS, stake)
+    if penalty > 0:
+        self._stakes[node].stake = stake - penalty
+        self.total_stake -= penalty
+        log IMarket.NodeSlashed(node=node, job_id=job_id, amount=penalty, whole_stake=False)
+    refund: uint256 = job.max_payment + penalty
+    self.balance_of[job.client] += refund
+    self._set_status(job_id, EXPIRED)
+    log IMarket.JobExpired(job_id=job_id, node=node, refund=refund, penalty=penalty)
+
+
+@external
+def cancel(job_id: uint256, job: IMarket.Job):
+    """
+    @notice Cancels an open job: by its client at any time, by anyone after the claim
+            deadline. The escrow returns to the client's balance.
+    @param job_id The job id.
+    @param job The job's fields as submitted.
+    """
+    self._check_job(job_id, job, OPEN, "market: job not open")
+    assert msg.sender == job.client or block.timestamp > convert(job.claim_deadline, uint256), "market: claim deadline not passed"
+    self.balance_of[job.client] += job.max_payment
+    self._set_status(job_id, CANCELLED)
+    log IMarket.JobCancelled(job_id=job_id, refund=job.max_payment)
+
+
+@view
+@external
+def job_status(job_id: uint256) -> uint8:
+    """
+    @notice The status of a job (0 none .. 8 slashed).
+    @param job_id The job id.
+    @return The status.
+    """
+    return convert(self._jobs[job_id] & STATUS_MASK, uint8)
+
+
+@view
+@external
+def job_hash(job_id: uint256) -> bytes32:
+    """
+    @notice The stored hash of a job's fields (low byte cleared).
+    @param job_id The job id.
+    @return The hash.
+    """
+    return convert(self._jobs[job_id] & HASH_MASK, bytes32)
+
+
+@pure
+@external
+def hash_job(job: IMarket.Job) -> bytes32:
+    """
+    @notice keccak256(abi_encode(job)) with the low byte cleared, as stored.
+    @param job The job fields.
+    @return The hash.
+    """
+    return convert(self._hash(job), bytes32)
+
+
+# ---- court hooks ----
+@external
+def court_open(job_id: uint256, job: IMarket.Job, payer: address, bond: uint256):
+    """
+    @notice Court only: moves a published job inside its challenge window to VERIFYING,
+            taking `bond` from `payer`'s prepaid balance into the court funds.
+    @param job_id The job id.
+    @param job The job's fields as last emitted.
+    @param payer The challenger (or the keeper starting an audit, with bond 0).
+    @param bond The dispute bond.
+    """
+    self._only_court()
+    self._check_job(job_id, job, PUBLISHED, "market: job not published")
+    assert block.timestamp <= convert(job.published_at, uint256) + self.challenge_window, "market: challenge window closed"
+    if bond > 0:
+        self._take_bond(payer, bond)
+    self._set_status(job_id, VERIFYING)
+    log IMarket.JobVerifying(job_id=job_id, payer=payer, bond=bond)
+
+
+@external
+def court_take_bond(payer: address, amount: uint256):
+    """
+    @notice Court only: moves `amount` from `payer`'s balance into the court funds
+            (appeal bonds).
+    @param payer The account posting the bond.
+    @param amount The bond.
+    """
+    self._only_court()
+    self._take_bond(payer, amount)
+
+
+@external
+def court_resolve(job_id: uint256, job: IMarket.Job, valid: bool) -> uint256:
+    """
+    @notice Court only: settles a verified job. Valid: paid as in finalize. Invalid: the
+            client is refunded in full and the node's whole stake moves to the court funds.
+    @param job_id The job id.
+    @param job The job's fields as last emitted.
+    @param valid The final verdict.
+    @return The amount slashed (0 when valid).
+    """
+    self._only_court()
+    self._check_job(job_id, job, VERIFYING, "market: job not verifying")
+    if valid:
+        self._pay(job_id, job)
+        return 0
+    self.balance_of[job.client] += job.max_payment
+    slashed: uint256 = self._slash(job.node, max_value(uint256), job_id)
+    self._set_status(job_id, SLASHED)
+    log IMarket.JobSlashed(job_id=job_id, node=job.node, refund=job.max_payment, slashed=slashed)
+    return slashed
+
+
+@external
+def court_slash(node: address, amount: uint256, job_id: uint256) -> uint256:
+    """
+    @notice Court only: slashes a verifier. `max_value(uint256)` takes the whole stake and
+            deactivates the node; a smaller amount takes at most the free and unbonding stake.
+    @param node The node to slash.
+    @param amount The penalty.
+    @param job_id The job the penalty relates to (for the event).
+    @return The amount moved into the court funds.
+    """
+    self._only_court()
+    return self._slash(node, amount, job_id)
+
+
+@external
+def court_pay(account: address, amount: uint256):
+    """
+    @notice Court only: pays `amount` of the court funds to `account`'s claimable balance.
+    @param account The receiver.
+    @param amount The amount.
+    """
+    self._only_court()
+    assert self.court_funds >= amount, "market: court funds short"
+    self.court_funds -= amount
+    self._credit(account, amount)
+
+
+@external
+def court_to_audit_pool(amount: uint256):
+    """
+    @notice Court only: moves court funds (e.g. undistributed slash) into the audit pool.
+    @param amount The amount.
+    """
+    self._only_court()
+    assert self.court_funds >= amount, "market: court funds short"
+    self.court_funds -= amount
+    self.audit_pool += amount
+
+
+@external
+def court_pay_from_audit_pool(account: address, amount: uint256) -> uint256:
+    """
+    @notice Court only: pays an audit verifier from the audit pool, at most what it holds.
+    @param account The receiver.
+    @param amount The amount asked.
+    @return The amount paid.
+    """
+    self._only_court()
+    paid: uint256 = min(amount, self.audit_pool)
+    if paid > 0:
+        self.audit_pool -= paid
+        self._credit(account, paid)
+    return paid
+
+
+# ---- internal: jobs ----
+@pure
+@internal
+def _hash(job: IMarket.Job) -> uint256:
+    return convert(keccak256(abi_encode(job)), uint256) & HASH_MASK
+
+
+@view
+@internal
+def _check_job(job_id: uint256, job: IMarket.Job, status: uint256, reason: String[32]):
+    word: uint256 = self._jobs[job_id]
+    if word & STATUS_MASK != status:
+        raise reason
+    assert word & HASH_MASK == self._hash(job), "market: job fields mismatch"
+
+
+@internal
+def _set_status(job_id: uint256, status: uint256):
+    self._jobs[job_id] = (self._jobs[job_id] & HASH_MASK) | status
+
+
+@internal
+def _submit(
+    client: address,
+    model_id: bytes32,
+    input: Bytes[MAX_INPUT_ABI],
+    params: Bytes[MAX_PARAMS_ABI],
+    max_payment: uint256,
+    preferred_node: address,
+    claim_deadline: uint64,
+    result_deadline: uint64,
+) -> uint256:
+    assert max_payment > 0, "market: zero payment"
+    assert self.model_registered[model_id], "market: unknown model"
+    assert len(input) > 0, "market: empty input"
+    assert len(input) <= MAX_INPUT_BYTES, "market: input too large"
+    assert len(params) >= MIN_PARAMS_BYTES, "market: bad params"
+    max_tokens: uint256 = convert(extract32(params, 0), uint256)
+    assert max_tokens > 0 and max_tokens <= MAX_OUTPUT_TOKENS, "market: bad max tokens"
+    assert convert(claim_deadline, uint256) > block.timestamp, "market: claim deadline in past"
+    assert result_deadline > claim_deadline, "market: result deadline before claim deadline"
+    assert convert(result_deadline, uint256) <= block.timestamp + MAX_JOB_DURATION, "market: deadline too far"
+    bal: uint256 = self.balance_of[client]
+    assert bal >= max_payment, "market: insufficient balance"
+    self.balance_of[client] = bal - max_payment
+    job_id: uint256 = self.next_job_id
+    self.next_job_id = job_id + 1
+    job: IMarket.Job = empty(IMarket.Job)
+    job.client = client
+    job.model_id = model_id
+    job.input_hash = keccak256(input)
+    job.params_hash = keccak256(params)
+    job.max_tokens = convert(max_tokens, uint32)
+    job.max_payment = max_payment
+    job.preferred_node = preferred_node
+    job.submitted_at = convert(block.timestamp, uint64)
+    job.claim_deadline = claim_deadline
+    job.result_deadline = result_deadline
+    self._jobs[job_id] = self._hash(job) | OPEN
+    log IMarket.JobSubmitted(
+        job_id=job_id, client=client, model_id=model_id, input=input, params=params,
+        max_tokens=job.max_tokens, max_payment=max_payment, preferred_node=preferred_node,
+        submitted_at=job.submitted_at, claim_deadline=claim_deadline,
+        result_deadline=result_deadline,
+    )
+    return job_id
+
+
+@internal
+def _claim(job_id: uint256, job: IMarket.Job) -> IMarket.Job:
+    assert block.timestamp <= convert(job.claim_deadline, uint256), "market: claim deadline passed"
+    if job.preferred_node != empty(address) and msg.sender != job.preferred_node:
+        assert block.timestamp >= convert(job.submitted_at, uint256) + self.exclusive_window, "market: reserved for preferred node"
+    assert self._stakes[msg.sender].registered, "market: not a node"
+    assert not self._stakes[msg.sender].slashed, "market: node slashed"
+    assert self._node_index[job.model_id][msg.sender] != 0, "market: model not served"
+    stake: uint256 = self._stakes[msg.sender].stake
+    assert stake >= self.min_stake, "market: stake too low"
+    collateral: uint256 = job.max_payment * self.collateral_bps // MAX_BPS
+    locked: uint256 = self._stakes[msg.sender].locked
+    assert stake - locked >= collateral, "market: free stake too low"
+    self._stakes[msg.sender].locked = locked + collateral
+    j: IMarket.Job = job
+    j.node = msg.sender
+    j.price_per_token = self._price[msg.sender][job.model_id]
+    j.collateral = collateral
+    log IMarket.JobClaimed(
+        job_id=job_id, node=msg.sender, price_per_token=j.price_per_token, collateral=collateral
+    )
+    return j
+
+
+@internal
+def _publish(
+    job_id: uint256,
+    job: IMarket.Job,
+    output: Bytes[MAX_OUTPUT_ABI],
+    output_tokens: uint32,
+    finish_reason: uint8,
+    result_digest: bytes32,
+) -> IMarket.Job:
+    assert msg.sender == job.node, "market: not the claimant"
+    assert block.timestamp <= convert(job.result_deadline, uint256), "market: result deadline passed"
+    assert output_tokens <= job.max_tokens, "market: too many output tokens"
+    assert finish_reason <= 1, "market: bad finish reason"
+    assert result_digest != empty(bytes32), "market: empty digest"
+    j: IMarket.Job = job
+    j.output_tokens = output_tokens
+    j.finish_reason = finish_reason
+    j.result_digest = result_digest
+    j.published_at = convert(block.timestamp, uint64)
+    j.published_block = convert(block.number, uint64)
+    log IMarket.ResultPublished(
+        job_id=job_id, node=msg.sender, output=output, output_tokens=output_tokens,
+        finish_reason=finish_reason, result_digest=result_digest, published_at=j.published_at,
+        published_block=j.published_block,
+    )
+    return j
+
+
+@internal
+def _finalize(job_id: uint256, job: IMarket.Job):
+    self._check_job(job_id, job, PUBLISHED, "market: job not published")
+    assert block.timestamp > convert(job.published_at, uint256) + self.challenge_window, "market: challenge window open"
+    self._pay(job_id, job)
+
+
+@internal
+def _pay(job_id: uint256, job: IMarket.Job):
+    """Pays a job whose result stands: node earns, client gets the rest back."""
+    price: uint256 = min(convert(job.output_tokens, uint256) * job.price_per_token, job.max_payment)
+    fee: uint256 = price * self.fee_bps // MAX_BPS
+    audit_share: uint256 = price * self.audit_share_bps // MAX_BPS
+    earned: uint256 = price - fee - audit_share
+    refund: uint256 = job.max_payment - price
+    node: address = job.node
+    locked: uint256 = self._stakes[node].locked
+    self._stakes[node].locked = locked - min(locked, job.collateral)
+    if earned > 0:
+        self.claimable[node] += earned
+    if refund > 0:
+        self.balance_of[job.client] += refund
+    if fee > 0:
+        self.protocol_fees += fee
+    if audit_share > 0:
+        self.audit_pool += audit_share
+    self._set_status(job_id, FINALIZED)
+    log IMarket.JobFinalized(
+        job_id=job_id, node=node, payment=earned, refund=refund, fee=fee, audit_share=audit_share
+    )
+
+
+# ---- internal: nodes ----
+@view
+@internal
+def _check_node(node: address):
+    assert self._stakes[node].registered, "market: not a node"
+    assert not self._stakes[node].slashed, "market: node slashed"
+
+
+@view
+@internal
+def _is_eligible(node: address, model_id: bytes32) -> bool:
+    return (
+        self._stakes[node].registered
+        and not self._stakes[node].slashed
+        and self._node_index[model_id][node] != 0
+        and self._stakes[node].stake >= self.min_stake
+    )
+
+
+@internal
+def _unserve(node: address, model_id: bytes32):
+    idx: uint256 = self._node_index[model_id][node]
+    last: address = self._model_nodes[model_id].pop()
+    if last != node:
+        self._model_nodes[model_id][idx - 1] = last
+        self._node_index[model_id][last] = idx
+    self._node_index[model_id][node] = 0
+    self._price[node][model_id] = 0
+    models: DynArray[bytes32, MAX_MODELS_PER_NODE] = self._node_models[node]
+    for i: uint256 in range(len(models), bound=MAX_MODELS_PER_NODE):
+        if models[i] == model_id:
+            models[i] = models[len(models) - 1]
+            models.pop()
+            break
+    self._node_models[node] = models
+
+
+@internal
+def _slash(node: address, amount: uint256, job_id: uint256) -> uint256:
+    s: Stake = self._stakes[node]
+    taken: uint256 = 0
+    whole: bool = amount == max_value(uint256)
+    if whole:
+        taken = s.stake + s.unbonding
+        self._stakes[node].stake = 0
+        self._stakes[node].locked = 0
+        self._stakes[node].unbonding = 0
+        self._stakes[node].slashed = True
+        served: DynArray[bytes32, MAX_MODELS_PER_NODE] = self._node_models[node]
+        for model_id: bytes32 in served:
+            self._unserve(node, model_id)
+    else:
+        from_free: uint256 = min(amount, s.stake - s.locked)
+        from_unbonding: uint256 = min(amount - from_free, s.unbonding)
+        taken = from_free + from_unbonding
+        self._stakes[node].stake = s.stake - from_free
+        self._stakes[node].unbonding = s.unbonding - from_unbonding
+    self.total_stake -= taken
+    self.court_funds += taken
+    log IMarket.NodeSlashed(node=node, job_id=job_id, amount=taken, whole_stake=whole)
+    return taken
+
+
+# ---- internal: money ----
+@view
+@internal
+def _only_court():
+    assert msg.sender == self.court, "market: not the court"
+
+
+@internal
+def _take_bond(payer: address, amount: uint256):
+    bal: uint256 = self.balance_of[payer]
+    assert bal >= amount, "market: insufficient balance for bond"
+    self.balance_of[payer] = bal - amount
+    self.court_funds += amount
+
+
+@internal
+def _credit(account: address, amount: uint256):
+    self.claimable[account] += amount
+    log IMarket.Credited(account=account, amount=amount)
+
+
+@internal
+def _deposit(account: address, amount: uint256) -> uint256:
+    assert amount > 0, "market: zero amount"
+    received: uint256 = self._pull_tokens(account, amount)
+    bal: uint256 = self.balance_of[account] + received
+    self.balance_of[account] = bal
+    log IMarket.Deposited(account=account, amount=received, balance=bal)
+    return received
+
+
+@internal
+def _pull_tokens(src: address, amount: uint256) -> uint256:
+    """Pulls `amount` from `src`; returns what actually arrived (fee-on-transfer safe)."""
+    before: uint256 = staticcall IERC20(token).balanceOf(self)
+    ok: bool = extcall IERC20(token).transferFrom(src, self, amount, default_return_value=True)
+    assert ok, "market: transferFrom failed"
+    received: uint256 = staticcall IERC20(token).balanceOf(self) - before
+    assert received > 0, "market: nothing received"
+    return received
+
+
+@internal
+def _push_tokens(to: address, amount: uint256):
+    ok: bool = extcall IERC20(token).transfer(to, amount, default_return_value=True)
+    assert ok, "market: transfer failed"
