@@ -1,0 +1,358 @@
+"""Market: the job lifecycle of PROTOCOL §4 (submit, claim, publish, finalize, expire, cancel)."""
+
+from dataclasses import replace
+
+import ape
+import pytest
+from eth_utils import keccak
+
+from tests.contracts.conftest import (
+    CANCELLED,
+    CLAIMED,
+    EXPIRED,
+    FINALIZED,
+    INPUT,
+    MAX_PAYMENT,
+    MIN_STAKE,
+    OPEN,
+    OUTPUT_TOKENS,
+    PARAMS,
+    PRICE,
+    PUBLISHED,
+    UNIT,
+    ZERO,
+    job_after_claim,
+    job_after_publish,
+    job_from_submitted,
+    pack,
+)
+from verinfer.digest import SamplingParams, encode_params, result_digest
+
+PAYMENT = len(OUTPUT_TOKENS) * PRICE  # 64 tokens x price < MAX_PAYMENT
+
+
+# ---- submit ----
+def test_submit__debits_balance_stores_hash_and_logs(market, submit, funded_client, chain):
+    job_id, job, tx = submit()
+    assert job_id == 1 and market.next_job_id() == 2
+    assert market.balance_of(funded_client) == 1_000 * UNIT - MAX_PAYMENT
+    assert market.job_status(job_id) == OPEN
+    assert bytes(market.job_hash(job_id)) == bytes(market.hash_job(job.as_tuple()))
+    [log] = tx.decode_logs(market.JobSubmitted)
+    assert bytes(log.input) == INPUT and bytes(log.params) == PARAMS
+    assert (log.client, log.max_tokens, log.max_payment) == (funded_client, 64, MAX_PAYMENT)
+
+
+def test_deposit_and_submit__one_transaction(market, token, fund, client, registered_model, chain):
+    fund(client, MAX_PAYMENT)
+    now = chain.pending_timestamp
+    tx = market.deposit_and_submit(
+        MAX_PAYMENT, registered_model, INPUT, PARAMS, MAX_PAYMENT, ZERO, now + 60, now + 120,
+        sender=client,
+    )
+    [dep] = tx.decode_logs(market.Deposited)
+    [sub] = tx.decode_logs(market.JobSubmitted)
+    assert dep.amount == MAX_PAYMENT and sub.max_payment == MAX_PAYMENT
+    assert market.balance_of(client) == 0
+    assert token.balanceOf(market) == MAX_PAYMENT
+    assert market.job_status(sub.job_id) == OPEN
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"max_payment": 0}, "market: zero payment"),
+        ({"input_data": b""}, "market: empty input"),
+        ({"input_data": b"x" * 8_001}, "market: input too large"),
+        ({"params": PARAMS[:160]}, "market: bad params"),
+        ({"params": encode_params(SamplingParams(max_tokens=0))}, "market: bad max tokens"),
+        ({"params": encode_params(SamplingParams(max_tokens=2_049))}, "market: bad max tokens"),
+        ({"claim_in": 0}, "market: claim deadline in past"),
+        ({"claim_in": 100, "result_in": 100}, "market: result deadline before claim deadline"),
+        ({"result_in": 30 * 86_400 + 1}, "market: deadline too far"),
+        ({"max_payment": 1_000 * UNIT + 1}, "market: insufficient balance"),
+    ],
+)
+def test_submit__bad_input__reverts_and_keeps_balance(market, submit, funded_client, kwargs, reason):
+    with ape.reverts(reason):
+        submit(**kwargs)
+    assert market.balance_of(funded_client) == 1_000 * UNIT
+    assert market.next_job_id() == 1
+
+
+def test_submit__unknown_model__reverts(market, funded_client, chain):
+    now = chain.pending_timestamp
+    with ape.reverts("market: unknown model"):
+        market.submit(keccak(b"x"), INPUT, PARAMS, 1, ZERO, now + 9, now + 99, sender=funded_client)
+
+
+# ---- claim ----
+def test_claim__locks_collateral_and_logs(market, submit, claim, staked_node):
+    job_id, job, _ = submit()
+    job, tx = claim(job_id, job, staked_node)
+    assert market.job_status(job_id) == CLAIMED
+    assert market.node_info(staked_node).locked == 2 * MAX_PAYMENT
+    assert bytes(market.job_hash(job_id)) == bytes(market.hash_job(job.as_tuple()))
+    [log] = tx.decode_logs(market.JobClaimed)
+    assert (log.node, log.price_per_token, log.collateral) == (staked_node, PRICE, 2 * MAX_PAYMENT)
+
+
+def test_claim__twice__reverts(market, submit, claim, staked_node, make_node, verifiers):
+    job_id, job, _ = submit()
+    claim(job_id, job, staked_node)
+    other = make_node(verifiers[0])
+    with ape.reverts("market: job not open"):
+        market.claim(job_id, job.as_tuple(), sender=other)
+
+
+def test_claim__with_wrong_fields__reverts(market, submit, staked_node):
+    job_id, job, _ = submit()
+    with ape.reverts("market: job fields mismatch"):
+        market.claim(job_id, replace(job, max_payment=1).as_tuple(), sender=staked_node)
+
+
+def test_claim__after_claim_deadline__reverts(market, submit, staked_node, chain):
+    job_id, job, _ = submit()
+    chain.pending_timestamp = job.claim_deadline + 1
+    with ape.reverts("market: claim deadline passed"):
+        market.claim(job_id, job.as_tuple(), sender=staked_node)
+
+
+def test_claim__by_other_inside_exclusive_window__reverts(
+    market, submit, claim, staked_node, make_node, verifiers, chain
+):
+    preferred = make_node(verifiers[0])
+    job_id, job, _ = submit(preferred=preferred.address)
+    with ape.reverts("market: reserved for preferred node"):
+        market.claim(job_id, job.as_tuple(), sender=staked_node)
+    chain.pending_timestamp = job.submitted_at + 60
+    job, _ = claim(job_id, job, staked_node)
+    assert job.node == staked_node
+
+
+def test_claim__by_non_node__reverts(market, submit, keeper):
+    job_id, job, _ = submit()
+    with ape.reverts("market: not a node"):
+        market.claim(job_id, job.as_tuple(), sender=keeper)
+
+
+def test_claim__when_model_not_served__reverts(market, submit, fund, node_op):
+    job_id, job, _ = submit()
+    market.register_node(b"\x01" * 64, "", sender=node_op)
+    with ape.reverts("market: model not served"):
+        market.claim(job_id, job.as_tuple(), sender=node_op)
+
+
+def test_claim__when_stake_too_low__reverts(market, submit, make_node, node_op):
+    make_node(node_op, stake=MIN_STAKE - 1)
+    job_id, job, _ = submit()
+    with ape.reverts("market: stake too low"):
+        market.claim(job_id, job.as_tuple(), sender=node_op)
+
+
+def test_claim__when_free_stake_too_low__reverts(market, submit, make_node, node_op):
+    make_node(node_op, stake=MIN_STAKE)
+    job_id, job, _ = submit(max_payment=MIN_STAKE // 2 + 1)
+    with ape.reverts("market: free stake too low"):
+        market.claim(job_id, job.as_tuple(), sender=node_op)
+
+
+# ---- publish ----
+def test_publish__records_result_and_logs(market, submit, claim, publish, staked_node, chain):
+    job_id, job, _ = submit()
+    job, _ = claim(job_id, job, staked_node)
+    job, tx = publish(job_id, job, staked_node)
+    assert market.job_status(job_id) == PUBLISHED
+    assert bytes(market.job_hash(job_id)) == bytes(market.hash_job(job.as_tuple()))
+    [log] = tx.decode_logs(market.ResultPublished)
+    assert bytes(log.output) == pack(OUTPUT_TOKENS)
+    assert (log.node, log.output_tokens, log.finish_reason) == (staked_node, 64, 1)
+    digest = result_digest(job_id, job.model_id, INPUT, PARAMS, OUTPUT_TOKENS, 1)
+    assert bytes(log.result_digest) == digest
+    assert log.published_block == tx.block_number
+
+
+def _publish_args(job_id, job, tokens=OUTPUT_TOKENS, finish=1, digest=b"\x11" * 32):
+    return (job_id, job.as_tuple(), pack(tokens), len(tokens), finish, digest)
+
+
+def test_publish__by_non_claimant__reverts(market, submit, claim, staked_node, keeper):
+    job_id, job, _ = submit()
+    job, _ = claim(job_id, job, staked_node)
+    with ape.reverts("market: not the claimant"):
+        market.publish(*_publish_args(job_id, job), sender=keeper)
+
+
+def test_publish__when_open__reverts(market, submit, staked_node):
+    job_id, job, _ = submit()
+    with ape.reverts("market: job not claimed"):
+        market.publish(*_publish_args(job_id, job), sender=staked_node)
+
+
+def test_publish__after_result_deadline__reverts(market, submit, claim, staked_node, chain):
+    job_id, job, _ = submit()
+    job, _ = claim(job_id, job, staked_node)
+    chain.pending_timestamp = job.result_deadline + 1
+    with ape.reverts("market: result deadline passed"):
+        market.publish(*_publish_args(job_id, job), sender=staked_node)
+
+
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        ({"tokens": list(range(65))}, "market: too many output tokens"),
+        ({"finish": 2}, "market: bad finish reason"),
+        ({"digest": b"\x00" * 32}, "market: empty digest"),
+    ],
+)
+def test_publish__bad_result__reverts(market, submit, claim, staked_node, override, reason):
+    job_id, job, _ = submit()
+    job, _ = claim(job_id, job, staked_node)
+    with ape.reverts(reason):
+        market.publish(*_publish_args(job_id, job, **override), sender=staked_node)
+
+
+def test_claim_and_publish__one_transaction(market, submit, staked_node):
+    job_id, job, _ = submit(preferred=staked_node.address)
+    tx = market.claim_and_publish(*_publish_args(job_id, job), sender=staked_node)
+    [c] = tx.decode_logs(market.JobClaimed)
+    [p] = tx.decode_logs(market.ResultPublished)
+    job = job_after_publish(job_after_claim(job, c), p)
+    assert market.job_status(job_id) == PUBLISHED
+    assert bytes(market.job_hash(job_id)) == bytes(market.hash_job(job.as_tuple()))
+    assert market.node_info(staked_node).locked == job.collateral
+
+
+# ---- finalize ----
+def test_finalize__pays_node_refunds_client_and_logs(market, published_job, staked_node, funded_client, keeper, chain):
+    job_id, job = published_job
+    chain.pending_timestamp = job.published_at + 3_601
+    tx = market.finalize(job_id, job.as_tuple(), sender=keeper)
+    fee, audit = PAYMENT * 100 // 10_000, PAYMENT * 200 // 10_000
+    assert market.job_status(job_id) == FINALIZED
+    assert market.claimable(staked_node) == PAYMENT - fee - audit
+    assert market.balance_of(funded_client) == 1_000 * UNIT - PAYMENT
+    assert (market.protocol_fees(), market.audit_pool()) == (fee, audit)
+    assert market.node_info(staked_node).locked == 0
+    [log] = tx.decode_logs(market.JobFinalized)
+    assert (log.payment, log.refund, log.fee, log.audit_share) == (
+        PAYMENT - fee - audit, MAX_PAYMENT - PAYMENT, fee, audit
+    )
+    with ape.reverts("market: job not published"):
+        market.finalize(job_id, job.as_tuple(), sender=keeper)
+
+
+def test_finalize__price_is_capped_at_max_payment(market, submit, claim, publish, make_node, node_op, chain, funded_client):
+    make_node(node_op, price=10**16)  # 64 tokens x 1e16 > MAX_PAYMENT
+    job_id, job, _ = submit()
+    job, _ = claim(job_id, job, node_op)
+    job, _ = publish(job_id, job, node_op)
+    chain.pending_timestamp = job.published_at + 3_601
+    tx = market.finalize(job_id, job.as_tuple(), sender=node_op)
+    [log] = tx.decode_logs(market.JobFinalized)
+    assert log.refund == 0 and log.payment + log.fee + log.audit_share == MAX_PAYMENT
+    assert market.balance_of(funded_client) == 1_000 * UNIT - MAX_PAYMENT
+
+
+def test_finalize__too_early__reverts(market, published_job, keeper):
+    job_id, job = published_job
+    with ape.reverts("market: challenge window open"):
+        market.finalize(job_id, job.as_tuple(), sender=keeper)
+
+
+def test_finalize_many__finalizes_each(market, submit, claim, publish, staked_node, keeper, chain):
+    ids, jobs = [], []
+    for _ in range(3):
+        job_id, job, _ = submit()
+        job, _ = claim(job_id, job, staked_node)
+        job, _ = publish(job_id, job, staked_node)
+        ids.append(job_id)
+        jobs.append(job.as_tuple())
+    chain.pending_timestamp += 3_601
+    tx = market.finalize_many(ids, jobs, sender=keeper)
+    assert [log.job_id for log in tx.decode_logs(market.JobFinalized)] == ids
+    assert all(market.job_status(i) == FINALIZED for i in ids)
+    with ape.reverts("market: length mismatch"):
+        market.finalize_many(ids, jobs[:2], sender=keeper)
+
+
+def test_withdraw_fees__credits_fee_recipient(market, published_job, owner, fee_recipient, token, chain):
+    job_id, job = published_job
+    chain.pending_timestamp = job.published_at + 3_601
+    market.finalize(job_id, job.as_tuple(), sender=owner)
+    fee = market.protocol_fees()
+    tx = market.withdraw_fees(sender=owner)
+    assert market.protocol_fees() == 0 and market.claimable(fee_recipient) == fee
+    [log] = tx.decode_logs(market.FeesWithdrawn)
+    assert (log.recipient, log.amount) == (fee_recipient, fee)
+    before = token.balanceOf(fee_recipient)
+    market.withdraw(sender=fee_recipient)
+    assert token.balanceOf(fee_recipient) == before + fee
+
+
+# ---- expire ----
+def test_expire__refunds_and_penalises_node(market, submit, claim, staked_node, funded_client, keeper, chain):
+    job_id, job, _ = submit()
+    job, _ = claim(job_id, job, staked_node)
+    with ape.reverts("market: result deadline not passed"):
+        market.expire(job_id, job.as_tuple(), sender=keeper)
+    chain.pending_timestamp = job.result_deadline + 1
+    tx = market.expire(job_id, job.as_tuple(), sender=keeper)
+    penalty = job.collateral // 2
+    assert market.job_status(job_id) == EXPIRED
+    assert market.balance_of(funded_client) == 1_000 * UNIT + penalty
+    info = market.node_info(staked_node)
+    assert (info.stake, info.locked) == (2 * MIN_STAKE - penalty, 0)
+    [log] = tx.decode_logs(market.JobExpired)
+    assert (log.node, log.refund, log.penalty) == (staked_node, MAX_PAYMENT + penalty, penalty)
+    [slash] = tx.decode_logs(market.NodeSlashed)
+    assert (slash.amount, slash.whole_stake) == (penalty, False)
+
+
+def test_expire__when_open__reverts(market, submit, keeper):
+    job_id, job, _ = submit()
+    with ape.reverts("market: job not claimed"):
+        market.expire(job_id, job.as_tuple(), sender=keeper)
+
+
+# ---- cancel ----
+def test_cancel__by_client__refunds_and_logs(market, submit, funded_client):
+    job_id, job, _ = submit()
+    tx = market.cancel(job_id, job.as_tuple(), sender=funded_client)
+    assert market.job_status(job_id) == CANCELLED
+    assert market.balance_of(funded_client) == 1_000 * UNIT
+    [log] = tx.decode_logs(market.JobCancelled)
+    assert (log.job_id, log.refund) == (job_id, MAX_PAYMENT)
+
+
+def test_cancel__by_keeper_before_deadline__reverts_then_works(market, submit, keeper, chain):
+    job_id, job, _ = submit()
+    with ape.reverts("market: claim deadline not passed"):
+        market.cancel(job_id, job.as_tuple(), sender=keeper)
+    chain.pending_timestamp = job.claim_deadline + 1
+    market.cancel(job_id, job.as_tuple(), sender=keeper)
+    assert market.job_status(job_id) == CANCELLED
+    with ape.reverts("market: job not open"):
+        market.cancel(job_id, job.as_tuple(), sender=keeper)
+
+
+# ---- court hooks are closed to everyone else ----
+@pytest.mark.parametrize(
+    ("fn", "args"),
+    [
+        ("court_take_bond", (ZERO, 1)),
+        ("court_slash", (ZERO, 1, 1)),
+        ("court_pay", (ZERO, 1)),
+        ("court_to_audit_pool", (1,)),
+        ("court_pay_from_audit_pool", (ZERO, 1)),
+    ],
+)
+def test_court_hooks__by_stranger__revert(market, keeper, fn, args):
+    with ape.reverts("market: not the court"):
+        getattr(market, fn)(*args, sender=keeper)
+
+
+def test_job_from_event__rebuilds_stored_hash(market, submit):
+    job_id, job, tx = submit()
+    [log] = tx.decode_logs(market.JobSubmitted)
+    assert job_from_submitted(log, INPUT, PARAMS) == job
