@@ -1,0 +1,567 @@
+# pragma version ~=0.4.3
+# pragma nonreentrancy on
+# pragma experimental-codegen
+# pragma optimize codesize
+"""
+@title verinfer court
+@license GNU Affero General Public License v3.0 or later
+@notice Disputes, random audits and appeals of PROTOCOL §7. A dispute (bonded, by anyone
+        but the node) or a selected audit moves a published job to VERIFYING; a
+        pseudo-randomly chosen second node serving the model must accept and post a
+        verdict in time, or it is penalised and replaced. A verdict can be appealed once,
+        with a larger bond, to a panel of 3 further nodes whose majority is final and
+        whose overturning slashes the verifier. The court holds no tokens: it settles
+        through the market's `court_*` hooks.
+"""
+
+from snekmate.auth import ownable
+from snekmate.auth import ownable_2step
+
+from interfaces import ICourt
+from interfaces import IMarket
+
+implements: ICourt
+
+initializes: ownable
+initializes: ownable_2step[ownable := ownable]
+
+exports: ownable_2step.__interface__
+
+
+# ---- constants ----
+MAX_BPS: constant(uint256) = 10_000
+MAX_NODES: constant(uint256) = 64
+PANEL_SIZE: constant(uint256) = 3
+MAX_ROUNDS: constant(uint8) = 3
+AUDIT_DELAY_BLOCKS: constant(uint256) = 2
+MAX_AMOUNT: constant(uint256) = 10**30
+
+KIND_DISPUTE: constant(uint8) = 1
+KIND_AUDIT: constant(uint8) = 2
+
+PH_ASSIGNED: constant(uint8) = 1
+PH_ACCEPTED: constant(uint8) = 2
+PH_VERDICT: constant(uint8) = 3
+PH_APPEALED: constant(uint8) = 4
+PH_UNRESOLVED: constant(uint8) = 5
+PH_SETTLED: constant(uint8) = 6
+
+P_DISPUTE_BOND: constant(uint8) = 0
+P_APPEAL_BOND: constant(uint8) = 1
+P_ACCEPT_WINDOW: constant(uint8) = 2
+P_VERDICT_WINDOW: constant(uint8) = 3
+P_APPEAL_WINDOW: constant(uint8) = 4
+P_VOTE_WINDOW: constant(uint8) = 5
+P_VERIFIER_FEE: constant(uint8) = 6
+P_NO_SHOW_PENALTY: constant(uint8) = 7
+P_SLASH_CHALLENGER_BPS: constant(uint8) = 8
+P_SLASH_VERIFIER_BPS: constant(uint8) = 9
+P_AUDIT_RATE_BPS: constant(uint8) = 10
+P_AUDIT_FEE: constant(uint8) = 11
+
+
+# ---- storage ----
+market: public(immutable(IMarket))
+
+dispute_bond: public(uint256)
+appeal_bond: public(uint256)
+accept_window: public(uint256)
+verdict_window: public(uint256)
+appeal_window: public(uint256)
+vote_window: public(uint256)
+verifier_fee: public(uint256)
+no_show_penalty: public(uint256)
+slash_challenger_bps: public(uint256)
+slash_verifier_bps: public(uint256)
+audit_rate_bps: public(uint256)
+audit_fee: public(uint256)
+
+_disputes: HashMap[uint256, ICourt.Dispute]
+_excluded: HashMap[uint256, HashMap[address, bool]]
+_votes: HashMap[uint256, HashMap[address, uint8]]  # 1 valid, 2 invalid
+
+
+@deploy
+def __init__(
+    market_: address,
+    dispute_bond_: uint256,
+    appeal_bond_: uint256,
+    verifier_fee_: uint256,
+    no_show_penalty_: uint256,
+    audit_fee_: uint256,
+):
+    """
+    @notice Deploys the court for a market; token amounts are in the market's token.
+    @param market_ The market contract (call market.set_court afterwards).
+    @param dispute_bond_ The bond a challenger posts.
+    @param appeal_bond_ The appeal bond, larger than the dispute bond.
+    @param verifier_fee_ What a verifier earns from the bond of a failed dispute.
+    @param no_show_penalty_ Taken from a verifier or panel member that does not act in time.
+    @param audit_fee_ What an audit's verifier earns from the audit pool.
+    """
+    ownable.__init__()
+    ownable_2step.__init__()
+    assert market_ != empty(address), "court: zero market"
+    assert dispute_bond_ > 0 and dispute_bond_ < appeal_bond_ and appeal_bond_ <= MAX_AMOUNT, "court: param out of bounds"
+    assert verifier_fee_ <= dispute_bond_, "court: param out of bounds"
+    assert no_show_penalty_ <= MAX_AMOUNT and audit_fee_ <= MAX_AMOUNT, "court: param out of bounds"
+    market = IMarket(market_)
+    self.dispute_bond = dispute_bond_
+    self.appeal_bond = appeal_bond_
+    self.verifier_fee = verifier_fee_
+    self.no_show_penalty = no_show_penalty_
+    self.audit_fee = audit_fee_
+    self.accept_window = 600
+    self.verdict_window = 3_600
+    self.appeal_window = 3_600
+    self.vote_window = 7_200
+    self.slash_challenger_bps = 2_500
+    self.slash_verifier_bps = 2_500
+    self.audit_rate_bps = 500
+
+
+# ---- owner ----
+@external
+def set_param(param: uint8, new_value: uint256):
+    """
+    @notice Sets one parameter within its hard-coded bounds (see docs/protocol.md).
+    @param param The parameter id (0 dispute_bond .. 11 audit_fee).
+    @param new_value The new value.
+    """
+    ownable._check_owner()
+    old: uint256 = 0
+    if param == P_DISPUTE_BOND:
+        assert new_value > 0 and new_value < self.appeal_bond and new_value >= self.verifier_fee, "court: param out of bounds"
+        old = self.dispute_bond
+        self.dispute_bond = new_value
+    elif param == P_APPEAL_BOND:
+        assert new_value > self.dispute_bond and new_value <= MAX_AMOUNT, "court: param out of bounds"
+        old = self.appeal_bond
+        self.appeal_bond = new_value
+    elif param == P_ACCEPT_WINDOW:
+        assert new_value >= 60 and new_value <= 86_400, "court: param out of bounds"
+        old = self.accept_window
+        self.accept_window = new_value
+    elif param == P_VERDICT_WINDOW:
+        assert new_value >= 300 and new_value <= 3 * 86_400, "court: param out of bounds"
+        old = self.verdict_window
+        self.verdict_window = new_value
+    elif param == P_APPEAL_WINDOW:
+        assert new_value >= 300 and new_value <= 3 * 86_400, "court: param out of bounds"
+        old = self.appeal_window
+        self.appeal_window = new_value
+    elif param == P_VOTE_WINDOW:
+        assert new_value >= 300 and new_value <= 3 * 86_400, "court: param out of bounds"
+        old = self.vote_window
+        self.vote_window = new_value
+    elif param == P_VERIFIER_FEE:
+        assert new_value <= self.dispute_bond, "court: param out of bounds"
+        old = self.verifier_fee
+        self.verifier_fee = new_value
+    elif param == P_NO_SHOW_PENALTY:
+        assert new_value <= MAX_AMOUNT, "court: param out of bounds"
+        old = self.no_show_penalty
+        self.no_show_penalty = new_value
+    elif param == P_SLASH_CHALLENGER_BPS:
+        assert new_value <= 5_000, "court: param out of bounds"
+        old = self.slash_challenger_bps
+        self.slash_challenger_bps = new_value
+    elif param == P_SLASH_VERIFIER_BPS:
+        assert new_value <= 5_000, "court: param out of bounds"
+        old = self.slash_verifier_bps
+        self.slash_verifier_bps = new_value
+    elif param == P_AUDIT_RATE_BPS:
+        assert new_value >= 50 and new_value <= MAX_BPS, "court: param out of bounds"
+        old = self.audit_rate_bps
+        self.audit_rate_bps = new_value
+    elif param == P_AUDIT_FEE:
+        assert new_value <= MAX_AMOUNT, "court: param out of bounds"
+        old = self.audit_fee
+        self.audit_fee = new_value
+    else:
+        raise "court: unknown param"
+    log ICourt.ParamChanged(param=param, old_value=old, new_value=new_value)
+
+
+# ---- opening ----
+@external
+def dispute(job_id: uint256, job: IMarket.Job):
+    """
+    @notice Disputes a published result inside its challenge window. The bond is taken
+            from the caller's prepaid balance in the market (deposit first).
+    @param job_id The job id.
+    @param job The job's fields as last emitted.
+    """
+    assert msg.sender != job.node, "court: node cannot dispute own job"
+    bond: uint256 = self.dispute_bond
+    extcall market.court_open(job_id, job, msg.sender, bond)
+    d: ICourt.Dispute = empty(ICourt.Dispute)
+    d.kind = KIND_DISPUTE
+    d.challenger = msg.sender
+    d.bond = bond
+    d.node = job.node
+    d.model_id = job.model_id
+    self._excluded[job_id][job.node] = True
+    self._excluded[job_id][msg.sender] = True
+    d = self._assign(job_id, d)
+    assert d.verifier != empty(address), "court: no eligible verifier"
+    self._disputes[job_id] = d
+    log ICourt.DisputeOpened(job_id=job_id, challenger=msg.sender, node=job.node, bond=bond)
+
+
+@external
+def start_audit(job_id: uint256, job: IMarket.Job):
+    """
+    @notice Starts the random audit of a published job selected by the block hash of
+            `published_block + 2`; any keeper, inside the challenge window. The keeper
+            earns the challenger's share of the slash if the audit proves fraud.
+    @param job_id The job id.
+    @param job The job's fields as last emitted.
+    """
+    target: uint256 = convert(job.published_block, uint256) + AUDIT_DELAY_BLOCKS
+    assert block.number > target, "court: audit seed not yet available"
+    assert block.number <= target + 256, "court: audit seed expired"
+    assert self._selected(job_id, blockhash(target)), "court: not selected for audit"
+    extcall market.court_open(job_id, job, msg.sender, 0)
+    d: ICourt.Dispute = empty(ICourt.Dispute)
+    d.kind = KIND_AUDIT
+    d.challenger = msg.sender
+    d.node = job.node
+    d.model_id = job.model_id
+    self._excluded[job_id][job.node] = True
+    self._excluded[job_id][msg.sender] = True
+    d = self._assign(job_id, d)
+    assert d.verifier != empty(address), "court: no eligible verifier"
+    self._disputes[job_id] = d
+    log ICourt.AuditStarted(job_id=job_id, keeper=msg.sender, node=job.node)
+
+
+@view
+@external
+def is_audit_selected(job_id: uint256, published_block: uint64) -> bool:
+    """
+    @notice Whether a job published at `published_block` is selected for audit; false
+            while the seed block does not exist yet or is older than 256 blocks.
+    @param job_id The job id.
+    @param published_block The block of its ResultPublished event.
+    @return True if an audit can be started now.
+    """
+    target: uint256 = convert(published_block, uint256) + AUDIT_DELAY_BLOCKS
+    if block.number <= target or block.number > target + 256:
+        return False
+    return self._selected(job_id, blockhash(target))
+
+
+# ---- verifier ----
+@external
+def accept(job_id: uint256):
+    """
+    @notice The assigned verifier accepts the task before its accept deadline.
+    @param job_id The job id.
+    """
+    d: ICourt.Dispute = self._disputes[job_id]
+    assert d.phase == PH_ASSIGNED, "court: not awaiting acceptance"
+    assert msg.sender == d.verifier, "court: not the verifier"
+    assert block.timestamp <= convert(d.deadline, uint256), "court: accept deadline passed"
+    deadline: uint64 = convert(block.timestamp + self.verdict_window, uint64)
+    self._disputes[job_id].phase = PH_ACCEPTED
+    self._disputes[job_id].deadline = deadline
+    log ICourt.VerifierAccepted(job_id=job_id, verifier=msg.sender, verdict_deadline=deadline)
+
+
+@external
+def post_verdict(job_id: uint256, valid: bool):
+    """
+    @notice The verifier posts its verdict (PROTOCOL §6); the appeal window opens.
+    @param job_id The job id.
+    @param valid True if the published result passed teacher-forced re-execution.
+    """
+    d: ICourt.Dispute = self._disputes[job_id]
+    assert d.phase == PH_ACCEPTED, "court: not awaiting verdict"
+    assert msg.sender == d.verifier, "court: not the verifier"
+    assert block.timestamp <= convert(d.deadline, uint256), "court: verdict deadline passed"
+    deadline: uint64 = convert(block.timestamp + self.appeal_window, uint64)
+    self._disputes[job_id].phase = PH_VERDICT
+    self._disputes[job_id].verdict_valid = valid
+    self._disputes[job_id].deadline = deadline
+    log ICourt.VerdictPosted(job_id=job_id, verifier=msg.sender, valid=valid, appeal_deadline=deadline)
+
+
+@external
+def replace_verifier(job_id: uint256):
+    """
+    @notice Replaces a verifier that missed its accept or verdict deadline; it pays the
+            no-show penalty into the audit pool. After 3 verifiers, or with none left,
+            the dispute becomes unresolved and settles as valid with the bond returned.
+    @param job_id The job id.
+    """
+    d: ICourt.Dispute = self._disputes[job_id]
+    assert d.phase == PH_ASSIGNED or d.phase == PH_ACCEPTED, "court: no verifier to replace"
+    assert block.timestamp > convert(d.deadline, uint256), "court: verifier not late"
+    late: address = d.verifier
+    penalty: uint256 = self._penalise(late, job_id)
+    log ICourt.VerifierReplaced(job_id=job_id, verifier=late, penalty=penalty)
+    self._excluded[job_id][late] = True
+    d.verifier = empty(address)
+    if d.rounds < MAX_ROUNDS:
+        d = self._assign(job_id, d)
+    if d.verifier == empty(address):
+        d.phase = PH_UNRESOLVED
+        d.deadline = convert(block.timestamp, uint64)
+    self._disputes[job_id] = d
+
+
+# ---- appeal ----
+@external
+def appeal(job_id: uint256):
+    """
+    @notice Appeals a verdict once, inside the appeal window, to a panel of 3 further
+            nodes; the appeal bond is taken from the caller's prepaid balance.
+    @param job_id The job id.
+    """
+    d: ICourt.Dispute = self._disputes[job_id]
+    assert d.appellant == empty(address), "court: already appealed"
+    assert d.phase == PH_VERDICT, "court: no verdict to appeal"
+    assert block.timestamp <= convert(d.deadline, uint256), "court: appeal window closed"
+    self._excluded[job_id][d.verifier] = True
+    panel: DynArray[address, PANEL_SIZE] = self._pick(job_id, d.model_id, PANEL_SIZE, 1_000)
+    assert len(panel) == PANEL_SIZE, "court: panel unavailable"
+    bond: uint256 = self.appeal_bond
+    extcall market.court_take_bond(msg.sender, bond)
+    deadline: uint64 = convert(block.timestamp + self.vote_window, uint64)
+    self._disputes[job_id].phase = PH_APPEALED
+    self._disputes[job_id].appellant = msg.sender
+    self._disputes[job_id].appeal_bond = bond
+    self._disputes[job_id].panel = panel
+    self._disputes[job_id].deadline = deadline
+    log ICourt.AppealOpened(job_id=job_id, appellant=msg.sender, bond=bond, panel=panel, vote_deadline=deadline)
+
+
+@external
+def panel_vote(job_id: uint256, valid: bool):
+    """
+    @notice A panel member votes on the appealed result, before the vote deadline.
+    @param job_id The job id.
+    @param valid True if the published result is valid.
+    """
+    d: ICourt.Dispute = self._disputes[job_id]
+    assert d.phase == PH_APPEALED, "court: not in appeal"
+    assert msg.sender in d.panel, "court: not on the panel"
+    assert msg.sender not in d.voted, "court: already voted"
+    assert block.timestamp <= convert(d.deadline, uint256), "court: vote deadline passed"
+    self._disputes[job_id].voted.append(msg.sender)
+    if valid:
+        self._disputes[job_id].votes_valid = d.votes_valid + 1
+        self._votes[job_id][msg.sender] = 1
+    else:
+        self._disputes[job_id].votes_invalid = d.votes_invalid + 1
+        self._votes[job_id][msg.sender] = 2
+    log ICourt.PanelVoted(job_id=job_id, member=msg.sender, valid=valid)
+
+
+# ---- settlement ----
+@external
+def settle(job_id: uint256, job: IMarket.Job):
+    """
+    @notice Applies the final outcome once it is due (appeal window over, panel majority
+            reached or vote deadline over, or no verifier left); permissionless.
+            Valid: the node is paid, the bond pays the verifier and compensates the node.
+            Invalid: the client is refunded in full, the node's whole stake is slashed,
+            the challenger gets the bond back plus a share, the verifier a share, the rest
+            funds audits. A verifier the panel overturns is slashed whole.
+    @param job_id The job id.
+    @param job The job's fields as last emitted.
+    """
+    d: ICourt.Dispute = self._disputes[job_id]
+    final: bool = True
+    appealed: bool = d.phase == PH_APPEALED
+    overturned: bool = False
+    if d.phase == PH_VERDICT:
+        assert block.timestamp > convert(d.deadline, uint256), "court: appeal window open"
+        final = d.verdict_valid
+    elif appealed:
+        decided: bool = d.votes_valid >= 2 or d.votes_invalid >= 2
+        assert decided or block.timestamp > convert(d.deadline, uint256), "court: vote in progress"
+        final = d.verdict_valid
+        if decided:
+            final = d.votes_valid >= 2
+        overturned = final != d.verdict_valid
+    else:
+        assert d.phase == PH_UNRESOLVED, "court: nothing to settle"
+    unresolved: bool = d.phase == PH_UNRESOLVED
+    self._disputes[job_id].phase = PH_SETTLED
+    self._disputes[job_id].final_valid = final
+    slashed: uint256 = extcall market.court_resolve(job_id, job, final)
+
+    # who did the verification work: the verifier, or the panel majority that overruled it
+    workers: DynArray[address, PANEL_SIZE] = [d.verifier]
+    if appealed:
+        majority: DynArray[address, PANEL_SIZE] = self._majority(job_id, d, final)
+        if overturned:
+            self._settle_overturned(job_id, d, majority)
+            workers = majority
+        else:
+            self._settle_upheld(job_id, d, majority)
+    if unresolved:
+        if d.bond > 0:
+            extcall market.court_pay(d.challenger, d.bond)
+    elif final:
+        self._pay_valid(d, job.node, workers)
+    else:
+        self._pay_fraud(d, slashed, workers)
+    log ICourt.DisputeSettled(
+        job_id=job_id, node=job.node, valid=final, appealed=appealed, verifier_overturned=overturned
+    )
+
+
+@view
+@external
+def dispute_info(job_id: uint256) -> ICourt.Dispute:
+    """
+    @notice The dispute or audit record of a job.
+    @param job_id The job id.
+    @return The record (phase 0 if none).
+    """
+    return self._disputes[job_id]
+
+
+# ---- internal ----
+@view
+@internal
+def _selected(job_id: uint256, seed: bytes32) -> bool:
+    return convert(keccak256(abi_encode(seed, job_id)), uint256) % MAX_BPS < self.audit_rate_bps
+
+
+@internal
+def _assign(job_id: uint256, d: ICourt.Dispute) -> ICourt.Dispute:
+    """Picks the next verifier (empty if none is eligible) and opens its accept window."""
+    out: ICourt.Dispute = d
+    picked: DynArray[address, PANEL_SIZE] = self._pick(job_id, d.model_id, 1, convert(d.rounds, uint256))
+    if len(picked) == 0:
+        out.verifier = empty(address)
+        return out
+    out.verifier = picked[0]
+    out.rounds = d.rounds + 1
+    out.phase = PH_ASSIGNED
+    out.deadline = convert(block.timestamp + self.accept_window, uint64)
+    self._excluded[job_id][picked[0]] = True
+    log ICourt.VerifierAssigned(job_id=job_id, verifier=picked[0], round=out.rounds, accept_deadline=out.deadline)
+    return out
+
+
+@view
+@internal
+def _pick(job_id: uint256, model_id: bytes32, count: uint256, salt: uint256) -> DynArray[address, PANEL_SIZE]:
+    """Up to `count` eligible, not excluded nodes of the model, from a pseudo-random start."""
+    nodes: DynArray[address, MAX_NODES] = staticcall market.model_nodes(model_id)
+    picked: DynArray[address, PANEL_SIZE] = []
+    n: uint256 = len(nodes)
+    if n == 0:
+        return picked
+    seed: uint256 = convert(keccak256(abi_encode(block.prevrandao, blockhash(block.number - 1), job_id, salt)), uint256)
+    start: uint256 = seed % n
+    for i: uint256 in range(n, bound=MAX_NODES):
+        cand: address = nodes[(start + i) % n]
+        if not self._excluded[job_id][cand] and staticcall market.is_eligible(cand, model_id):
+            picked.append(cand)
+            if len(picked) == count:
+                break
+    return picked
+
+
+@internal
+def _penalise(node: address, job_id: uint256) -> uint256:
+    """Takes the no-show penalty from `node` into the audit pool."""
+    penalty: uint256 = extcall market.court_slash(node, self.no_show_penalty, job_id)
+    if penalty > 0:
+        extcall market.court_to_audit_pool(penalty)
+    return penalty
+
+
+@view
+@internal
+def _majority(job_id: uint256, d: ICourt.Dispute, final: bool) -> DynArray[address, PANEL_SIZE]:
+    """Panel members who voted like the final outcome (empty without a majority)."""
+    out: DynArray[address, PANEL_SIZE] = []
+    if d.votes_valid < 2 and d.votes_invalid < 2:
+        return out
+    side: uint8 = 2
+    if final:
+        side = 1
+    for member: address in d.voted:
+        if self._votes[job_id][member] == side:
+            out.append(member)
+    return out
+
+
+@internal
+def _settle_overturned(job_id: uint256, d: ICourt.Dispute, panel_majority: DynArray[address, PANEL_SIZE]):
+    """The panel overturned the verifier: slash it whole, refund and reward the appellant."""
+    taken: uint256 = extcall market.court_slash(d.verifier, max_value(uint256), job_id)
+    to_appellant: uint256 = d.appeal_bond + taken * self.slash_challenger_bps // MAX_BPS
+    extcall market.court_pay(d.appellant, to_appellant)
+    to_panel: uint256 = taken * self.slash_verifier_bps // MAX_BPS
+    self._split(panel_majority, to_panel)
+    rest: uint256 = taken - taken * self.slash_challenger_bps // MAX_BPS - to_panel
+    if rest > 0:
+        extcall market.court_to_audit_pool(rest)
+    self._penalise_absent(job_id, d)
+
+
+@internal
+def _settle_upheld(job_id: uint256, d: ICourt.Dispute, panel_majority: DynArray[address, PANEL_SIZE]):
+    """The verdict stands: the appeal bond pays the panel that confirmed it."""
+    self._split(panel_majority, d.appeal_bond)
+    self._penalise_absent(job_id, d)
+
+
+@internal
+def _penalise_absent(job_id: uint256, d: ICourt.Dispute):
+    for member: address in d.panel:
+        if member not in d.voted:
+            self._penalise(member, job_id)
+
+
+@internal
+def _split(members: DynArray[address, PANEL_SIZE], amount: uint256):
+    """Pays `amount` equally to `members`; the remainder (or all, if none) funds audits."""
+    if amount == 0:
+        return
+    paid: uint256 = 0
+    if len(members) > 0:
+        share: uint256 = amount // len(members)
+        for member: address in members:
+            if share > 0:
+                extcall market.court_pay(member, share)
+                paid += share
+    if amount > paid:
+        extcall market.court_to_audit_pool(amount - paid)
+
+
+@internal
+def _pay_valid(d: ICourt.Dispute, node: address, workers: DynArray[address, PANEL_SIZE]):
+    """The result was valid: the verifier(s) earn the fee, the node the rest of the bond."""
+    if d.kind == KIND_AUDIT:
+        for w: address in workers:
+            extcall market.court_pay_from_audit_pool(w, self.audit_fee // len(workers))
+        return
+    fee: uint256 = min(self.verifier_fee, d.bond)
+    self._split(workers, fee)
+    if d.bond > fee:
+        extcall market.court_pay(node, d.bond - fee)
+
+
+@internal
+def _pay_fraud(d: ICourt.Dispute, slashed: uint256, workers: DynArray[address, PANEL_SIZE]):
+    """The result was fraudulent: distribute the node's slashed stake."""
+    to_challenger: uint256 = slashed * self.slash_challenger_bps // MAX_BPS
+    to_verifier: uint256 = slashed * self.slash_verifier_bps // MAX_BPS
+    if d.bond + to_challenger > 0:
+        extcall market.court_pay(d.challenger, d.bond + to_challenger)
+    self._split(workers, to_verifier)
+    rest: uint256 = slashed - to_challenger - to_verifier
+    if rest > 0:
+        extcall market.court_to_audit_pool(rest)
+    if d.kind == KIND_AUDIT:
+        for w: address in workers:
+            extcall market.court_pay_from_audit_pool(w, self.audit_fee // len(workers))
