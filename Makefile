@@ -13,6 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 PY_STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 FUZZ_EXAMPLES ?= 3000
+CHAIN ?= anvil
 
 .PHONY: setup test fuzz lint fmt demo bench-gas bench-verify compile clean
 
@@ -59,7 +60,8 @@ fmt: setup
 	ruff check --fix workers scripts tests
 
 demo: setup
-	python scripts/demo.py
+	ape compile
+	CHAIN=$(CHAIN) python scripts/demo.py
 
 bench-gas: setup
 	ape run bench_gas

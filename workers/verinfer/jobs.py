@@ -1,0 +1,128 @@
+"""A job as the chain knows it, rebuilt from the market's events.
+
+The market stores only a hash of each job (PROTOCOL §4); every transition takes the job's
+fields back as calldata. `JobRecord` collects those fields from `JobSubmitted`,
+`JobClaimed` and `ResultPublished` and hands them back as the `IMarket.Job` struct.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from verinfer.digest import SamplingParams, result_digest, unpack_tokens
+
+ZERO_ADDRESS = "0x" + "00" * 20
+ZERO_BYTES32 = b"\x00" * 32
+
+
+class JobStatus(IntEnum):
+    """`market.job_status(id)`."""
+
+    NONE = 0
+    OPEN = 1
+    CLAIMED = 2
+    PUBLISHED = 3
+    VERIFYING = 4
+    FINALIZED = 5
+    CANCELLED = 6
+    EXPIRED = 7
+    SLASHED = 8
+
+
+@dataclass
+class JobRecord:
+    """The fields of `IMarket.Job` (in struct order), plus the job's id, input and output."""
+
+    client: str
+    model_id: bytes
+    input_hash: bytes
+    params_hash: bytes
+    max_tokens: int
+    max_payment: int
+    preferred_node: str
+    submitted_at: int
+    claim_deadline: int
+    result_deadline: int
+    node: str = ZERO_ADDRESS
+    price_per_token: int = 0
+    collateral: int = 0
+    output_tokens: int = 0
+    finish_reason: int = 0
+    result_digest: bytes = ZERO_BYTES32
+    published_at: int = 0
+    published_block: int = 0
+    # not part of the on-chain struct
+    job_id: int = -1
+    input: bytes = b""
+    params: bytes = b""
+    output: bytes = b""
+
+    STRUCT_FIELDS = (
+        "client model_id input_hash params_hash max_tokens max_payment preferred_node "
+        "submitted_at claim_deadline result_deadline node price_per_token collateral "
+        "output_tokens finish_reason result_digest published_at published_block"
+    ).split()
+
+    @classmethod
+    def from_submitted(cls, log: Any) -> JobRecord:
+        """Build the record from a decoded `JobSubmitted` log."""
+        from eth_utils import keccak
+
+        return cls(
+            client=log.client,
+            model_id=bytes(log.model_id),
+            input_hash=keccak(bytes(log.input)),
+            params_hash=keccak(bytes(log.params)),
+            max_tokens=log.max_tokens,
+            max_payment=log.max_payment,
+            preferred_node=log.preferred_node,
+            submitted_at=log.submitted_at,
+            claim_deadline=log.claim_deadline,
+            result_deadline=log.result_deadline,
+            job_id=log.job_id,
+            input=bytes(log.input),
+            params=bytes(log.params),
+        )
+
+    def apply_claimed(self, log: Any) -> None:
+        """Fold in a decoded `JobClaimed` log."""
+        self.node = log.node
+        self.price_per_token = log.price_per_token
+        self.collateral = log.collateral
+
+    def apply_published(self, log: Any) -> None:
+        """Fold in a decoded `ResultPublished` log."""
+        self.node = log.node
+        self.output = bytes(log.output)
+        self.output_tokens = log.output_tokens
+        self.finish_reason = log.finish_reason
+        self.result_digest = bytes(log.result_digest)
+        self.published_at = log.published_at
+        self.published_block = log.published_block
+
+    def as_struct(self) -> tuple:
+        """The `IMarket.Job` struct, as the tuple ape and web3 encode."""
+        return tuple(getattr(self, name) for name in self.STRUCT_FIELDS)
+
+    @property
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams.decode(self.params)
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        """Output token ids of a public job (a private job's output is ciphertext)."""
+        return unpack_tokens(self.output)
+
+    def expected_digest(self) -> bytes:
+        """The §5 digest of the published output, as a client recomputes it."""
+        return result_digest(
+            self.job_id,
+            self.model_id,
+            self.input,
+            self.params,
+            self.output_token_ids,
+            self.finish_reason,
+        )
+
