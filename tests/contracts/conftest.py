@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from eth_utils import keccak
-
 from verinfer.digest import SamplingParams, encode_params, model_id, result_digest
 
 UNIT = 10**18
@@ -80,7 +79,9 @@ def job_from_submitted(log: Any, input_data: bytes, params: bytes) -> Job:
 
 def job_after_claim(job: Job, log: Any) -> Job:
     """Apply a JobClaimed log."""
-    return replace(job, node=log.node, price_per_token=log.price_per_token, collateral=log.collateral)
+    return replace(
+        job, node=log.node, price_per_token=log.price_per_token, collateral=log.collateral
+    )
 
 
 def job_after_publish(job: Job, log: Any) -> Job:
@@ -158,7 +159,12 @@ def deploy_market(project, owner, fee_recipient):
 def deploy_court(project, owner):
     def _deploy(market):
         court = project.Court.deploy(
-            market, DISPUTE_BOND, APPEAL_BOND, VERIFIER_FEE, NO_SHOW_PENALTY, AUDIT_FEE,
+            market,
+            DISPUTE_BOND,
+            APPEAL_BOND,
+            VERIFIER_FEE,
+            NO_SHOW_PENALTY,
+            AUDIT_FEE,
             sender=owner,
         )
         market.set_court(court, sender=owner)
@@ -236,8 +242,14 @@ def submit(market, chain, registered_model, funded_client):
         sender = sender or funded_client
         now = chain.pending_timestamp
         tx = market.submit(
-            registered_model, input_data, params, max_payment, preferred, now + claim_in,
-            now + result_in, sender=sender,
+            registered_model,
+            input_data,
+            params,
+            max_payment,
+            preferred,
+            now + claim_in,
+            now + result_in,
+            sender=sender,
         )
         [log] = tx.decode_logs(market.JobSubmitted)
         return log.job_id, job_from_submitted(log, input_data, params), tx

@@ -5,6 +5,7 @@ from dataclasses import replace
 import ape
 import pytest
 from eth_utils import keccak
+from verinfer.digest import SamplingParams, encode_params, result_digest
 
 from tests.contracts.conftest import (
     CANCELLED,
@@ -26,7 +27,6 @@ from tests.contracts.conftest import (
     job_from_submitted,
     pack,
 )
-from verinfer.digest import SamplingParams, encode_params, result_digest
 
 PAYMENT = len(OUTPUT_TOKENS) * PRICE  # 64 tokens x price < MAX_PAYMENT
 
@@ -47,7 +47,14 @@ def test_deposit_and_submit__one_transaction(market, token, fund, client, regist
     fund(client, MAX_PAYMENT)
     now = chain.pending_timestamp
     tx = market.deposit_and_submit(
-        MAX_PAYMENT, registered_model, INPUT, PARAMS, MAX_PAYMENT, ZERO, now + 60, now + 120,
+        MAX_PAYMENT,
+        registered_model,
+        INPUT,
+        PARAMS,
+        MAX_PAYMENT,
+        ZERO,
+        now + 60,
+        now + 120,
         sender=client,
     )
     [dep] = tx.decode_logs(market.Deposited)
@@ -73,7 +80,9 @@ def test_deposit_and_submit__one_transaction(market, token, fund, client, regist
         ({"max_payment": 1_000 * UNIT + 1}, "market: insufficient balance"),
     ],
 )
-def test_submit__bad_input__reverts_and_keeps_balance(market, submit, funded_client, kwargs, reason):
+def test_submit__bad_input__reverts_and_keeps_balance(
+    market, submit, funded_client, kwargs, reason
+):
     with ape.reverts(reason):
         submit(**kwargs)
     assert market.balance_of(funded_client) == 1_000 * UNIT
@@ -224,7 +233,9 @@ def test_claim_and_publish__one_transaction(market, submit, staked_node):
 
 
 # ---- finalize ----
-def test_finalize__pays_node_refunds_client_and_logs(market, published_job, staked_node, funded_client, keeper, chain):
+def test_finalize__pays_node_refunds_client_and_logs(
+    market, published_job, staked_node, funded_client, keeper, chain
+):
     job_id, job = published_job
     chain.pending_timestamp = job.published_at + 3_601
     tx = market.finalize(job_id, job.as_tuple(), sender=keeper)
@@ -236,13 +247,18 @@ def test_finalize__pays_node_refunds_client_and_logs(market, published_job, stak
     assert market.node_info(staked_node).locked == 0
     [log] = tx.decode_logs(market.JobFinalized)
     assert (log.payment, log.refund, log.fee, log.audit_share) == (
-        PAYMENT - fee - audit, MAX_PAYMENT - PAYMENT, fee, audit
+        PAYMENT - fee - audit,
+        MAX_PAYMENT - PAYMENT,
+        fee,
+        audit,
     )
     with ape.reverts("market: job not published"):
         market.finalize(job_id, job.as_tuple(), sender=keeper)
 
 
-def test_finalize__price_is_capped_at_max_payment(market, submit, claim, publish, make_node, node_op, chain, funded_client):
+def test_finalize__price_is_capped_at_max_payment(
+    market, submit, claim, publish, make_node, node_op, chain, funded_client
+):
     make_node(node_op, price=10**16)  # 64 tokens x 1e16 > MAX_PAYMENT
     job_id, job, _ = submit()
     job, _ = claim(job_id, job, node_op)
@@ -276,7 +292,9 @@ def test_finalize_many__finalizes_each(market, submit, claim, publish, staked_no
         market.finalize_many(ids, jobs[:2], sender=keeper)
 
 
-def test_withdraw_fees__credits_fee_recipient(market, published_job, owner, fee_recipient, token, chain):
+def test_withdraw_fees__credits_fee_recipient(
+    market, published_job, owner, fee_recipient, token, chain
+):
     job_id, job = published_job
     chain.pending_timestamp = job.published_at + 3_601
     market.finalize(job_id, job.as_tuple(), sender=owner)
@@ -291,7 +309,9 @@ def test_withdraw_fees__credits_fee_recipient(market, published_job, owner, fee_
 
 
 # ---- expire ----
-def test_expire__refunds_and_penalises_node(market, submit, claim, staked_node, funded_client, keeper, chain):
+def test_expire__refunds_and_penalises_node(
+    market, submit, claim, staked_node, funded_client, keeper, chain
+):
     job_id, job, _ = submit()
     job, _ = claim(job_id, job, staked_node)
     with ape.reverts("market: result deadline not passed"):
@@ -353,6 +373,6 @@ def test_court_hooks__by_stranger__revert(market, keeper, fn, args):
 
 
 def test_job_from_event__rebuilds_stored_hash(market, submit):
-    job_id, job, tx = submit()
+    _, job, tx = submit()
     [log] = tx.decode_logs(market.JobSubmitted)
     assert job_from_submitted(log, INPUT, PARAMS) == job

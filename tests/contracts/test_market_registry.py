@@ -3,9 +3,9 @@
 import ape
 import pytest
 from eth_utils import keccak
+from verinfer.digest import model_id as digest_model_id
 
 from tests.contracts.conftest import MIN_STAKE, MODEL, MODEL_ID, PRICE, PUBKEY, UNIT, ZERO
-from verinfer.digest import model_id as digest_model_id
 
 
 # ---- deployment and owner ----
@@ -14,7 +14,11 @@ def test_deploy__sets_defaults_and_owner(market, token, owner, fee_recipient):
     assert market.owner() == owner
     assert market.fee_recipient() == fee_recipient
     assert market.min_stake() == MIN_STAKE
-    assert (market.fee_bps(), market.audit_share_bps(), market.collateral_bps()) == (100, 200, 20_000)
+    assert (market.fee_bps(), market.audit_share_bps(), market.collateral_bps()) == (
+        100,
+        200,
+        20_000,
+    )
     assert market.court() == ZERO
     assert market.next_job_id() == 1
 
@@ -33,8 +37,19 @@ def test_set_param__by_owner__updates_and_logs(market, owner):
 
 @pytest.mark.parametrize(
     ("param", "bad"),
-    [(0, 1_001), (1, 2_001), (2, 59), (2, 7 * 86_400 + 1), (3, 3_601), (4, 0), (5, 999),
-     (5, 100_001), (6, 10_001), (7, 3_599), (7, 30 * 86_400 + 1)],
+    [
+        (0, 1_001),
+        (1, 2_001),
+        (2, 59),
+        (2, 7 * 86_400 + 1),
+        (3, 3_601),
+        (4, 0),
+        (5, 999),
+        (5, 100_001),
+        (6, 10_001),
+        (7, 3_599),
+        (7, 30 * 86_400 + 1),
+    ],
 )
 def test_set_param__when_out_of_bounds__reverts(market, owner, param, bad):
     with ape.reverts("market: param out of bounds"):
@@ -89,7 +104,7 @@ def test_two_step_ownership__transfers_after_accept(market, owner, keeper):
 def test_register_model__id_matches_digest_and_logs(market, client):
     tx = market.register_model(*MODEL, sender=client)
     assert market.model_registered(MODEL_ID)
-    assert MODEL_ID == digest_model_id(*MODEL)
+    assert digest_model_id(*MODEL) == MODEL_ID
     [log] = tx.decode_logs(market.ModelRegistered)
     assert bytes(log.model_id) == MODEL_ID
     assert (log.registrant, log.name, log.revision) == (client, MODEL[0], MODEL[1])
