@@ -78,7 +78,7 @@ def load_model(
             root, dtype=_DTYPES[spec.dtype], local_files_only=True
         )
         tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except Exception as exc:  # any loader failure (safetensors, json, torch) is a bad file
         raise ModelFileError(f"model files in {root} do not load: {exc}") from exc
     model.to(device)
     model.eval()
