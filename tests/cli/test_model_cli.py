@@ -1,0 +1,45 @@
+"""`verinfer model ...` through its --json output and its one-line errors."""
+
+import json
+import subprocess
+import sys
+
+from verinfer.models.manifest import MANIFEST_NAME, Manifest
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "verinfer.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_model_build_tiny_then_id__json__agree_with_the_manifest(tmp_path):
+    out = tmp_path / "tiny"
+    built = run_cli("model", "build-tiny", "--seed", "3", "--out", str(out), "--json")
+    assert built.returncode == 0, built.stderr
+    data = json.loads(built.stdout)
+    manifest = Manifest.load(out / MANIFEST_NAME)
+    assert data["model_id"] == "0x" + manifest.model_id.hex()
+    assert data["manifest_hash"] == "0x" + manifest.manifest_hash.hex()
+
+    checked = run_cli("model", "id", str(out), "--json")
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout)["model_id"] == data["model_id"]
+
+
+def test_model_id__when_a_file_changed__one_line_error_and_exit_1(tmp_path):
+    out = tmp_path / "tiny"
+    assert run_cli("model", "build-tiny", "--out", str(out)).returncode == 0
+    with open(out / "config.json", "a") as f:
+        f.write(" ")
+    checked = run_cli("model", "id", str(out))
+    assert checked.returncode == 1
+    assert checked.stdout == ""
+    assert checked.stderr.startswith("verinfer: model file config.json does not match the manifest")
+    assert len(checked.stderr.strip().splitlines()) == 1
+
+
+def test_model_id__when_no_manifest__one_line_error_and_exit_1(tmp_path):
+    checked = run_cli("model", "id", str(tmp_path))
+    assert checked.returncode == 1
+    assert checked.stderr.strip() == f"verinfer: no {MANIFEST_NAME} in {tmp_path}"
