@@ -44,6 +44,19 @@ MAX_MODELS_PER_NODE: constant(uint256) = 16
 MAX_BATCH: constant(uint256) = 32
 STATUS_MASK: constant(uint256) = 255
 HASH_MASK: constant(uint256) = max_value(uint256) - 255
+LOW128: constant(uint256) = 2**128 - 1
+PRICE_LIMIT: constant(uint256) = 2**224
+INDEX_MASK: constant(uint256) = 2**32 - 1
+
+# _cfg word: one SLOAD serves every parameter on the hot path (offset, width per param)
+SH_FEE: constant(uint256) = 0
+SH_AUDIT: constant(uint256) = 16
+SH_EXCLUSIVE: constant(uint256) = 32
+SH_CHALLENGE: constant(uint256) = 48
+SH_COLLATERAL: constant(uint256) = 72
+SH_PENALTY: constant(uint256) = 96
+SH_UNBONDING: constant(uint256) = 112
+SH_MIN_STAKE: constant(uint256) = 136
 
 # job status
 ST_NONE: constant(uint256) = 0
@@ -84,8 +97,6 @@ MAX_UNBONDING_DELAY: constant(uint256) = 30 * 86_400
 struct Stake:
     registered: bool
     slashed: bool
-    stake: uint256
-    locked: uint256
     unbonding: uint256
     unbond_ready_at: uint64
 
@@ -99,33 +110,26 @@ token: public(immutable(address))
 court: public(address)
 fee_recipient: public(address)
 
-# parameters (set_param)
-fee_bps: public(uint256)
-audit_share_bps: public(uint256)
-challenge_window: public(uint256)
-exclusive_window: public(uint256)
-min_stake: public(uint256)
-collateral_bps: public(uint256)
-expire_penalty_bps: public(uint256)
-unbonding_delay: public(uint256)
+# parameters (set_param), packed: see SH_* and the getters below
+_cfg: uint256
 
 # models
 model_registered: public(HashMap[bytes32, bool])
 _model_nodes: HashMap[bytes32, DynArray[address, MAX_NODES_PER_MODEL]]
-_node_index: HashMap[bytes32, HashMap[address, uint256]]  # 1-based index in _model_nodes
+# price_per_token << 32 | 1-based index in _model_nodes (0: not serving)
+_serve: HashMap[bytes32, HashMap[address, uint256]]
 _node_models: HashMap[address, DynArray[bytes32, MAX_MODELS_PER_NODE]]
-_price: HashMap[address, HashMap[bytes32, uint256]]
 
 # nodes
 _stakes: HashMap[address, Stake]
+_bond: HashMap[address, uint256]  # locked << 128 | stake: one slot for the claim lock
 _profiles: HashMap[address, Profile]
 total_stake: public(uint256)
 
 # money
 balance_of: public(HashMap[address, uint256])
 claimable: public(HashMap[address, uint256])
-protocol_fees: public(uint256)
-audit_pool: public(uint256)
+_pools: uint256  # audit_pool << 128 | protocol_fees
 court_funds: public(uint256)
 
 # jobs: hash of the Job (low byte cleared) | status
@@ -148,14 +152,11 @@ def __init__(token_: address, min_stake_: uint256, fee_recipient_: address):
     assert min_stake_ >= MIN_MIN_STAKE and min_stake_ <= MAX_MIN_STAKE, "market: param out of bounds"
     token = token_
     self.fee_recipient = fee_recipient_
-    self.fee_bps = 100
-    self.audit_share_bps = 200
-    self.challenge_window = 3_600
-    self.exclusive_window = 60
-    self.min_stake = min_stake_
-    self.collateral_bps = 20_000
-    self.expire_penalty_bps = 5_000
-    self.unbonding_delay = 7 * 86_400
+    self._cfg = (
+        (100 << SH_FEE) | (200 << SH_AUDIT) | (60 << SH_EXCLUSIVE) | (3_600 << SH_CHALLENGE)
+        | (20_000 << SH_COLLATERAL) | (5_000 << SH_PENALTY) | ((7 * 86_400) << SH_UNBONDING)
+        | (min_stake_ << SH_MIN_STAKE)
+    )
     self.next_job_id = 1
 
 
@@ -181,41 +182,49 @@ def set_param(param: uint8, new_value: uint256):
     @param new_value The new value.
     """
     ownable._check_owner()
-    old: uint256 = 0
+    offset: uint256 = 0
+    width: uint256 = 16
+    lo: uint256 = 0
+    hi: uint256 = 0
     if param == P_FEE_BPS:
-        assert new_value <= MAX_FEE_BPS, "market: param out of bounds"
-        old = self.fee_bps
-        self.fee_bps = new_value
+        offset = SH_FEE
+        hi = MAX_FEE_BPS
     elif param == P_AUDIT_SHARE_BPS:
-        assert new_value <= MAX_AUDIT_SHARE_BPS, "market: param out of bounds"
-        old = self.audit_share_bps
-        self.audit_share_bps = new_value
+        offset = SH_AUDIT
+        hi = MAX_AUDIT_SHARE_BPS
     elif param == P_CHALLENGE_WINDOW:
-        assert new_value >= MIN_CHALLENGE_WINDOW and new_value <= MAX_CHALLENGE_WINDOW, "market: param out of bounds"
-        old = self.challenge_window
-        self.challenge_window = new_value
+        offset = SH_CHALLENGE
+        width = 24
+        lo = MIN_CHALLENGE_WINDOW
+        hi = MAX_CHALLENGE_WINDOW
     elif param == P_EXCLUSIVE_WINDOW:
-        assert new_value <= MAX_EXCLUSIVE_WINDOW, "market: param out of bounds"
-        old = self.exclusive_window
-        self.exclusive_window = new_value
+        offset = SH_EXCLUSIVE
+        hi = MAX_EXCLUSIVE_WINDOW
     elif param == P_MIN_STAKE:
-        assert new_value >= MIN_MIN_STAKE and new_value <= MAX_MIN_STAKE, "market: param out of bounds"
-        old = self.min_stake
-        self.min_stake = new_value
+        offset = SH_MIN_STAKE
+        width = 120
+        lo = MIN_MIN_STAKE
+        hi = MAX_MIN_STAKE
     elif param == P_COLLATERAL_BPS:
-        assert new_value >= MIN_COLLATERAL_BPS and new_value <= MAX_COLLATERAL_BPS, "market: param out of bounds"
-        old = self.collateral_bps
-        self.collateral_bps = new_value
+        offset = SH_COLLATERAL
+        width = 24
+        lo = MIN_COLLATERAL_BPS
+        hi = MAX_COLLATERAL_BPS
     elif param == P_EXPIRE_PENALTY_BPS:
-        assert new_value <= MAX_EXPIRE_PENALTY_BPS, "market: param out of bounds"
-        old = self.expire_penalty_bps
-        self.expire_penalty_bps = new_value
+        offset = SH_PENALTY
+        hi = MAX_EXPIRE_PENALTY_BPS
     elif param == P_UNBONDING_DELAY:
-        assert new_value >= MIN_UNBONDING_DELAY and new_value <= MAX_UNBONDING_DELAY, "market: param out of bounds"
-        old = self.unbonding_delay
-        self.unbonding_delay = new_value
+        offset = SH_UNBONDING
+        width = 24
+        lo = MIN_UNBONDING_DELAY
+        hi = MAX_UNBONDING_DELAY
     else:
         raise "market: unknown param"
+    assert new_value >= lo and new_value <= hi, "market: param out of bounds"
+    cfg: uint256 = self._cfg
+    old: uint256 = self._field(cfg, offset, width)
+    mask: uint256 = ((1 << width) - 1) << offset
+    self._cfg = (cfg & (max_value(uint256) - mask)) | (new_value << offset)
     log IMarket.ParamChanged(param=param, old_value=old, new_value=new_value)
 
 
@@ -238,12 +247,114 @@ def withdraw_fees() -> uint256:
     @return The amount credited.
     """
     ownable._check_owner()
-    amount: uint256 = self.protocol_fees
+    pools: uint256 = self._pools
+    amount: uint256 = pools & LOW128
     assert amount > 0, "market: no fees"
-    self.protocol_fees = 0
+    self._pools = pools - amount
     self._credit(self.fee_recipient, amount)
     log IMarket.FeesWithdrawn(recipient=self.fee_recipient, amount=amount)
     return amount
+
+
+# ---- parameter and pool getters (values packed in storage) ----
+@view
+@external
+def fee_bps() -> uint256:
+    """
+    @notice Protocol fee, in bps of each job's price.
+    @return The fee in bps.
+    """
+    return self._field(self._cfg, SH_FEE, 16)
+
+
+@view
+@external
+def audit_share_bps() -> uint256:
+    """
+    @notice Share of each job's price that funds the audit pool, in bps.
+    @return The share in bps.
+    """
+    return self._field(self._cfg, SH_AUDIT, 16)
+
+
+@view
+@external
+def exclusive_window() -> uint256:
+    """
+    @notice Seconds after submission during which only the preferred node may claim.
+    @return The window in seconds.
+    """
+    return self._field(self._cfg, SH_EXCLUSIVE, 16)
+
+
+@view
+@external
+def challenge_window() -> uint256:
+    """
+    @notice Seconds after publication during which a result can be disputed or audited.
+    @return The window in seconds.
+    """
+    return self._field(self._cfg, SH_CHALLENGE, 24)
+
+
+@view
+@external
+def collateral_bps() -> uint256:
+    """
+    @notice Collateral locked at claim, in bps of the job's max payment.
+    @return The ratio in bps.
+    """
+    return self._field(self._cfg, SH_COLLATERAL, 24)
+
+
+@view
+@external
+def expire_penalty_bps() -> uint256:
+    """
+    @notice Share of the collateral an expired job costs its node, in bps.
+    @return The ratio in bps.
+    """
+    return self._field(self._cfg, SH_PENALTY, 16)
+
+
+@view
+@external
+def unbonding_delay() -> uint256:
+    """
+    @notice Seconds between an unbond request and its completion.
+    @return The delay in seconds.
+    """
+    return self._field(self._cfg, SH_UNBONDING, 24)
+
+
+@view
+@external
+def min_stake() -> uint256:
+    """
+    @notice Minimum bonded stake of a node that claims or verifies.
+    @return The amount.
+    """
+    return self._field(self._cfg, SH_MIN_STAKE, 120)
+
+
+@view
+@external
+def protocol_fees() -> uint256:
+    """
+    @notice Accrued protocol fee, not yet credited to the fee recipient.
+    @return The amount.
+    """
+    return self._pools & LOW128
+
+
+@view
+@external
+def audit_pool() -> uint256:
+    """
+    @notice Tokens that pay audit verifiers.
+    @return The amount.
+    """
+    return self._pools >> 128
 
 
 # ---- models ----
@@ -307,8 +418,10 @@ def stake(amount: uint256) -> uint256:
     self._check_node(msg.sender)
     assert amount > 0, "market: zero amount"
     received: uint256 = self._pull_tokens(msg.sender, amount)
-    new_stake: uint256 = self._stakes[msg.sender].stake + received
-    self._stakes[msg.sender].stake = new_stake
+    bond: uint256 = self._bond[msg.sender]
+    new_stake: uint256 = (bond & LOW128) + received
+    assert new_stake <= LOW128, "market: stake too large"
+    self._bond[msg.sender] = bond + received
     self.total_stake += received
     log IMarket.Staked(node=msg.sender, amount=received, stake=new_stake)
     return received
@@ -323,14 +436,15 @@ def unbond(amount: uint256):
     """
     self._check_node(msg.sender)
     assert amount > 0, "market: zero amount"
-    s: Stake = self._stakes[msg.sender]
-    assert s.stake - s.locked >= amount, "market: amount exceeds free stake"
-    ready_at: uint64 = convert(block.timestamp + self.unbonding_delay, uint64)
-    self._stakes[msg.sender].stake = s.stake - amount
-    self._stakes[msg.sender].unbonding = s.unbonding + amount
+    bond: uint256 = self._bond[msg.sender]
+    assert (bond & LOW128) - (bond >> 128) >= amount, "market: amount exceeds free stake"
+    ready_at: uint64 = convert(block.timestamp + self._field(self._cfg, SH_UNBONDING, 24), uint64)
+    unbonding: uint256 = self._stakes[msg.sender].unbonding + amount
+    self._bond[msg.sender] = bond - amount
+    self._stakes[msg.sender].unbonding = unbonding
     self._stakes[msg.sender].unbond_ready_at = ready_at
     log IMarket.UnbondRequested(
-        node=msg.sender, amount=amount, unbonding=s.unbonding + amount, ready_at=ready_at
+        node=msg.sender, amount=amount, unbonding=unbonding, ready_at=ready_at
     )
 
 
@@ -360,13 +474,15 @@ def serve_model(model_id: bytes32, price_per_token: uint256):
     """
     self._check_node(msg.sender)
     assert self.model_registered[model_id], "market: unknown model"
-    if self._node_index[model_id][msg.sender] == 0:
+    assert price_per_token < PRICE_LIMIT, "market: price too large"
+    index: uint256 = self._serve[model_id][msg.sender] & INDEX_MASK
+    if index == 0:
         assert len(self._model_nodes[model_id]) < MAX_NODES_PER_MODEL, "market: model node set full"
         assert len(self._node_models[msg.sender]) < MAX_MODELS_PER_NODE, "market: node serves too many models"
         self._model_nodes[model_id].append(msg.sender)
-        self._node_index[model_id][msg.sender] = len(self._model_nodes[model_id])
+        index = len(self._model_nodes[model_id])
         self._node_models[msg.sender].append(model_id)
-    self._price[msg.sender][model_id] = price_per_token
+    self._serve[model_id][msg.sender] = (price_per_token << 32) | index
     log IMarket.ModelServed(node=msg.sender, model_id=model_id, price_per_token=price_per_token)
 
 
@@ -376,7 +492,7 @@ def stop_serving(model_id: bytes32):
     @notice Leaves the active set of `model_id`.
     @param model_id The model to stop serving.
     """
-    assert self._node_index[model_id][msg.sender] != 0, "market: model not served"
+    assert self._serve[model_id][msg.sender] != 0, "market: model not served"
     self._unserve(msg.sender, model_id)
     log IMarket.ModelUnserved(node=msg.sender, model_id=model_id)
 
@@ -391,8 +507,9 @@ def node_info(node: address) -> IMarket.NodeInfo:
     """
     s: Stake = self._stakes[node]
     p: Profile = self._profiles[node]
+    bond: uint256 = self._bond[node]
     return IMarket.NodeInfo(
-        registered=s.registered, slashed=s.slashed, stake=s.stake, locked=s.locked,
+        registered=s.registered, slashed=s.slashed, stake=bond & LOW128, locked=bond >> 128,
         unbonding=s.unbonding, unbond_ready_at=s.unbond_ready_at, pubkey=p.pubkey,
         endpoint=p.endpoint,
     )
@@ -418,7 +535,7 @@ def serve_price(node: address, model_id: bytes32) -> uint256:
     @param model_id The model.
     @return The price (0 if not served).
     """
-    return self._price[node][model_id]
+    return self._serve[model_id][node] >> 32
 
 
 @view
@@ -430,7 +547,7 @@ def is_serving(node: address, model_id: bytes32) -> bool:
     @param model_id The model.
     @return True if the node serves the model.
     """
-    return self._node_index[model_id][node] != 0
+    return self._serve[model_id][node] != 0
 
 
 @view
@@ -639,12 +756,12 @@ def expire(job_id: uint256, job: IMarket.Job):
     self._check_job(job_id, job, CLAIMED, "market: job not claimed")
     assert block.timestamp > convert(job.result_deadline, uint256), "market: result deadline not passed"
     node: address = job.node
-    locked: uint256 = self._stakes[node].locked
-    self._stakes[node].locked = locked - min(locked, job.collateral)
-    stake: uint256 = self._stakes[node].stake
-    penalty: uint256 = min(job.collateral * self.expire_penalty_bps // MAX_BPS, stake)
+    bond: uint256 = self._bond[node]
+    locked: uint256 = bond >> 128
+    stake: uint256 = bond & LOW128
+    penalty: uint256 = min(job.collateral * self._field(self._cfg, SH_PENALTY, 16) // MAX_BPS, stake)
+    self._bond[node] = ((locked - min(locked, job.collateral)) << 128) | (stake - penalty)
     if penalty > 0:
-        self._stakes[node].stake = stake - penalty
         self.total_stake -= penalty
         log IMarket.NodeSlashed(node=node, job_id=job_id, amount=penalty, whole_stake=False)
     refund: uint256 = job.max_payment + penalty
@@ -714,7 +831,7 @@ def court_open(job_id: uint256, job: IMarket.Job, payer: address, bond: uint256)
     """
     self._only_court()
     self._check_job(job_id, job, PUBLISHED, "market: job not published")
-    assert block.timestamp <= convert(job.published_at, uint256) + self.challenge_window, "market: challenge window closed"
+    assert block.timestamp <= convert(job.published_at, uint256) + self._field(self._cfg, SH_CHALLENGE, 24), "market: challenge window closed"
     if bond > 0:
         self._take_bond(payer, bond)
     self._set_status(job_id, VERIFYING)
@@ -746,7 +863,7 @@ def court_resolve(job_id: uint256, job: IMarket.Job, valid: bool) -> uint256:
     self._only_court()
     self._check_job(job_id, job, VERIFYING, "market: job not verifying")
     if valid:
-        self._pay(job_id, job)
+        self._pay(job_id, job, self._cfg)
         return 0
     self.balance_of[job.client] += job.max_payment
     slashed: uint256 = self._slash(job.node, max_value(uint256), job_id)
@@ -791,7 +908,7 @@ def court_to_audit_pool(amount: uint256):
     self._only_court()
     assert self.court_funds >= amount, "market: court funds short"
     self.court_funds -= amount
-    self.audit_pool += amount
+    self._add_pools(0, amount)
 
 
 @external
@@ -803,9 +920,10 @@ def court_pay_from_audit_pool(account: address, amount: uint256) -> uint256:
     @return The amount paid.
     """
     self._only_court()
-    paid: uint256 = min(amount, self.audit_pool)
+    pools: uint256 = self._pools
+    paid: uint256 = min(amount, pools >> 128)
     if paid > 0:
-        self.audit_pool -= paid
+        self._pools = pools - (paid << 128)
         self._credit(account, paid)
     return paid
 
@@ -881,20 +999,23 @@ def _submit(
 @internal
 def _claim(job_id: uint256, job: IMarket.Job) -> IMarket.Job:
     assert block.timestamp <= convert(job.claim_deadline, uint256), "market: claim deadline passed"
+    cfg: uint256 = self._cfg
     if job.preferred_node != empty(address) and msg.sender != job.preferred_node:
-        assert block.timestamp >= convert(job.submitted_at, uint256) + self.exclusive_window, "market: reserved for preferred node"
-    assert self._stakes[msg.sender].registered, "market: not a node"
-    assert not self._stakes[msg.sender].slashed, "market: node slashed"
-    assert self._node_index[job.model_id][msg.sender] != 0, "market: model not served"
-    stake: uint256 = self._stakes[msg.sender].stake
-    assert stake >= self.min_stake, "market: stake too low"
-    collateral: uint256 = job.max_payment * self.collateral_bps // MAX_BPS
-    locked: uint256 = self._stakes[msg.sender].locked
-    assert stake - locked >= collateral, "market: free stake too low"
-    self._stakes[msg.sender].locked = locked + collateral
+        assert block.timestamp >= convert(job.submitted_at, uint256) + self._field(cfg, SH_EXCLUSIVE, 16), "market: reserved for preferred node"
+    serve: uint256 = self._serve[job.model_id][msg.sender]
+    if serve == 0:
+        # serving implies registered and not slashed (a slash unserves every model)
+        self._check_node(msg.sender)
+        raise "market: model not served"
+    bond: uint256 = self._bond[msg.sender]
+    stake: uint256 = bond & LOW128
+    assert stake >= self._field(cfg, SH_MIN_STAKE, 120), "market: stake too low"
+    collateral: uint256 = job.max_payment * self._field(cfg, SH_COLLATERAL, 24) // MAX_BPS
+    assert stake - (bond >> 128) >= collateral, "market: free stake too low"
+    self._bond[msg.sender] = bond + (collateral << 128)
     j: IMarket.Job = job
     j.node = msg.sender
-    j.price_per_token = self._price[msg.sender][job.model_id]
+    j.price_per_token = serve >> 32
     j.collateral = collateral
     log IMarket.JobClaimed(
         job_id=job_id, node=msg.sender, price_per_token=j.price_per_token, collateral=collateral
@@ -933,29 +1054,27 @@ def _publish(
 @internal
 def _finalize(job_id: uint256, job: IMarket.Job):
     self._check_job(job_id, job, PUBLISHED, "market: job not published")
-    assert block.timestamp > convert(job.published_at, uint256) + self.challenge_window, "market: challenge window open"
-    self._pay(job_id, job)
+    cfg: uint256 = self._cfg
+    assert block.timestamp > convert(job.published_at, uint256) + self._field(cfg, SH_CHALLENGE, 24), "market: challenge window open"
+    self._pay(job_id, job, cfg)
 
 
 @internal
-def _pay(job_id: uint256, job: IMarket.Job):
+def _pay(job_id: uint256, job: IMarket.Job, cfg: uint256):
     """Pays a job whose result stands: node earns, client gets the rest back."""
     price: uint256 = min(convert(job.output_tokens, uint256) * job.price_per_token, job.max_payment)
-    fee: uint256 = price * self.fee_bps // MAX_BPS
-    audit_share: uint256 = price * self.audit_share_bps // MAX_BPS
+    fee: uint256 = price * self._field(cfg, SH_FEE, 16) // MAX_BPS
+    audit_share: uint256 = price * self._field(cfg, SH_AUDIT, 16) // MAX_BPS
     earned: uint256 = price - fee - audit_share
     refund: uint256 = job.max_payment - price
     node: address = job.node
-    locked: uint256 = self._stakes[node].locked
-    self._stakes[node].locked = locked - min(locked, job.collateral)
+    self._unlock(node, job.collateral)
     if earned > 0:
         self.claimable[node] += earned
     if refund > 0:
         self.balance_of[job.client] += refund
-    if fee > 0:
-        self.protocol_fees += fee
-    if audit_share > 0:
-        self.audit_pool += audit_share
+    if fee + audit_share > 0:
+        self._add_pools(fee, audit_share)
     self._set_status(job_id, FINALIZED)
     log IMarket.JobFinalized(
         job_id=job_id, node=node, payment=earned, refund=refund, fee=fee, audit_share=audit_share
@@ -973,23 +1092,44 @@ def _check_node(node: address):
 @view
 @internal
 def _is_eligible(node: address, model_id: bytes32) -> bool:
+    # serving implies registered and not slashed (a slash unserves every model)
     return (
-        self._stakes[node].registered
-        and not self._stakes[node].slashed
-        and self._node_index[model_id][node] != 0
-        and self._stakes[node].stake >= self.min_stake
+        self._serve[model_id][node] != 0
+        and self._bond[node] & LOW128 >= self._field(self._cfg, SH_MIN_STAKE, 120)
     )
 
 
 @internal
+def _unlock(node: address, collateral: uint256):
+    """Releases a job's collateral (a slashed node's locks were already zeroed)."""
+    bond: uint256 = self._bond[node]
+    self._bond[node] = bond - (min(bond >> 128, collateral) << 128)
+
+
+@internal
+def _add_pools(fee: uint256, audit_share: uint256):
+    pools: uint256 = self._pools
+    fees: uint256 = (pools & LOW128) + fee
+    audit: uint256 = (pools >> 128) + audit_share
+    assert fees <= LOW128 and audit <= LOW128, "market: pool overflow"
+    self._pools = (audit << 128) | fees
+
+
+@pure
+@internal
+def _field(word: uint256, offset: uint256, width: uint256) -> uint256:
+    return (word >> offset) & ((1 << width) - 1)
+
+
+@internal
 def _unserve(node: address, model_id: bytes32):
-    idx: uint256 = self._node_index[model_id][node]
+    idx: uint256 = self._serve[model_id][node] & INDEX_MASK
     last: address = self._model_nodes[model_id].pop()
     if last != node:
         self._model_nodes[model_id][idx - 1] = last
-        self._node_index[model_id][last] = idx
-    self._node_index[model_id][node] = 0
-    self._price[node][model_id] = 0
+        last_serve: uint256 = self._serve[model_id][last]
+        self._serve[model_id][last] = (last_serve - (last_serve & INDEX_MASK)) | idx
+    self._serve[model_id][node] = 0
     models: DynArray[bytes32, MAX_MODELS_PER_NODE] = self._node_models[node]
     for i: uint256 in range(len(models), bound=MAX_MODELS_PER_NODE):
         if models[i] == model_id:
@@ -1002,22 +1142,23 @@ def _unserve(node: address, model_id: bytes32):
 @internal
 def _slash(node: address, amount: uint256, job_id: uint256) -> uint256:
     s: Stake = self._stakes[node]
+    bond: uint256 = self._bond[node]
+    stake: uint256 = bond & LOW128
     taken: uint256 = 0
     whole: bool = amount == max_value(uint256)
     if whole:
-        taken = s.stake + s.unbonding
-        self._stakes[node].stake = 0
-        self._stakes[node].locked = 0
+        taken = stake + s.unbonding
+        self._bond[node] = 0
         self._stakes[node].unbonding = 0
         self._stakes[node].slashed = True
         served: DynArray[bytes32, MAX_MODELS_PER_NODE] = self._node_models[node]
         for model_id: bytes32 in served:
             self._unserve(node, model_id)
     else:
-        from_free: uint256 = min(amount, s.stake - s.locked)
+        from_free: uint256 = min(amount, stake - (bond >> 128))
         from_unbonding: uint256 = min(amount - from_free, s.unbonding)
         taken = from_free + from_unbonding
-        self._stakes[node].stake = s.stake - from_free
+        self._bond[node] = bond - from_free
         self._stakes[node].unbonding = s.unbonding - from_unbonding
     self.total_stake -= taken
     self.court_funds += taken
