@@ -29,5 +29,9 @@ def main() -> None:
             raise SystemExit("set VERINFER_TOKEN to the payment token on live networks")
         deployer = accounts.load(alias)
     addresses = deploy_all(deployer, token=token)
-    result = {**addresses, "chain_id": chain.chain_id, "network": network.choice}
+    result = {
+        **addresses,
+        "chain_id": chain.chain_id,
+        "network": f"{network.choice}:{chain.provider.name}",
+    }
     print(json.dumps(result))
