@@ -12,6 +12,7 @@ import json
 import os
 
 from ape import accounts, chain
+from ape.logging import LogLevel, logger
 from verinfer.deploy import deploy_all
 
 
@@ -34,4 +35,6 @@ def main() -> None:
         "chain_id": chain.chain_id,
         "network": f"{network.choice}:{chain.provider.name}",
     }
-    print(json.dumps(result))
+    # ape logs "Stopping 'anvil' process." to stdout at exit; keep the JSON line last.
+    logger.set_level(LogLevel.ERROR)
+    print(json.dumps(result), flush=True)

@@ -1,0 +1,169 @@
+"""Gas per job on a real chain: `ape run bench_gas` (Anvil by default; `--network` to pick).
+
+Deploys everything, then measures `gasUsed` of every receipt for
+* the happy path: submit (256-byte input, 64 output tokens) -> claim -> publish -> finalize,
+  once cold (first job of the deployment, reported as `happy_path_total_cold`) and once
+  in steady state (the per-step figures and `happy_path_total`);
+* the batched path: 10 jobs targeted at a node, each `claim_and_publish`, one
+  `finalize_many` for all 10 (per job = total / 10);
+* one dispute: dispute -> accept -> post_verdict -> settle (after the appeal window).
+The last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ape import accounts, chain, project
+from ape.logging import LogLevel, logger
+from verinfer.deploy import deploy_all
+from verinfer.digest import SamplingParams, encode_params, model_id, pack_tokens, result_digest
+from verinfer.jobs import JobRecord
+
+BATCH = 10
+INPUT = bytes((i * 31 + 7) % 251 + 1 for i in range(256))
+PARAMS = encode_params(SamplingParams(max_tokens=64))
+OUTPUT = list(range(100, 164))
+MODEL = ("verinfer/bench", "r1", b"\x11" * 32)
+ZERO = "0x" + "00" * 20
+
+
+class Bench:
+    """Deployed protocol plus funded roles."""
+
+    def __init__(self) -> None:
+        test = accounts.test_accounts
+        self.owner, self.client, self.node, self.verifier, self.challenger = test[:5]
+        addresses = deploy_all(self.owner)
+        self.token = project.TestToken.at(addresses["token"])
+        self.market = project.Market.at(addresses["market"])
+        self.court = project.Court.at(addresses["court"])
+        self.unit = 10 ** self.token.decimals()
+        self.model_id = model_id(*MODEL)
+        self.market.register_model(*MODEL, sender=self.owner)
+        for node in (self.node, self.verifier):
+            self.fund(node, 10_000)
+            self.market.register_node(bytes(range(64)), "http://bench", sender=node)
+            self.market.stake(5_000 * self.unit, sender=node)
+            self.market.serve_model(self.model_id, self.unit // 1_000, sender=node)
+        for payer in (self.client, self.challenger):
+            self.fund(payer, 10_000)
+            self.market.deposit(5_000 * self.unit, sender=payer)
+
+    def fund(self, account: Any, whole_tokens: int) -> None:
+        self.token.mint(account, whole_tokens * self.unit, sender=account)
+        self.token.approve(self.market, 2**256 - 1, sender=account)
+
+    def submit(self, preferred: str = ZERO) -> tuple[JobRecord, int]:
+        now = chain.pending_timestamp
+        tx = self.market.submit(
+            self.model_id,
+            INPUT,
+            PARAMS,
+            self.unit,
+            preferred,
+            now + 600,
+            now + 1_200,
+            sender=self.client,
+        )
+        [log] = tx.decode_logs(self.market.JobSubmitted)
+        return JobRecord.from_submitted(log), tx.gas_used
+
+    def publish_args(self, job: JobRecord) -> tuple[Any, ...]:
+        digest = result_digest(job.job_id, job.model_id, INPUT, PARAMS, OUTPUT, 1)
+        return (pack_tokens(OUTPUT), len(OUTPUT), 1, digest)
+
+    def claim(self, job: JobRecord) -> int:
+        tx = self.market.claim(job.job_id, job.as_struct(), sender=self.node)
+        [log] = tx.decode_logs(self.market.JobClaimed)
+        job.apply_claimed(log)
+        return tx.gas_used
+
+    def publish(self, job: JobRecord) -> int:
+        tx = self.market.publish(
+            job.job_id, job.as_struct(), *self.publish_args(job), sender=self.node
+        )
+        [log] = tx.decode_logs(self.market.ResultPublished)
+        job.apply_published(log)
+        return tx.gas_used
+
+    def claim_and_publish(self, job: JobRecord) -> int:
+        tx = self.market.claim_and_publish(
+            job.job_id, job.as_struct(), *self.publish_args(job), sender=self.node
+        )
+        [claimed] = tx.decode_logs(self.market.JobClaimed)
+        [published] = tx.decode_logs(self.market.ResultPublished)
+        job.apply_claimed(claimed)
+        job.apply_published(published)
+        return tx.gas_used
+
+    def pass_time(self, seconds: int) -> None:
+        chain.pending_timestamp += seconds
+        chain.mine()
+
+    def status(self, job: JobRecord) -> int:
+        return self.market.job_status(job.job_id)
+
+
+def happy_path(b: Bench) -> dict[str, int]:
+    """One job, one transaction per step."""
+    job, submit = b.submit()
+    claim = b.claim(job)
+    publish = b.publish(job)
+    b.pass_time(b.market.challenge_window() + 1)
+    finalize = b.market.finalize(job.job_id, job.as_struct(), sender=b.client).gas_used
+    assert b.status(job) == 5, "happy path job not finalized"
+    return {"submit": submit, "claim": claim, "publish": publish, "finalize": finalize}
+
+
+def batched_path(b: Bench) -> int:
+    """Gas per job of 10 targeted jobs with claim_and_publish and one finalize_many."""
+    jobs, total = [], 0
+    for _ in range(BATCH):
+        job, gas = b.submit(preferred=b.node.address)
+        jobs.append(job)
+        total += gas
+    for job in jobs:
+        total += b.claim_and_publish(job)
+    b.pass_time(b.market.challenge_window() + 1)
+    tx = b.market.finalize_many(
+        [j.job_id for j in jobs], [j.as_struct() for j in jobs], sender=b.client
+    )
+    total += tx.gas_used
+    assert all(b.status(j) == 5 for j in jobs), "batched jobs not finalized"
+    return total // BATCH
+
+
+def dispute_path(b: Bench) -> int:
+    """dispute -> accept -> post_verdict -> settle of one published job."""
+    job, _ = b.submit()
+    b.claim(job)
+    b.publish(job)
+    tx = b.court.dispute(job.job_id, job.as_struct(), sender=b.challenger)
+    total = tx.gas_used
+    [assigned] = tx.decode_logs(b.court.VerifierAssigned)
+    verifier = accounts.test_accounts[assigned.verifier]
+    total += b.court.accept(job.job_id, sender=verifier).gas_used
+    total += b.court.post_verdict(job.job_id, True, sender=verifier).gas_used
+    b.pass_time(b.court.appeal_window() + 1)
+    total += b.court.settle(job.job_id, job.as_struct(), sender=b.client).gas_used
+    assert b.status(job) == 5, "disputed job not settled as valid"
+    return total
+
+
+def main() -> None:
+    """Run the three paths and print the gas figures as JSON on the last line."""
+    bench = Bench()
+    cold = happy_path(bench)  # first job: the node's and the pools' slots go 0 -> non-zero
+    happy = happy_path(bench)  # steady state: the figures reported per step
+    result = {
+        **happy,
+        "happy_path_total": sum(happy.values()),
+        "happy_path_total_cold": sum(cold.values()),
+        "happy_path_total_batched": batched_path(bench),
+        "dispute_total": dispute_path(bench),
+    }
+    # ape logs "Stopping 'anvil' process." to stdout at exit; keep the JSON line last.
+    logger.set_level(LogLevel.ERROR)
+    print(json.dumps(result), flush=True)
