@@ -144,7 +144,7 @@ def position_margins(
 
 
 @torch.inference_mode()
-def _claimed_logits(
+def teacher_forced_logits(
     model: LoadedModel, prompts: Sequence[Sequence[int]], claims: Sequence[Sequence[int]]
 ) -> torch.Tensor:
     """Teacher-forced logits (float32, sum(n) x V) predicting every claimed token, in order.
@@ -213,7 +213,7 @@ def verify_batch(
     for start in range(0, len(pending), batch_size):
         chunk = pending[start : start + batch_size]
         toks = [claims[i].token_ids for i, _ in chunk]
-        logits = _claimed_logits(model, [p for _, p in chunk], toks)
+        logits = teacher_forced_logits(model, [p for _, p in chunk], toks)
         row_params = [claims[i].job.params for i, _ in chunk for _ in claims[i].token_ids]
         positions = torch.cat([torch.arange(len(t)) for t in toks])
         claimed = torch.tensor([t for ts in toks for t in ts], dtype=torch.long)

@@ -34,9 +34,16 @@ def _pad_id(model: LoadedModel) -> int:
 
 @torch.inference_mode()
 def generate_batch(
-    model: LoadedModel, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams]
+    model: LoadedModel,
+    prompts: Sequence[Sequence[int]],
+    params: Sequence[SamplingParams],
+    record_logits: list[torch.Tensor] | None = None,
 ) -> list[tuple[list[int], FinishReason]]:
-    """Generate for already-validated prompts in one left-padded batch."""
+    """Generate for already-validated prompts in one left-padded batch.
+
+    ``record_logits``, when given, receives the (B, V) float32 logits of every step (used by
+    the calibration in scripts/bench_verify.py).
+    """
     batch = len(prompts)
     width = max(len(p) for p in prompts)
     device = model.device
@@ -56,6 +63,8 @@ def generate_batch(
     outputs: list[list[int]] = [[] for _ in range(batch)]
     finish: list[FinishReason | None] = [None] * batch
     for step in range(max(p.max_tokens for p in params)):
+        if record_logits is not None:
+            record_logits.append(logits.float().cpu())
         chosen = select_tokens(logits.float(), params, [step] * batch).tolist()
         for row in range(batch):
             if finish[row] is not None:

@@ -67,6 +67,7 @@ class TinyConfig:
     num_key_value_heads: int = 2
     max_position_embeddings: int = 1024
     logit_scale: float = 4.0
+    dtype: str = "float32"  # float32 for CPU tests; bfloat16 for the GPU calibration
 
     def key(self, seed: int) -> str:
         """Short stable hash of (seed, config) used as cache key and revision suffix."""
@@ -180,7 +181,7 @@ def _hf_config(cfg: TinyConfig) -> dict[str, object]:
         "rope_scaling": None,
         "rope_theta": 10000.0,
         "tie_word_embeddings": False,
-        "torch_dtype": "float32",
+        "torch_dtype": cfg.dtype,
         "use_cache": True,
         "vocab_size": cfg.vocab_size,
     }
@@ -258,8 +259,9 @@ def build_tiny_model(path: Path, seed: int = 0, config: TinyConfig | None = None
             "tokenizer_class": "PreTrainedTokenizerFast",
         },
     )
-    save_file(tiny_weights(cfg, seed), str(path / "model.safetensors"), metadata={"format": "pt"})
-    manifest = build_manifest(path, TINY_NAME, f"seed-{seed}-{cfg.key(seed)}", "float32")
+    weights = {k: v.to(getattr(torch, cfg.dtype)) for k, v in tiny_weights(cfg, seed).items()}
+    save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+    manifest = build_manifest(path, TINY_NAME, f"seed-{seed}-{cfg.key(seed)}", cfg.dtype)
     manifest.save(path / MANIFEST_NAME)
     return manifest
 
