@@ -106,6 +106,7 @@ def __init__(
     assert verifier_fee_ <= dispute_bond_, "court: param out of bounds"
     assert no_show_penalty_ <= MAX_AMOUNT and audit_fee_ <= MAX_AMOUNT, "court: param out of bounds"
     market = IMarket(market_)
+    assert 500 * staticcall market.collateral_bps() > MAX_BPS * MAX_BPS, "court: breaks deterrence"
     self.dispute_bond = dispute_bond_
     self.appeal_bond = appeal_bond_
     self.verifier_fee = verifier_fee_
@@ -172,6 +173,7 @@ def set_param(param: uint8, new_value: uint256):
         self.slash_verifier_bps = new_value
     elif param == P_AUDIT_RATE_BPS:
         assert new_value >= 50 and new_value <= MAX_BPS, "court: param out of bounds"
+        assert new_value * staticcall market.collateral_bps() > MAX_BPS * MAX_BPS, "court: breaks deterrence"
         old = self.audit_rate_bps
         self.audit_rate_bps = new_value
     elif param == P_AUDIT_FEE:

@@ -20,6 +20,7 @@ from ethereum.ercs import IERC20
 from snekmate.auth import ownable
 from snekmate.auth import ownable_2step
 
+from interfaces import ICourt
 from interfaces import IMarket
 
 implements: IMarket
@@ -86,8 +87,8 @@ MAX_CHALLENGE_WINDOW: constant(uint256) = 7 * 86_400
 MAX_EXCLUSIVE_WINDOW: constant(uint256) = 3_600
 MIN_MIN_STAKE: constant(uint256) = 1
 MAX_MIN_STAKE: constant(uint256) = 10**30
-MIN_COLLATERAL_BPS: constant(uint256) = 1_000
-MAX_COLLATERAL_BPS: constant(uint256) = 100_000
+MIN_COLLATERAL_BPS: constant(uint256) = 10_000
+MAX_COLLATERAL_BPS: constant(uint256) = 1_000_000
 MAX_EXPIRE_PENALTY_BPS: constant(uint256) = 10_000
 MIN_UNBONDING_DELAY: constant(uint256) = 3_600
 MAX_UNBONDING_DELAY: constant(uint256) = 30 * 86_400
@@ -154,7 +155,7 @@ def __init__(token_: address, min_stake_: uint256, fee_recipient_: address):
     self.fee_recipient = fee_recipient_
     self._cfg = (
         (100 << SH_FEE) | (200 << SH_AUDIT) | (60 << SH_EXCLUSIVE) | (3_600 << SH_CHALLENGE)
-        | (20_000 << SH_COLLATERAL) | (5_000 << SH_PENALTY) | ((7 * 86_400) << SH_UNBONDING)
+        | (250_000 << SH_COLLATERAL) | (5_000 << SH_PENALTY) | ((7 * 86_400) << SH_UNBONDING)
         | (min_stake_ << SH_MIN_STAKE)
     )
     self.next_job_id = 1
@@ -221,6 +222,10 @@ def set_param(param: uint8, new_value: uint256):
     else:
         raise "market: unknown param"
     assert new_value >= lo and new_value <= hi, "market: param out of bounds"
+    if param == P_COLLATERAL_BPS and self.court != empty(address):
+        # deterrence (docs/protocol.md): audit rate x collateral ratio > 1
+        rate: uint256 = staticcall ICourt(self.court).audit_rate_bps()
+        assert new_value * rate > MAX_BPS * MAX_BPS, "market: breaks deterrence"
     cfg: uint256 = self._cfg
     old: uint256 = self._field(cfg, offset, width)
     mask: uint256 = ((1 << width) - 1) << offset

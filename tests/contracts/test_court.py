@@ -435,3 +435,25 @@ def test_court_hooks__job_must_match(court, published_job, funded_challenger, po
     bad = replace(job, max_payment=MAX_PAYMENT + 1).as_tuple()
     with ape.reverts("market: job fields mismatch"):
         court.dispute(job_id, bad, sender=funded_challenger)
+
+
+def test_deterrence__params_that_break_it__revert(court, market, owner):
+    with ape.reverts("market: breaks deterrence"):
+        market.set_param(5, 20_000, sender=owner)  # 2x collateral with p = 5 %
+    with ape.reverts("court: breaks deterrence"):
+        court.set_param(10, 400, sender=owner)  # 4 % x 25 = 1, not > 1
+    tx = court.set_param(10, 401, sender=owner)
+    assert court.audit_rate_bps() == 401
+    [log] = tx.decode_logs(court.ParamChanged)
+    assert (log.param, log.old_value, log.new_value) == (10, 500, 401)
+
+
+def test_court_deploy__when_market_collateral_too_low__reverts(
+    project, deploy_market, token, owner
+):
+    weak = deploy_market(token)
+    weak.set_param(5, 10_000, sender=owner)
+    with ape.reverts("court: breaks deterrence"):
+        project.Court.deploy(
+            weak, DISPUTE_BOND, APPEAL_BOND, VERIFIER_FEE, NO_SHOW_PENALTY, AUDIT_FEE, sender=owner
+        )

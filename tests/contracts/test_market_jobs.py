@@ -100,10 +100,10 @@ def test_claim__locks_collateral_and_logs(market, submit, claim, staked_node):
     job_id, job, _ = submit()
     job, tx = claim(job_id, job, staked_node)
     assert market.job_status(job_id) == CLAIMED
-    assert market.node_info(staked_node).locked == 2 * MAX_PAYMENT
+    assert market.node_info(staked_node).locked == 25 * MAX_PAYMENT
     assert bytes(market.job_hash(job_id)) == bytes(market.hash_job(job.as_tuple()))
     [log] = tx.decode_logs(market.JobClaimed)
-    assert (log.node, log.price_per_token, log.collateral) == (staked_node, PRICE, 2 * MAX_PAYMENT)
+    assert (log.node, log.price_per_token, log.collateral) == (staked_node, PRICE, 25 * MAX_PAYMENT)
 
 
 def test_claim__twice__reverts(market, submit, claim, staked_node, make_node, verifiers):
@@ -161,7 +161,7 @@ def test_claim__when_stake_too_low__reverts(market, submit, make_node, node_op):
 
 def test_claim__when_free_stake_too_low__reverts(market, submit, make_node, node_op):
     make_node(node_op, stake=MIN_STAKE)
-    job_id, job, _ = submit(max_payment=MIN_STAKE // 2 + 1)
+    job_id, job, _ = submit(max_payment=MIN_STAKE // 25 + 1)
     with ape.reverts("market: free stake too low"):
         market.claim(job_id, job.as_tuple(), sender=node_op)
 

@@ -17,7 +17,7 @@ def test_deploy__sets_defaults_and_owner(market, token, owner, fee_recipient):
     assert (market.fee_bps(), market.audit_share_bps(), market.collateral_bps()) == (
         100,
         200,
-        20_000,
+        250_000,
     )
     assert market.court() == ZERO
     assert market.next_job_id() == 1
@@ -44,8 +44,8 @@ def test_set_param__by_owner__updates_and_logs(market, owner):
         (2, 7 * 86_400 + 1),
         (3, 3_601),
         (4, 0),
-        (5, 999),
-        (5, 100_001),
+        (5, 9_999),
+        (5, 1_000_001),
         (6, 10_001),
         (7, 3_599),
         (7, 30 * 86_400 + 1),
