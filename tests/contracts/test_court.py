@@ -20,6 +20,7 @@ from tests.contracts.conftest import (
     UNIT,
     VERIFIER_FEE,
     VERIFYING,
+    ZERO,
 )
 
 PAYMENT = len(OUTPUT_TOKENS) * PRICE
@@ -456,4 +457,52 @@ def test_court_deploy__when_market_collateral_too_low__reverts(
     with ape.reverts("court: breaks deterrence"):
         project.Court.deploy(
             weak, DISPUTE_BOND, APPEAL_BOND, VERIFIER_FEE, NO_SHOW_PENALTY, AUDIT_FEE, sender=owner
+        )
+
+
+# ---- more reverts ----
+def test_accept__twice__reverts(court, opened):
+    job_id, _, verifier, _ = opened
+    court.accept(job_id, sender=verifier)
+    with ape.reverts("court: not awaiting acceptance"):
+        court.accept(job_id, sender=verifier)
+
+
+def test_appeal__without_enough_panel_nodes__reverts(
+    court, market, published_job, make_node, verifiers, funded_challenger, by_addr
+):
+    for v in verifiers[:3]:  # verifier + only 2 panel candidates left
+        make_node(v)
+    job_id, job = published_job
+    tx = court.dispute(job_id, job.as_tuple(), sender=funded_challenger)
+    [assigned] = tx.decode_logs(court.VerifierAssigned)
+    _verdict(court, job_id, by_addr[assigned.verifier], True)
+    with ape.reverts("court: panel unavailable"):
+        court.appeal(job_id, sender=funded_challenger)
+    assert market.balance_of(funded_challenger) == 1_000 * UNIT - DISPUTE_BOND
+
+
+def test_slashed_node__cannot_stake_update_or_claim(
+    court, market, opened, keeper, chain, staked_node, fund, submit
+):
+    job_id, job, verifier, _ = opened
+    _verdict(court, job_id, verifier, False)
+    chain.pending_timestamp = court.dispute_info(job_id).deadline + 1
+    court.settle(job_id, job.as_tuple(), sender=keeper)
+    fund(staked_node, UNIT)
+    with ape.reverts("market: node slashed"):
+        market.stake(UNIT, sender=staked_node)
+    with ape.reverts("market: node slashed"):
+        market.update_node(b"\x01" * 64, "x", sender=staked_node)
+    with ape.reverts("market: node slashed"):
+        market.serve_model(job.model_id, 1, sender=staked_node)
+    new_id, new_job, _ = submit()
+    with ape.reverts("market: node slashed"):
+        market.claim(new_id, new_job.as_tuple(), sender=staked_node)
+
+
+def test_court_deploy__zero_market__reverts(project, owner):
+    with ape.reverts("court: zero market"):
+        project.Court.deploy(
+            ZERO, DISPUTE_BOND, APPEAL_BOND, VERIFIER_FEE, NO_SHOW_PENALTY, AUDIT_FEE, sender=owner
         )

@@ -2,6 +2,7 @@
 
 import ape
 import pytest
+from ape.exceptions import ContractLogicError
 from eth_utils import keccak
 from verinfer.digest import model_id as digest_model_id
 
@@ -329,3 +330,27 @@ def test_deposit__with_odd_tokens__credits_what_arrived(deploy_token, deploy_mar
     m.withdraw_deposit(held, sender=client)
     assert odd.balanceOf(m) == 0
     assert m.balance_of(client) == 0
+
+
+def test_deploy__zero_token__reverts(project, owner, fee_recipient):
+    # ape.reverts trips over decoding this constructor revert; the reason is still exact
+    with pytest.raises(ContractLogicError, match=r"^market: zero token$"):
+        project.Market.deploy(ZERO, MIN_STAKE, fee_recipient, sender=owner)
+
+
+def test_serve_model__price_too_large__reverts(market, node_op, registered_model):
+    market.register_node(PUBKEY, "", sender=node_op)
+    with ape.reverts("market: price too large"):
+        market.serve_model(registered_model, 2**224, sender=node_op)
+
+
+def test_serve_model__too_many_models__reverts(market, node_op, owner):
+    market.register_node(PUBKEY, "", sender=node_op)
+    for i in range(16):
+        tx = market.register_model(f"m{i}", "r", keccak(b"m"), sender=owner)
+        [log] = tx.decode_logs(market.ModelRegistered)
+        market.serve_model(log.model_id, 1, sender=node_op)
+    tx = market.register_model("m16", "r", keccak(b"m"), sender=owner)
+    [log] = tx.decode_logs(market.ModelRegistered)
+    with ape.reverts("market: node serves too many models"):
+        market.serve_model(log.model_id, 1, sender=node_op)
