@@ -631,10 +631,19 @@ def submit(
     @param result_deadline Last moment to publish (after claim_deadline).
     @return The job id.
     """
-    return self._submit(
-        msg.sender, model_id, input, params, max_payment, preferred_node, claim_deadline,
-        result_deadline,
+    job_id: uint256 = 0
+    job: IMarket.Job = empty(IMarket.Job)
+    job_id, job = self._submit(
+        msg.sender, model_id, keccak256(input), len(input), params, max_payment, preferred_node,
+        claim_deadline, result_deadline,
     )
+    log IMarket.JobSubmitted(
+        job_id=job_id, client=msg.sender, model_id=model_id, input=input, params=params,
+        max_tokens=job.max_tokens, max_payment=max_payment, preferred_node=preferred_node,
+        submitted_at=job.submitted_at, claim_deadline=claim_deadline,
+        result_deadline=result_deadline,
+    )
+    return job_id
 
 
 @external
@@ -661,10 +670,19 @@ def deposit_and_submit(
     @return The job id.
     """
     self._deposit(msg.sender, amount)
-    return self._submit(
-        msg.sender, model_id, input, params, max_payment, preferred_node, claim_deadline,
-        result_deadline,
+    job_id: uint256 = 0
+    job: IMarket.Job = empty(IMarket.Job)
+    job_id, job = self._submit(
+        msg.sender, model_id, keccak256(input), len(input), params, max_payment, preferred_node,
+        claim_deadline, result_deadline,
     )
+    log IMarket.JobSubmitted(
+        job_id=job_id, client=msg.sender, model_id=model_id, input=input, params=params,
+        max_tokens=job.max_tokens, max_payment=max_payment, preferred_node=preferred_node,
+        submitted_at=job.submitted_at, claim_deadline=claim_deadline,
+        result_deadline=result_deadline,
+    )
+    return job_id
 
 
 @external
@@ -699,8 +717,13 @@ def publish(
     @param result_digest The PROTOCOL §5 digest over the plaintext tokens.
     """
     self._check_job(job_id, job, CLAIMED, "market: job not claimed")
-    j: IMarket.Job = self._publish(job_id, job, output, output_tokens, finish_reason, result_digest)
+    j: IMarket.Job = self._publish(job, output_tokens, finish_reason, result_digest)
     self._jobs[job_id] = self._hash(j) | PUBLISHED
+    log IMarket.ResultPublished(
+        job_id=job_id, node=msg.sender, output=output, output_tokens=output_tokens,
+        finish_reason=finish_reason, result_digest=result_digest, published_at=j.published_at,
+        published_block=j.published_block,
+    )
 
 
 @external
@@ -724,8 +747,13 @@ def claim_and_publish(
     """
     self._check_job(job_id, job, OPEN, "market: job not open")
     j: IMarket.Job = self._claim(job_id, job)
-    j = self._publish(job_id, j, output, output_tokens, finish_reason, result_digest)
+    j = self._publish(j, output_tokens, finish_reason, result_digest)
     self._jobs[job_id] = self._hash(j) | PUBLISHED
+    log IMarket.ResultPublished(
+        job_id=job_id, node=msg.sender, output=output, output_tokens=output_tokens,
+        finish_reason=finish_reason, result_digest=result_digest, published_at=j.published_at,
+        published_block=j.published_block,
+    )
 
 
 @external
@@ -958,17 +986,20 @@ def _set_status(job_id: uint256, status: uint256):
 def _submit(
     client: address,
     model_id: bytes32,
-    input: Bytes[MAX_INPUT_ABI],
+    input_hash: bytes32,
+    input_len: uint256,
     params: Bytes[MAX_PARAMS_ABI],
     max_payment: uint256,
     preferred_node: address,
     claim_deadline: uint64,
     result_deadline: uint64,
-) -> uint256:
+) -> (uint256, IMarket.Job):
+    """Checks and records a submission; the caller logs JobSubmitted (the input stays in
+    the external frame, so it is not copied again)."""
     assert max_payment > 0, "market: zero payment"
     assert self.model_registered[model_id], "market: unknown model"
-    assert len(input) > 0, "market: empty input"
-    assert len(input) <= MAX_INPUT_BYTES, "market: input too large"
+    assert input_len > 0, "market: empty input"
+    assert input_len <= MAX_INPUT_BYTES, "market: input too large"
     assert len(params) >= MIN_PARAMS_BYTES, "market: bad params"
     max_tokens: uint256 = convert(extract32(params, 0), uint256)
     assert max_tokens > 0 and max_tokens <= MAX_OUTPUT_TOKENS, "market: bad max tokens"
@@ -983,7 +1014,7 @@ def _submit(
     job: IMarket.Job = empty(IMarket.Job)
     job.client = client
     job.model_id = model_id
-    job.input_hash = keccak256(input)
+    job.input_hash = input_hash
     job.params_hash = keccak256(params)
     job.max_tokens = convert(max_tokens, uint32)
     job.max_payment = max_payment
@@ -992,13 +1023,7 @@ def _submit(
     job.claim_deadline = claim_deadline
     job.result_deadline = result_deadline
     self._jobs[job_id] = self._hash(job) | OPEN
-    log IMarket.JobSubmitted(
-        job_id=job_id, client=client, model_id=model_id, input=input, params=params,
-        max_tokens=job.max_tokens, max_payment=max_payment, preferred_node=preferred_node,
-        submitted_at=job.submitted_at, claim_deadline=claim_deadline,
-        result_deadline=result_deadline,
-    )
-    return job_id
+    return job_id, job
 
 
 @internal
@@ -1030,9 +1055,7 @@ def _claim(job_id: uint256, job: IMarket.Job) -> IMarket.Job:
 
 @internal
 def _publish(
-    job_id: uint256,
     job: IMarket.Job,
-    output: Bytes[MAX_OUTPUT_ABI],
     output_tokens: uint32,
     finish_reason: uint8,
     result_digest: bytes32,
@@ -1048,11 +1071,6 @@ def _publish(
     j.result_digest = result_digest
     j.published_at = convert(block.timestamp, uint64)
     j.published_block = convert(block.number, uint64)
-    log IMarket.ResultPublished(
-        job_id=job_id, node=msg.sender, output=output, output_tokens=output_tokens,
-        finish_reason=finish_reason, result_digest=result_digest, published_at=j.published_at,
-        published_block=j.published_block,
-    )
     return j
 
 
