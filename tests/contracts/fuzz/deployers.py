@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import boa
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -21,6 +21,8 @@ settings.register_profile(
     stateful_step_count=STEPS,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    # VERINFER_FUZZ_SHRINK=0 reports the first failure unshrunk (faster while debugging).
+    phases=[p for p in Phase if p != Phase.shrink or os.environ.get("VERINFER_FUZZ_SHRINK") != "0"],
 )
 
 

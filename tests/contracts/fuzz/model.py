@@ -8,7 +8,7 @@ invariants then compare the contract with these books and with the token balance
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 MAX_BPS = 10_000
@@ -296,6 +296,197 @@ class Books:
         return None
 
 
-def snapshot(js: JobState) -> JobState:
-    """A copy of a job state (for comparing before and after a call)."""
-    return replace(js)
+# ---- court ----
+KIND_DISPUTE, KIND_AUDIT = 1, 2
+ASSIGNED, ACCEPTED, VERDICT, APPEALED, UNRESOLVED, SETTLED = range(1, 7)
+MAX_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class CourtParams:
+    """The court parameters the model needs."""
+
+    dispute_bond: int
+    appeal_bond: int
+    verifier_fee: int
+    no_show_penalty: int
+    audit_fee: int
+    accept_window: int
+    verdict_window: int
+    appeal_window: int
+    vote_window: int
+    slash_challenger_bps: int
+    slash_verifier_bps: int
+
+
+@dataclass
+class Dispute:
+    """A dispute or audit as the model knows it."""
+
+    kind: int
+    challenger: str
+    bond: int
+    node: str
+    excluded: set[str]
+    verifier: str = ZERO
+    phase: int = ASSIGNED
+    rounds: int = 0
+    deadline: int = 0
+    verdict_valid: bool = False
+    appellant: str = ZERO
+    appeal_bond: int = 0
+    panel: list[str] = field(default_factory=list)
+    votes: dict[str, bool] = field(default_factory=dict)
+
+
+class CourtBooks:
+    """The court's rules applied to the market's books (the court itself holds nothing)."""
+
+    def __init__(self, books: Books, params: CourtParams) -> None:
+        self.books, self.p = books, params
+        self.disputes: dict[int, Dispute] = {}
+
+    def eligible(self, node_addr: str, excluded: set[str]) -> bool:
+        """Can `node_addr` be picked as verifier or panel member?"""
+        n = self.books.nodes.get(node_addr, NodeState())
+        return (
+            node_addr not in excluded
+            and n.registered
+            and not n.slashed
+            and n.serving
+            and n.stake >= self.books.params.min_stake
+        )
+
+    def candidates(self, excluded: set[str]) -> list[str]:
+        return [a for a in self.books.nodes if self.eligible(a, excluded)]
+
+    def open_reason(self, js: JobState, sender: str, bond: int, now: int) -> str | None:
+        """Why `sender` may not open a dispute/audit with `bond` on `js` now."""
+        if js.status != PUBLISHED:
+            return STATUS_REASON[PUBLISHED]
+        if now > js.job.published_at + self.books.params.challenge_window:
+            return "market: challenge window closed"
+        if bond and self.books.balance.get(sender, 0) < bond:
+            return "market: insufficient balance for bond"
+        if not self.candidates({js.job.node, sender}):
+            return "court: no eligible verifier"
+        return None
+
+    def take_bond(self, payer: str, amount: int) -> None:
+        self.books.balance[payer] -= amount
+        self.books.court_funds += amount
+
+    def pay(self, account: str, amount: int) -> None:
+        """court_pay: court funds -> claimable."""
+        assert self.books.court_funds >= amount, "model: court funds short"
+        self.books.court_funds -= amount
+        self.books.credit(account, amount)
+
+    def to_audit_pool(self, amount: int) -> None:
+        self.books.court_funds -= amount
+        self.books.audit_pool += amount
+
+    def pay_from_audit_pool(self, account: str, amount: int) -> None:
+        paid = min(amount, self.books.audit_pool)
+        self.books.audit_pool -= paid
+        if paid:
+            self.books.credit(account, paid)
+
+    def penalise(self, node_addr: str) -> int:
+        """No-show penalty: partial slash moved into the audit pool."""
+        taken = self.books.slash_partial(node_addr, self.p.no_show_penalty)
+        self.to_audit_pool(taken)
+        return taken
+
+    def split(self, members: list[str], amount: int) -> None:
+        if amount == 0:
+            return
+        paid = 0
+        if members:
+            share = amount // len(members)
+            for m in members:
+                if share:
+                    self.pay(m, share)
+                    paid += share
+        if amount > paid:
+            self.to_audit_pool(amount - paid)
+
+    def settle_reason(self, d: Dispute | None, now: int) -> str | None:
+        """Why the dispute `d` may not be settled now."""
+        if d is None:
+            return "court: nothing to settle"
+        if d.phase == VERDICT:
+            return "court: appeal window open" if now <= d.deadline else None
+        if d.phase == APPEALED:
+            decided = max(self.tally(d)) >= 2
+            return None if decided or now > d.deadline else "court: vote in progress"
+        return None if d.phase == UNRESOLVED else "court: nothing to settle"
+
+    def tally(self, d: Dispute) -> tuple[int, int]:
+        valid = sum(1 for v in d.votes.values() if v)
+        return valid, len(d.votes) - valid
+
+    def settle(self, js: JobState, d: Dispute) -> bool:
+        """Apply the outcome of a due dispute; returns the final verdict."""
+        b, p = self.books, self.p
+        appealed, unresolved = d.phase == APPEALED, d.phase == UNRESOLVED
+        final, overturned = True, False
+        if d.phase == VERDICT:
+            final = d.verdict_valid
+        elif appealed:
+            valid, invalid = self.tally(d)
+            decided = valid >= 2 or invalid >= 2
+            final = valid >= 2 if decided else d.verdict_valid
+            overturned = final != d.verdict_valid
+        d.phase = SETTLED
+        slashed = 0
+        if final:
+            b.pay(js)
+        else:
+            b.balance[js.job.client] += js.job.max_payment
+            slashed = b.slash_whole(js.job.node)
+            js.status = SLASHED
+        workers = [d.verifier]
+        if appealed:
+            valid, invalid = self.tally(d)
+            majority = []
+            if valid >= 2 or invalid >= 2:
+                majority = [m for m, v in d.votes.items() if v == final]
+            if overturned:
+                taken = b.slash_whole(d.verifier)
+                to_appellant = taken * p.slash_challenger_bps // MAX_BPS
+                self.pay(d.appellant, d.appeal_bond + to_appellant)
+                to_panel = taken * p.slash_verifier_bps // MAX_BPS
+                self.split(majority, to_panel)
+                if taken - to_appellant - to_panel:
+                    self.to_audit_pool(taken - to_appellant - to_panel)
+                workers = majority
+            else:
+                self.split(majority, d.appeal_bond)
+            for member in d.panel:
+                if member not in d.votes:
+                    self.penalise(member)
+        if unresolved:
+            if d.bond:
+                self.pay(d.challenger, d.bond)
+        elif final:
+            if d.kind == KIND_AUDIT:
+                for w in workers:
+                    self.pay_from_audit_pool(w, p.audit_fee // len(workers))
+            else:
+                fee = min(p.verifier_fee, d.bond)
+                self.split(workers, fee)
+                if d.bond > fee:
+                    self.pay(js.job.node, d.bond - fee)
+        else:
+            to_challenger = slashed * p.slash_challenger_bps // MAX_BPS
+            to_verifier = slashed * p.slash_verifier_bps // MAX_BPS
+            if d.bond + to_challenger:
+                self.pay(d.challenger, d.bond + to_challenger)
+            self.split(workers, to_verifier)
+            if slashed - to_challenger - to_verifier:
+                self.to_audit_pool(slashed - to_challenger - to_verifier)
+            if d.kind == KIND_AUDIT:
+                for w in workers:
+                    self.pay_from_audit_pool(w, p.audit_fee // len(workers))
+        return final

@@ -30,13 +30,25 @@ from verinfer.digest import SamplingParams, encode_params, model_id
 
 from .deployers import deployer
 from .model import (
+    ACCEPTED,
+    APPEALED,
+    ASSIGNED,
     CLAIMED,
+    KIND_AUDIT,
+    KIND_DISPUTE,
     LIVE,
+    MAX_ROUNDS,
     OPEN,
     PUBLISHED,
     TERMINAL,
+    UNRESOLVED,
+    VERDICT,
+    VERIFYING,
     ZERO,
     Books,
+    CourtBooks,
+    CourtParams,
+    Dispute,
     Job,
     JobState,
     NodeState,
@@ -50,6 +62,8 @@ WALLET = 10**12
 MIN_STAKE = 1_000
 PUBKEY = bytes(range(64))
 N_CLIENTS, N_NODES = 3, 6
+DISPUTE_BOND, APPEAL_BOND, VERIFIER_FEE, NO_SHOW_PENALTY, AUDIT_FEE = 100, 300, 20, 50, 5
+P_AUDIT_RATE_BPS = 10
 
 STEPS_RUN: dict[str, int] = {}  # contract calls made, per machine (reported at the end)
 index = st.integers(min_value=0, max_value=2**16)
@@ -89,7 +103,16 @@ class MarketMachine(RuleBasedStateMachine):
                 self.token.address, MIN_STAKE, self.fee_recipient
             )
             self.market.register_model(*MODEL)
-        m = self.market
+            self.court = deployer("contracts/Court.vy").deploy(
+                self.market.address,
+                DISPUTE_BOND,
+                APPEAL_BOND,
+                VERIFIER_FEE,
+                NO_SHOW_PENALTY,
+                AUDIT_FEE,
+            )
+            self.market.set_court(self.court.address)
+        m, c = self.market, self.court
         params = Params(
             fee_bps=m.fee_bps(),
             audit_share_bps=m.audit_share_bps(),
@@ -102,6 +125,22 @@ class MarketMachine(RuleBasedStateMachine):
             token_fee_bps=self.TOKEN_FEE_BPS,
         )
         self.books = Books(params)
+        self.court_books = CourtBooks(
+            self.books,
+            CourtParams(
+                dispute_bond=c.dispute_bond(),
+                appeal_bond=c.appeal_bond(),
+                verifier_fee=c.verifier_fee(),
+                no_show_penalty=c.no_show_penalty(),
+                audit_fee=c.audit_fee(),
+                accept_window=c.accept_window(),
+                verdict_window=c.verdict_window(),
+                appeal_window=c.appeal_window(),
+                vote_window=c.vote_window(),
+                slash_challenger_bps=c.slash_challenger_bps(),
+                slash_verifier_bps=c.slash_verifier_bps(),
+            ),
+        )
         for account in self.accounts:
             self.books.wallet[account] = 0
             self.books.balance[account] = 0
@@ -157,12 +196,17 @@ class MarketMachine(RuleBasedStateMachine):
 
     # ---- setup ----
     @initialize(
-        stakes=st.lists(st.integers(min_value=MIN_STAKE, max_value=5_000), min_size=5, max_size=5),
+        stakes=st.lists(
+            st.integers(min_value=3 * MIN_STAKE, max_value=10_000), min_size=5, max_size=5
+        ),
         prices=st.lists(st.integers(min_value=0, max_value=40), min_size=5, max_size=5),
+        audit_rate_bps=st.sampled_from([500, 5_000, 10_000]),
     )
-    def start(self, stakes: list[int], prices: list[int]) -> None:
+    def start(self, stakes: list[int], prices: list[int], audit_rate_bps: int) -> None:
         """Clients start with a deposit; five nodes start registered, staked and serving
         (the last node joins by rules)."""
+        with boa.env.prank(self.owner):
+            self.court.set_param(P_AUDIT_RATE_BPS, audit_rate_bps)
         for c in range(N_CLIENTS):
             self.deposit(c, 2_000)
         for node, amount, price in zip(self.nodes, stakes, prices, strict=False):
@@ -218,7 +262,7 @@ class MarketMachine(RuleBasedStateMachine):
     # ---- clients: jobs ----
     @rule(
         c=index,
-        max_payment=st.integers(min_value=1, max_value=800),
+        max_payment=st.integers(min_value=1, max_value=200),  # collateral is 25x
         max_tokens=st.integers(min_value=1, max_value=64),
         preferred=st.sampled_from([-1, -1, -1, -1, *range(N_NODES)]),
         claim_in=st.integers(min_value=1, max_value=7_200),
@@ -373,7 +417,9 @@ class MarketMachine(RuleBasedStateMachine):
     @rule(j=index, n=index)
     def claim(self, j: int, n: int) -> None:
         """A node claims a job."""
-        js, node = self.choose(j, OPEN), self.pick(self.nodes, n)
+        self.do_claim(self.choose(j, OPEN), self.pick(self.nodes, n))
+
+    def do_claim(self, js: JobState, node: str) -> None:
         reason = self.books.claim_reason(js, node, now())
         if self.act(reason, node, self.market.claim, js.job_id, js.job):
             self.books.apply_claim(js, node)
@@ -398,6 +444,9 @@ class MarketMachine(RuleBasedStateMachine):
         """The claimant (or an impostor) publishes a result."""
         js = self.choose(j, CLAIMED)
         sender = js.job.node if as_claimant and js.job.node != ZERO else self.pick(self.nodes, n)
+        self.do_publish(js, sender, extra)
+
+    def do_publish(self, js: JobState, sender: str, extra: int) -> None:
         tokens, packed, digest = self._output(js, extra)
         reason = self.books.publish_reason(js, sender, tokens, now())
         if self.act(
@@ -480,6 +529,256 @@ class MarketMachine(RuleBasedStateMachine):
         """Time passes."""
         boa.env.time_travel(seconds=seconds)
 
+    # ---- court: disputes, audits, verifiers, appeals ----
+    @property
+    def payers(self) -> list[str]:
+        """Accounts that may dispute or appeal (clients and nodes)."""
+        return [*self.clients, *self.nodes]
+
+    def dispute_of(self, js: JobState) -> Dispute | None:
+        return self.court_books.disputes.get(js.job_id)
+
+    def check_assigned(self, js: JobState, d: Dispute) -> None:
+        """Read the verifier the court picked; the model checks it was a fair pick."""
+        info = self.court.dispute_info(js.job_id)
+        if info.verifier == ZERO:
+            assert not self.court_books.candidates(d.excluded), "court missed a verifier"
+            d.verifier, d.phase = ZERO, UNRESOLVED
+            assert info.phase == UNRESOLVED
+            return
+        assert self.court_books.eligible(info.verifier, d.excluded), info.verifier
+        d.verifier, d.phase, d.rounds = info.verifier, ASSIGNED, d.rounds + 1
+        d.deadline = now() + self.court_books.p.accept_window
+        d.excluded.add(info.verifier)
+        assert (info.phase, info.rounds, info.deadline) == (ASSIGNED, d.rounds, d.deadline)
+
+    @precondition(lambda self: self.books.jobs)
+    @rule(j=index, p=index)
+    def dispute(self, j: int, p: int) -> None:
+        """Anyone but the node disputes a published result, posting the bond."""
+        self.do_dispute(self.choose(j, PUBLISHED), self.pick(self.payers, p))
+
+    def do_dispute(self, js: JobState, sender: str) -> None:
+        bond = self.court_books.p.dispute_bond
+        reason = "court: node cannot dispute own job" if sender == js.job.node else None
+        reason = reason or self.court_books.open_reason(js, sender, bond, now())
+        if self.act(reason, sender, self.court.dispute, js.job_id, js.job):
+            self.court_books.take_bond(sender, bond)
+            js.status = VERIFYING
+            d = Dispute(KIND_DISPUTE, sender, bond, js.job.node, {js.job.node, sender})
+            self.court_books.disputes[js.job_id] = d
+            self.check_assigned(js, d)
+
+    @precondition(lambda self: self.books.jobs)
+    @rule(j=index)
+    def start_audit(self, j: int) -> None:
+        """A keeper starts the audit of a published job selected by a later block hash."""
+        js = self.choose(j, PUBLISHED)
+        target = js.job.published_block + 2
+        if block() <= target:
+            reason = "court: audit seed not yet available"
+        elif block() > target + 256:
+            reason = "court: audit seed expired"
+        elif not self.court.is_audit_selected(js.job_id, js.job.published_block):
+            reason = "court: not selected for audit"
+        else:
+            reason = self.court_books.open_reason(js, self.keeper, 0, now())
+        if self.act(reason, self.keeper, self.court.start_audit, js.job_id, js.job):
+            js.status = VERIFYING
+            d = Dispute(KIND_AUDIT, self.keeper, 0, js.job.node, {js.job.node, self.keeper})
+            self.court_books.disputes[js.job_id] = d
+            self.check_assigned(js, d)
+
+    def disputed(self, j: int) -> JobState:
+        """Mostly a job under verification, sometimes any job."""
+        return self.choose(j, VERIFYING)
+
+    def verifier_or_other(self, d: Dispute | None, as_verifier: bool, n: int) -> str:
+        if d is not None and as_verifier and d.verifier != ZERO:
+            return d.verifier
+        return self.pick(self.nodes, n)
+
+    @precondition(lambda self: self.books.jobs)
+    @rule(j=index, as_verifier=st.sampled_from([True, True, True, False]), n=index)
+    def accept(self, j: int, as_verifier: bool, n: int) -> None:
+        """The assigned verifier (or an impostor) accepts the task."""
+        js = self.disputed(j)
+        self.do_accept(js, self.verifier_or_other(self.dispute_of(js), as_verifier, n))
+
+    def do_accept(self, js: JobState, sender: str) -> None:
+        d = self.dispute_of(js)
+        if d is None or d.phase != ASSIGNED:
+            reason = "court: not awaiting acceptance"
+        elif sender != d.verifier:
+            reason = "court: not the verifier"
+        else:
+            reason = "court: accept deadline passed" if now() > d.deadline else None
+        if self.act(reason, sender, self.court.accept, js.job_id):
+            assert d is not None
+            d.phase, d.deadline = ACCEPTED, now() + self.court_books.p.verdict_window
+
+    @precondition(lambda self: self.books.jobs)
+    @rule(
+        j=index,
+        valid=st.booleans(),
+        as_verifier=st.sampled_from([True, True, True, False]),
+        n=index,
+    )
+    def post_verdict(self, j: int, valid: bool, as_verifier: bool, n: int) -> None:
+        """The verifier (or an impostor) posts a verdict."""
+        js = self.disputed(j)
+        sender = self.verifier_or_other(self.dispute_of(js), as_verifier, n)
+        self.do_verdict(js, sender, valid)
+
+    def do_verdict(self, js: JobState, sender: str, valid: bool) -> None:
+        d = self.dispute_of(js)
+        if d is None or d.phase != ACCEPTED:
+            reason = "court: not awaiting verdict"
+        elif sender != d.verifier:
+            reason = "court: not the verifier"
+        else:
+            reason = "court: verdict deadline passed" if now() > d.deadline else None
+        if self.act(reason, sender, self.court.post_verdict, js.job_id, valid):
+            assert d is not None
+            d.phase, d.verdict_valid = VERDICT, valid
+            d.deadline = now() + self.court_books.p.appeal_window
+
+    @precondition(lambda self: self.books.jobs)
+    @rule(j=index)
+    def replace_verifier(self, j: int) -> None:
+        """A keeper replaces a verifier that missed its deadline."""
+        self.do_replace(self.disputed(j))
+
+    def do_replace(self, js: JobState) -> None:
+        d = self.dispute_of(js)
+        if d is None or d.phase not in (ASSIGNED, ACCEPTED):
+            reason = "court: no verifier to replace"
+        else:
+            reason = "court: verifier not late" if now() <= d.deadline else None
+        if self.act(reason, self.keeper, self.court.replace_verifier, js.job_id):
+            assert d is not None
+            penalty = self.court_books.penalise(d.verifier)
+            ev = self.event(self.court, "VerifierReplaced")
+            assert (ev.verifier, ev.penalty) == (d.verifier, penalty)
+            if d.rounds < MAX_ROUNDS:
+                self.check_assigned(js, d)
+            else:
+                d.verifier, d.phase = ZERO, UNRESOLVED
+
+    @precondition(lambda self: self.books.jobs)
+    @rule(j=index, p=index)
+    def appeal(self, j: int, p: int) -> None:
+        """Anyone appeals a verdict to a panel of three, posting the larger bond."""
+        self.do_appeal(self.disputed(j), self.pick(self.payers, p))
+
+    def do_appeal(self, js: JobState, sender: str) -> None:
+        d = self.dispute_of(js)
+        bond = self.court_books.p.appeal_bond
+        if d is not None and d.appellant != ZERO:
+            reason = "court: already appealed"
+        elif d is None or d.phase != VERDICT:
+            reason = "court: no verdict to appeal"
+        elif now() > d.deadline:
+            reason = "court: appeal window closed"
+        elif len(self.court_books.candidates(d.excluded)) < 3:
+            reason = "court: panel unavailable"
+        elif self.books.balance[sender] < bond:
+            reason = "market: insufficient balance for bond"
+        else:
+            reason = None
+        if self.act(reason, sender, self.court.appeal, js.job_id):
+            assert d is not None
+            panel = list(self.court.dispute_info(js.job_id).panel)
+            assert len(set(panel)) == 3
+            assert all(self.court_books.eligible(m, d.excluded) for m in panel), panel
+            self.court_books.take_bond(sender, bond)
+            d.phase, d.appellant, d.appeal_bond, d.panel = APPEALED, sender, bond, panel
+            d.deadline = now() + self.court_books.p.vote_window
+
+    @precondition(lambda self: self.books.jobs)
+    @rule(j=index, m=index, valid=st.booleans(), member=st.sampled_from([True, True, False]))
+    def panel_vote(self, j: int, m: int, valid: bool, member: bool) -> None:
+        """A panel member (or an outsider) votes."""
+        js = self.disputed(j)
+        d = self.dispute_of(js)
+        sender = self.pick(d.panel, m) if d and d.panel and member else self.pick(self.nodes, m)
+        self.do_vote(js, sender, valid)
+
+    def do_vote(self, js: JobState, sender: str, valid: bool) -> None:
+        d = self.dispute_of(js)
+        if d is None or d.phase != APPEALED:
+            reason = "court: not in appeal"
+        elif sender not in d.panel:
+            reason = "court: not on the panel"
+        elif sender in d.votes:
+            reason = "court: already voted"
+        else:
+            reason = "court: vote deadline passed" if now() > d.deadline else None
+        if self.act(reason, sender, self.court.panel_vote, js.job_id, valid):
+            assert d is not None
+            d.votes[sender] = valid
+
+    @precondition(lambda self: self.books.jobs)
+    @rule(j=index)
+    def settle(self, j: int) -> None:
+        """A keeper settles a dispute whose outcome is due."""
+        self.do_settle(self.disputed(j))
+
+    def do_settle(self, js: JobState) -> None:
+        d = self.dispute_of(js)
+        reason = self.court_books.settle_reason(d, now())
+        if self.act(reason, self.keeper, self.court.settle, js.job_id, js.job):
+            assert d is not None
+            final = self.court_books.settle(js, d)
+            ev = self.event(self.court, "DisputeSettled")
+            assert (ev.job_id, ev.valid) == (js.job_id, final)
+            assert self.market.job_status(js.job_id) == js.status
+
+    # ---- driver: push one live job one step further along its natural path ----
+    @precondition(lambda self: self.jobs_in(*LIVE))
+    @rule(j=index, choice=st.integers(0, 3), valid=st.booleans())
+    def advance(self, j: int, choice: int, valid: bool) -> None:
+        """Take a live job's next natural step (uniform rule choice alone rarely gets a job
+        through claim, publish, dispute, verdict, appeal and settlement)."""
+        js = self.pick(self.jobs_in(*LIVE), j)
+        d = self.dispute_of(js)
+        if js.status == OPEN:
+            nodes = [n for n in self.nodes if self.books.claim_reason(js, n, now()) is None]
+            if nodes:
+                self.do_claim(js, self.pick(nodes, choice))
+        elif js.status == CLAIMED:
+            self.do_publish(js, js.job.node, choice)
+        elif js.status == PUBLISHED and choice == 0:
+            self.do_finalize(js)
+        elif js.status == PUBLISHED:
+            payers = [a for a in self.payers if a != js.job.node]
+            self.do_dispute(js, self.pick(payers, j))
+        elif d is not None and d.phase == ASSIGNED:
+            self.do_accept(js, d.verifier)
+        elif d is not None and d.phase == ACCEPTED:
+            self.do_verdict(js, d.verifier, valid)
+        elif d is not None and d.phase == VERDICT and choice < 2:
+            self.do_appeal(js, self.pick(self.payers, j))
+        elif d is not None and d.phase == APPEALED and len(d.votes) < len(d.panel):
+            member = next(m for m in d.panel if m not in d.votes)
+            self.do_vote(js, member, valid)
+        else:
+            self.do_settle(js)
+
+    @invariant()
+    def disputes_match_court(self) -> None:
+        """The court's record of every dispute matches the model's."""
+        for job_id, d in self.court_books.disputes.items():
+            info = self.court.dispute_info(job_id)
+            assert (info.kind, info.phase, info.challenger, info.bond) == (
+                d.kind,
+                d.phase,
+                d.challenger,
+                d.bond,
+            )
+            if d.phase in (ASSIGNED, ACCEPTED, VERDICT, APPEALED):
+                assert (info.verifier, info.deadline) == (d.verifier, d.deadline)
+
     # ---- invariants ----
     @invariant()
     def conservation_and_books(self) -> None:
@@ -536,6 +835,8 @@ class MarketMachine(RuleBasedStateMachine):
                 self.do_expire(js)
             elif js.status == PUBLISHED:
                 self.do_finalize(js)
+        self.settle_disputes()
+        for js in self.books.jobs:
             assert js.status in TERMINAL, (js.job_id, js.status)
         self.statuses_match_and_terminal_stays_terminal()
         for i, node in enumerate(self.nodes):
@@ -556,10 +857,27 @@ class MarketMachine(RuleBasedStateMachine):
             if self.books.claimable[account]:
                 self.withdraw(a)
         self.conservation_and_books()
-        residue = self.books.court_funds + self.books.audit_pool
-        assert self.token.balanceOf(self.market.address) == residue
+        assert self.books.court_funds == 0, "bonds or slashed stake left undistributed"
+        assert self.token.balanceOf(self.market.address) == self.books.audit_pool
         assert self.books.total_stake() == 0
         assert not any(self.books.balance.values()) and not any(self.books.claimable.values())
+
+    def settle_disputes(self) -> None:
+        """Late verifiers are replaced and due outcomes settled until none is left."""
+        p = self.court_books.p
+        longest = max(p.accept_window, p.verdict_window, p.appeal_window, p.vote_window)
+        for _ in range(2 * MAX_ROUNDS + 2):
+            verifying = self.jobs_in(VERIFYING)
+            if not verifying:
+                return
+            boa.env.time_travel(seconds=longest + 1)
+            for js in verifying:
+                d = self.dispute_of(js)
+                assert d is not None, js.job_id
+                if d.phase in (ASSIGNED, ACCEPTED):
+                    self.do_replace(js)
+                else:
+                    self.do_settle(js)
 
     def teardown(self) -> None:
         try:
