@@ -31,7 +31,7 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from verinfer.digest import FinishReason, SamplingParams
+from verinfer.digest import MAX_UINT32, FinishReason, SamplingParams
 from verinfer.engines import Job, TransformersEngine
 from verinfer.engines.hf import generate_batch
 from verinfer.models import LoadedModel, load_model, tiny_model_path
@@ -235,8 +235,8 @@ def cost_ratio(model: LoadedModel, rng: random.Random, rounds: int = 3) -> dict[
     jobs = []
     for i in range(128):
         job = make_job(model, i, rng.randrange(8, 24), rng)
-        # stop only on <|pad|>, which the model practically never emits: 64 tokens per job
-        jobs.append(replace(job, params=replace(job.params, stop_token_ids=(0,))))
+        # a stop id outside the vocabulary is never emitted: exactly 64 tokens per job
+        jobs.append(replace(job, params=replace(job.params, stop_token_ids=(MAX_UINT32,))))
     engines = {bs: TransformersEngine(model, max_batch_size=bs) for bs in (32, 64, 128)}
     results = engines[32].generate(jobs)
     claims = [

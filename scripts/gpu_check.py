@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from verinfer.digest import SamplingParams
+from verinfer.digest import MAX_UINT32, SamplingParams
 from verinfer.engines import Job, TransformersEngine
 from verinfer.models import LoadedModel, TinyConfig, load_model, tiny_model_path
 from verinfer.sampler import gumbel_hash, seed_words
@@ -48,7 +48,7 @@ def hash_cpu_equals_device(device: str) -> bool:
 
 
 def make_jobs(model: LoadedModel, n: int, rng: random.Random) -> list[Job]:
-    """Greedy and sampled jobs, 64 tokens, stop only on <|pad|> (practically never)."""
+    """Greedy and sampled jobs, exactly 64 tokens (the stop id lies outside the vocabulary)."""
     jobs = []
     for i in range(n):
         params = SamplingParams(
@@ -56,7 +56,7 @@ def make_jobs(model: LoadedModel, n: int, rng: random.Random) -> list[Job]:
             temperature_milli=(0, 700, 1000, 1300)[i % 4],
             top_k=(0, 0, 50)[i % 3],
             seed=rng.getrandbits(64),
-            stop_token_ids=(0,),
+            stop_token_ids=(MAX_UINT32,),
         )
         prompt = (1, *(rng.randrange(5, model.vocab_size) for _ in range(rng.randrange(8, 120))))
         jobs.append(Job(model.model_id, params, prompt_ids=prompt))

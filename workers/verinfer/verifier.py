@@ -156,7 +156,8 @@ def teacher_forced_logits(
     width = max(len(s) for s in seqs)
     ids = torch.zeros((len(seqs), width), dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    rows, cols = [], []
+    rows: list[int] = []
+    cols: list[int] = []
     for row, seq in enumerate(seqs):
         ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         mask[row, : len(seq)] = 1
@@ -216,9 +217,9 @@ def verify_batch(
         logits = teacher_forced_logits(model, [p for _, p in chunk], toks)
         row_params = [claims[i].job.params for i, _ in chunk for _ in claims[i].token_ids]
         positions = torch.cat([torch.arange(len(t)) for t in toks])
-        claimed = torch.tensor([t for ts in toks for t in ts], dtype=torch.long)
+        claimed_t = torch.tensor([t for ts in toks for t in ts], dtype=torch.long)
         margins, outside = position_margins(
-            logits, row_params, positions.to(logits.device), claimed.to(logits.device), tau
+            logits, row_params, positions.to(logits.device), claimed_t.to(logits.device), tau
         )
         margins_l, outside_l = margins.tolist(), outside.tolist()
         offset = 0

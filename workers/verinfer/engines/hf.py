@@ -86,7 +86,10 @@ def generate_batch(
         )
         logits, past = out.logits[:, -1, :], out.past_key_values
         next_pos = next_pos + 1
-    return [(outputs[r], FinishReason(finish[r])) for r in range(batch)]
+    return [
+        (out_ids, FinishReason.LENGTH if reason is None else reason)
+        for out_ids, reason in zip(outputs, finish, strict=True)
+    ]
 
 
 class TransformersEngine:

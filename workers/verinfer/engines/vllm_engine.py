@@ -14,7 +14,7 @@ and is tested on CPU; the rest is exercised by ``scripts/gpu_check.py`` on a GPU
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -48,7 +48,7 @@ def keyed_row_processor(
     return process
 
 
-def vllm_request_kwargs(params: SamplingParams, stop_ids: Sequence[int]) -> dict[str, Any]:
+def vllm_request_kwargs(params: SamplingParams, stop_ids: Iterable[int]) -> dict[str, Any]:
     """Keyword arguments of ``vllm.SamplingParams`` for a job (greedy + our processor)."""
     return {
         "max_tokens": params.max_tokens,

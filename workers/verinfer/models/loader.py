@@ -73,6 +73,7 @@ def load_model(
         manifest = root / MANIFEST_NAME
     spec = manifest if isinstance(manifest, Manifest) else Manifest.load(Path(manifest))
     check_files(root, spec)
+    model: Any
     try:
         model = AutoModelForCausalLM.from_pretrained(
             root, dtype=_DTYPES[spec.dtype], local_files_only=True
@@ -80,7 +81,7 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(root, local_files_only=True)
     except Exception as exc:  # any loader failure (safetensors, json, torch) is a bad file
         raise ModelFileError(f"model files in {root} do not load: {exc}") from exc
-    model.to(device)
+    model = model.to(device)
     model.eval()
     config = model.config
     eos = _eos_ids(root, config)
