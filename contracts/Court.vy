@@ -34,7 +34,7 @@ MAX_NODES: constant(uint256) = 64
 PANEL_SIZE: constant(uint256) = 3
 MAX_ROUNDS: constant(uint8) = 3
 AUDIT_DELAY_BLOCKS: constant(uint256) = 2
-MAX_AMOUNT: constant(uint256) = 10**30
+MAX_AMOUNT: constant(uint256) = 2**96 - 1  # bonds and fees pack into 96-128 bits
 
 KIND_DISPUTE: constant(uint8) = 1
 KIND_AUDIT: constant(uint8) = 2
@@ -76,8 +76,18 @@ slash_verifier_bps: public(uint256)
 audit_rate_bps: public(uint256)
 audit_fee: public(uint256)
 
-_disputes: HashMap[uint256, ICourt.Dispute]
-_excluded: HashMap[uint256, HashMap[address, bool]]
+# A dispute record is packed by hand (one 22,100-gas slot per field adds up fast):
+# _meta = kind | phase << 8 | rounds << 16 | verdict_valid << 24 | final_valid << 25
+#         | votes_valid << 32 | votes_invalid << 40 | deadline << 64 | bond << 128
+_meta: HashMap[uint256, uint256]
+_challenger: HashMap[uint256, address]
+_node: HashMap[uint256, address]
+_model: HashMap[uint256, bytes32]
+_verifier: HashMap[uint256, address]
+_appeal: HashMap[uint256, uint256]  # appellant | appeal_bond << 160
+_panel: HashMap[uint256, DynArray[address, PANEL_SIZE]]
+_voted: HashMap[uint256, DynArray[address, PANEL_SIZE]]
+_excluded: HashMap[uint256, HashMap[address, bool]]  # verifiers replaced for lateness
 _votes: HashMap[uint256, HashMap[address, uint8]]  # 1 valid, 2 invalid
 
 
@@ -203,11 +213,9 @@ def dispute(job_id: uint256, job: IMarket.Job):
     d.bond = bond
     d.node = job.node
     d.model_id = job.model_id
-    self._excluded[job_id][job.node] = True
-    self._excluded[job_id][msg.sender] = True
     d = self._assign(job_id, d)
     assert d.verifier != empty(address), "court: no eligible verifier"
-    self._disputes[job_id] = d
+    self._open(job_id, d)
     log ICourt.DisputeOpened(job_id=job_id, challenger=msg.sender, node=job.node, bond=bond)
 
 
@@ -230,11 +238,9 @@ def start_audit(job_id: uint256, job: IMarket.Job):
     d.challenger = msg.sender
     d.node = job.node
     d.model_id = job.model_id
-    self._excluded[job_id][job.node] = True
-    self._excluded[job_id][msg.sender] = True
     d = self._assign(job_id, d)
     assert d.verifier != empty(address), "court: no eligible verifier"
-    self._disputes[job_id] = d
+    self._open(job_id, d)
     log ICourt.AuditStarted(job_id=job_id, keeper=msg.sender, node=job.node)
 
 
@@ -261,13 +267,14 @@ def accept(job_id: uint256):
     @notice The assigned verifier accepts the task before its accept deadline.
     @param job_id The job id.
     """
-    d: ICourt.Dispute = self._disputes[job_id]
+    d: ICourt.Dispute = self._load(job_id, False)
     assert d.phase == PH_ASSIGNED, "court: not awaiting acceptance"
     assert msg.sender == d.verifier, "court: not the verifier"
     assert block.timestamp <= convert(d.deadline, uint256), "court: accept deadline passed"
     deadline: uint64 = convert(block.timestamp + self.verdict_window, uint64)
-    self._disputes[job_id].phase = PH_ACCEPTED
-    self._disputes[job_id].deadline = deadline
+    d.phase = PH_ACCEPTED
+    d.deadline = deadline
+    self._meta[job_id] = self._pack(d)
     log ICourt.VerifierAccepted(job_id=job_id, verifier=msg.sender, verdict_deadline=deadline)
 
 
@@ -278,14 +285,15 @@ def post_verdict(job_id: uint256, valid: bool):
     @param job_id The job id.
     @param valid True if the published result passed teacher-forced re-execution.
     """
-    d: ICourt.Dispute = self._disputes[job_id]
+    d: ICourt.Dispute = self._load(job_id, False)
     assert d.phase == PH_ACCEPTED, "court: not awaiting verdict"
     assert msg.sender == d.verifier, "court: not the verifier"
     assert block.timestamp <= convert(d.deadline, uint256), "court: verdict deadline passed"
     deadline: uint64 = convert(block.timestamp + self.appeal_window, uint64)
-    self._disputes[job_id].phase = PH_VERDICT
-    self._disputes[job_id].verdict_valid = valid
-    self._disputes[job_id].deadline = deadline
+    d.phase = PH_VERDICT
+    d.verdict_valid = valid
+    d.deadline = deadline
+    self._meta[job_id] = self._pack(d)
     log ICourt.VerdictPosted(job_id=job_id, verifier=msg.sender, valid=valid, appeal_deadline=deadline)
 
 
@@ -297,7 +305,7 @@ def replace_verifier(job_id: uint256):
             the dispute becomes unresolved and settles as valid with the bond returned.
     @param job_id The job id.
     """
-    d: ICourt.Dispute = self._disputes[job_id]
+    d: ICourt.Dispute = self._load(job_id, False)
     assert d.phase == PH_ASSIGNED or d.phase == PH_ACCEPTED, "court: no verifier to replace"
     assert block.timestamp > convert(d.deadline, uint256), "court: verifier not late"
     late: address = d.verifier
@@ -310,7 +318,8 @@ def replace_verifier(job_id: uint256):
     if d.verifier == empty(address):
         d.phase = PH_UNRESOLVED
         d.deadline = convert(block.timestamp, uint64)
-    self._disputes[job_id] = d
+    self._meta[job_id] = self._pack(d)
+    self._verifier[job_id] = d.verifier
 
 
 # ---- appeal ----
@@ -321,21 +330,20 @@ def appeal(job_id: uint256):
             nodes; the appeal bond is taken from the caller's prepaid balance.
     @param job_id The job id.
     """
-    d: ICourt.Dispute = self._disputes[job_id]
-    assert d.appellant == empty(address), "court: already appealed"
+    d: ICourt.Dispute = self._load(job_id, False)
+    assert self._appeal[job_id] == 0, "court: already appealed"
     assert d.phase == PH_VERDICT, "court: no verdict to appeal"
     assert block.timestamp <= convert(d.deadline, uint256), "court: appeal window closed"
-    self._excluded[job_id][d.verifier] = True
-    panel: DynArray[address, PANEL_SIZE] = self._pick(job_id, d.model_id, PANEL_SIZE, 1_000)
+    panel: DynArray[address, PANEL_SIZE] = self._pick(job_id, d, PANEL_SIZE, 1_000)
     assert len(panel) == PANEL_SIZE, "court: panel unavailable"
     bond: uint256 = self.appeal_bond
     extcall market.court_take_bond(msg.sender, bond)
     deadline: uint64 = convert(block.timestamp + self.vote_window, uint64)
-    self._disputes[job_id].phase = PH_APPEALED
-    self._disputes[job_id].appellant = msg.sender
-    self._disputes[job_id].appeal_bond = bond
-    self._disputes[job_id].panel = panel
-    self._disputes[job_id].deadline = deadline
+    d.phase = PH_APPEALED
+    d.deadline = deadline
+    self._meta[job_id] = self._pack(d)
+    self._appeal[job_id] = convert(msg.sender, uint256) | (bond << 160)
+    self._panel[job_id] = panel
     log ICourt.AppealOpened(job_id=job_id, appellant=msg.sender, bond=bond, panel=panel, vote_deadline=deadline)
 
 
@@ -346,18 +354,19 @@ def panel_vote(job_id: uint256, valid: bool):
     @param job_id The job id.
     @param valid True if the published result is valid.
     """
-    d: ICourt.Dispute = self._disputes[job_id]
+    d: ICourt.Dispute = self._load(job_id, True)
     assert d.phase == PH_APPEALED, "court: not in appeal"
     assert msg.sender in d.panel, "court: not on the panel"
     assert msg.sender not in d.voted, "court: already voted"
     assert block.timestamp <= convert(d.deadline, uint256), "court: vote deadline passed"
-    self._disputes[job_id].voted.append(msg.sender)
+    self._voted[job_id].append(msg.sender)
     if valid:
-        self._disputes[job_id].votes_valid = d.votes_valid + 1
+        d.votes_valid += 1
         self._votes[job_id][msg.sender] = 1
     else:
-        self._disputes[job_id].votes_invalid = d.votes_invalid + 1
+        d.votes_invalid += 1
         self._votes[job_id][msg.sender] = 2
+    self._meta[job_id] = self._pack(d)
     log ICourt.PanelVoted(job_id=job_id, member=msg.sender, valid=valid)
 
 
@@ -374,7 +383,7 @@ def settle(job_id: uint256, job: IMarket.Job):
     @param job_id The job id.
     @param job The job's fields as last emitted.
     """
-    d: ICourt.Dispute = self._disputes[job_id]
+    d: ICourt.Dispute = self._load(job_id, True)
     final: bool = True
     appealed: bool = d.phase == PH_APPEALED
     overturned: bool = False
@@ -391,8 +400,10 @@ def settle(job_id: uint256, job: IMarket.Job):
     else:
         assert d.phase == PH_UNRESOLVED, "court: nothing to settle"
     unresolved: bool = d.phase == PH_UNRESOLVED
-    self._disputes[job_id].phase = PH_SETTLED
-    self._disputes[job_id].final_valid = final
+    settled: ICourt.Dispute = d
+    settled.phase = PH_SETTLED
+    settled.final_valid = final
+    self._meta[job_id] = self._pack(settled)
     slashed: uint256 = extcall market.court_resolve(job_id, job, final)
 
     # who did the verification work: the verifier, or the panel majority that overruled it
@@ -424,7 +435,7 @@ def dispute_info(job_id: uint256) -> ICourt.Dispute:
     @param job_id The job id.
     @return The record (phase 0 if none).
     """
-    return self._disputes[job_id]
+    return self._load(job_id, True)
 
 
 # ---- internal ----
@@ -438,7 +449,7 @@ def _selected(job_id: uint256, seed: bytes32) -> bool:
 def _assign(job_id: uint256, d: ICourt.Dispute) -> ICourt.Dispute:
     """Picks the next verifier (empty if none is eligible) and opens its accept window."""
     out: ICourt.Dispute = d
-    picked: DynArray[address, PANEL_SIZE] = self._pick(job_id, d.model_id, 1, convert(d.rounds, uint256))
+    picked: DynArray[address, PANEL_SIZE] = self._pick(job_id, d, 1, convert(d.rounds, uint256))
     if len(picked) == 0:
         out.verifier = empty(address)
         return out
@@ -446,15 +457,16 @@ def _assign(job_id: uint256, d: ICourt.Dispute) -> ICourt.Dispute:
     out.rounds = d.rounds + 1
     out.phase = PH_ASSIGNED
     out.deadline = convert(block.timestamp + self.accept_window, uint64)
-    self._excluded[job_id][picked[0]] = True
     log ICourt.VerifierAssigned(job_id=job_id, verifier=picked[0], round=out.rounds, accept_deadline=out.deadline)
     return out
 
 
 @view
 @internal
-def _pick(job_id: uint256, model_id: bytes32, count: uint256, salt: uint256) -> DynArray[address, PANEL_SIZE]:
-    """Up to `count` eligible, not excluded nodes of the model, from a pseudo-random start."""
+def _pick(job_id: uint256, d: ICourt.Dispute, count: uint256, salt: uint256) -> DynArray[address, PANEL_SIZE]:
+    """Up to `count` eligible nodes of the model from a pseudo-random start, never the
+    node, the challenger, the current verifier or a verifier replaced for lateness."""
+    model_id: bytes32 = d.model_id
     nodes: DynArray[address, MAX_NODES] = staticcall market.model_nodes(model_id)
     picked: DynArray[address, PANEL_SIZE] = []
     n: uint256 = len(nodes)
@@ -464,6 +476,8 @@ def _pick(job_id: uint256, model_id: bytes32, count: uint256, salt: uint256) -> 
     start: uint256 = seed % n
     for i: uint256 in range(n, bound=MAX_NODES):
         cand: address = nodes[(start + i) % n]
+        if cand == d.node or cand == d.challenger or cand == d.verifier:
+            continue
         if not self._excluded[job_id][cand] and staticcall market.is_eligible(cand, model_id):
             picked.append(cand)
             if len(picked) == count:
@@ -567,3 +581,58 @@ def _pay_fraud(d: ICourt.Dispute, slashed: uint256, workers: DynArray[address, P
     if d.kind == KIND_AUDIT:
         for w: address in workers:
             extcall market.court_pay_from_audit_pool(w, self.audit_fee // len(workers))
+
+
+@internal
+def _open(job_id: uint256, d: ICourt.Dispute):
+    """Writes a new dispute record."""
+    self._meta[job_id] = self._pack(d)
+    self._challenger[job_id] = d.challenger
+    self._node[job_id] = d.node
+    self._model[job_id] = d.model_id
+    self._verifier[job_id] = d.verifier
+
+
+@pure
+@internal
+def _pack(d: ICourt.Dispute) -> uint256:
+    return (
+        convert(d.kind, uint256)
+        | (convert(d.phase, uint256) << 8)
+        | (convert(d.rounds, uint256) << 16)
+        | (convert(d.verdict_valid, uint256) << 24)
+        | (convert(d.final_valid, uint256) << 25)
+        | (convert(d.votes_valid, uint256) << 32)
+        | (convert(d.votes_invalid, uint256) << 40)
+        | (convert(d.deadline, uint256) << 64)
+        | (d.bond << 128)
+    )
+
+
+@view
+@internal
+def _load(job_id: uint256, full: bool) -> ICourt.Dispute:
+    """Reads a dispute record; `full` adds the appeal fields."""
+    meta: uint256 = self._meta[job_id]
+    d: ICourt.Dispute = empty(ICourt.Dispute)
+    d.kind = convert(meta & 255, uint8)
+    d.phase = convert((meta >> 8) & 255, uint8)
+    d.rounds = convert((meta >> 16) & 255, uint8)
+    d.verdict_valid = (meta >> 24) & 1 == 1
+    d.final_valid = (meta >> 25) & 1 == 1
+    d.votes_valid = convert((meta >> 32) & 255, uint8)
+    d.votes_invalid = convert((meta >> 40) & 255, uint8)
+    d.deadline = convert((meta >> 64) & (2**64 - 1), uint64)
+    d.bond = meta >> 128
+    d.challenger = self._challenger[job_id]
+    d.node = self._node[job_id]
+    d.model_id = self._model[job_id]
+    d.verifier = self._verifier[job_id]
+    if full:
+        appeal: uint256 = self._appeal[job_id]
+        if appeal != 0:
+            d.appellant = convert(convert(appeal & (2**160 - 1), uint160), address)
+            d.appeal_bond = appeal >> 160
+            d.panel = self._panel[job_id]
+            d.voted = self._voted[job_id]
+    return d
