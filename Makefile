@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 PY_STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
-FUZZ_EXAMPLES ?= 3000
+FUZZ_EXAMPLES ?= 150
 CHAIN ?= anvil
 
 .PHONY: setup test fuzz lint fmt demo bench-gas bench-verify compile clean
@@ -36,7 +36,7 @@ test: setup
 	ape compile
 	pytest tests -q
 
-# Long stateful fuzzing run of the contracts (make test runs a short one).
+# Long stateful fuzzing run: FUZZ_EXAMPLES examples x 100 steps per token kind (make test: 8).
 fuzz: setup
 	VERINFER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) pytest tests/contracts/fuzz -q
 
