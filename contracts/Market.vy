@@ -242,6 +242,7 @@ def set_fee_recipient(recipient: address):
     ownable._check_owner()
     assert recipient != empty(address), "market: zero fee recipient"
     self.fee_recipient = recipient
+    log IMarket.FeeRecipientSet(recipient=recipient)
 
 
 @external

@@ -83,8 +83,10 @@ def test_set_court__zero__reverts(market, owner):
 
 
 def test_set_fee_recipient__updates_and_rejects_zero(market, owner, keeper):
-    market.set_fee_recipient(keeper, sender=owner)
+    tx = market.set_fee_recipient(keeper, sender=owner)
     assert market.fee_recipient() == keeper
+    [log] = tx.decode_logs(market.FeeRecipientSet)
+    assert log.recipient == keeper
     with ape.reverts("market: zero fee recipient"):
         market.set_fee_recipient(ZERO, sender=owner)
 
@@ -95,11 +97,17 @@ def test_withdraw_fees__when_none__reverts(market, owner):
 
 
 def test_two_step_ownership__transfers_after_accept(market, owner, keeper):
-    market.transfer_ownership(keeper, sender=owner)
+    tx = market.transfer_ownership(keeper, sender=owner)
     assert market.owner() == owner
     assert market.pending_owner() == keeper
-    market.accept_ownership(sender=keeper)
+    [started] = tx.decode_logs(market.OwnershipTransferStarted)
+    assert (started.previous_owner, started.new_owner) == (owner, keeper)
+    tx = market.accept_ownership(sender=keeper)
     assert market.owner() == keeper
+    [done] = tx.decode_logs(market.OwnershipTransferred)
+    assert (done.previous_owner, done.new_owner) == (owner, keeper)
+    with ape.reverts("ownable: caller is not the owner"):
+        market.set_param(0, 10, sender=owner)
 
 
 # ---- models ----
