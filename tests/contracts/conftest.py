@@ -288,3 +288,16 @@ def published_job(submit, claim, publish, staked_node):
     job, _ = claim(job_id, job, staked_node)
     job, _ = publish(job_id, job, staked_node)
     return job_id, job
+
+
+def assert_conserved(market, token, accounts, live_escrow: int = 0) -> None:
+    """PROTOCOL §2: the market's token balance equals the sum of what it owes."""
+    owed = (
+        sum(market.balance_of(a) + market.claimable(a) for a in accounts)
+        + live_escrow
+        + market.total_stake()
+        + market.court_funds()
+        + market.protocol_fees()
+        + market.audit_pool()
+    )
+    assert token.balanceOf(market) == owed

@@ -21,6 +21,7 @@ from tests.contracts.conftest import (
     VERIFIER_FEE,
     VERIFYING,
     ZERO,
+    assert_conserved,
 )
 
 PAYMENT = len(OUTPUT_TOKENS) * PRICE
@@ -506,3 +507,25 @@ def test_court_deploy__zero_market__reverts(project, owner):
         project.Court.deploy(
             ZERO, DISPUTE_BOND, APPEAL_BOND, VERIFIER_FEE, NO_SHOW_PENALTY, AUDIT_FEE, sender=owner
         )
+
+
+def test_conservation__holds_through_overturned_appeal_and_withdrawals(
+    court, market, token, accounts, opened, chain, staked_node, fund, keeper, by_addr
+):
+    job_id, job, verifier, _ = opened
+    assert_conserved(market, token, accounts, live_escrow=MAX_PAYMENT)
+    _verdict(court, job_id, verifier, False)
+    fund(staked_node, APPEAL_BOND)
+    market.deposit(APPEAL_BOND, sender=staked_node)
+    court.appeal(job_id, sender=staked_node)
+    assert_conserved(market, token, accounts, live_escrow=MAX_PAYMENT)
+    panel = [by_addr[m] for m in court.dispute_info(job_id).panel]
+    for member in panel[:2]:
+        court.panel_vote(job_id, True, sender=member)
+    court.settle(job_id, job.as_tuple(), sender=keeper)
+    assert market.court_funds() == 0
+    assert_conserved(market, token, accounts)
+    for account in accounts:
+        if market.claimable(account) > 0:
+            market.withdraw(sender=account)
+    assert_conserved(market, token, accounts)

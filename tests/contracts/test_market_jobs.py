@@ -22,6 +22,7 @@ from tests.contracts.conftest import (
     PUBLISHED,
     UNIT,
     ZERO,
+    assert_conserved,
     job_after_claim,
     job_after_publish,
     job_from_submitted,
@@ -234,9 +235,10 @@ def test_claim_and_publish__one_transaction(market, submit, staked_node):
 
 # ---- finalize ----
 def test_finalize__pays_node_refunds_client_and_logs(
-    market, published_job, staked_node, funded_client, keeper, chain
+    market, token, accounts, published_job, staked_node, funded_client, keeper, chain
 ):
     job_id, job = published_job
+    assert_conserved(market, token, accounts, live_escrow=MAX_PAYMENT)
     chain.pending_timestamp = job.published_at + 3_601
     tx = market.finalize(job_id, job.as_tuple(), sender=keeper)
     fee, audit = PAYMENT * 100 // 10_000, PAYMENT * 200 // 10_000
@@ -252,6 +254,7 @@ def test_finalize__pays_node_refunds_client_and_logs(
         fee,
         audit,
     )
+    assert_conserved(market, token, accounts)
     with ape.reverts("market: job not published"):
         market.finalize(job_id, job.as_tuple(), sender=keeper)
 
@@ -310,7 +313,7 @@ def test_withdraw_fees__credits_fee_recipient(
 
 # ---- expire ----
 def test_expire__refunds_and_penalises_node(
-    market, submit, claim, staked_node, funded_client, keeper, chain
+    market, token, accounts, submit, claim, staked_node, funded_client, keeper, chain
 ):
     job_id, job, _ = submit()
     job, _ = claim(job_id, job, staked_node)
@@ -327,6 +330,7 @@ def test_expire__refunds_and_penalises_node(
     assert (log.node, log.refund, log.penalty) == (staked_node, MAX_PAYMENT + penalty, penalty)
     [slash] = tx.decode_logs(market.NodeSlashed)
     assert (slash.amount, slash.whole_stake) == (penalty, False)
+    assert_conserved(market, token, accounts)
 
 
 def test_expire__when_open__reverts(market, submit, keeper):
