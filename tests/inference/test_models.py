@@ -16,6 +16,7 @@ from verinfer.models import (
     build_manifest,
     build_tiny_model,
     load_model,
+    resolve_model_path,
     tiny_model_path,
 )
 
@@ -139,3 +140,10 @@ def test_tiny_model_path__cached_by_config(tmp_path):
     assert first == again != other
     assert (first / MANIFEST_NAME).is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".build")] == []
+
+
+def test_resolve_model_path__directory_or_cached_repo_only(small_model, tmp_path, monkeypatch):
+    assert resolve_model_path(small_model) == small_model
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    with pytest.raises(ModelFileError, match="neither a directory nor cached"):
+        resolve_model_path("Qwen/Qwen2.5-0.5B-Instruct")

@@ -1,6 +1,12 @@
 """Models: manifests, the deterministic tiny model and the checked loader."""
 
-from verinfer.models.loader import LoadedModel, ModelRegistry, UnknownModelError, load_model
+from verinfer.models.loader import (
+    LoadedModel,
+    ModelRegistry,
+    UnknownModelError,
+    load_model,
+    resolve_model_path,
+)
 from verinfer.models.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -22,5 +28,6 @@ __all__ = [
     "build_tiny_model",
     "check_files",
     "load_model",
+    "resolve_model_path",
     "tiny_model_path",
 ]

@@ -55,6 +55,24 @@ def _eos_ids(path: Path, config: Any) -> tuple[int, ...]:
     return tuple(sorted(int(i) for i in ids))
 
 
+def resolve_model_path(name_or_path: str | Path, revision: str | None = None) -> Path:
+    """A local model directory, or the snapshot of a Hugging Face repo id in the local cache.
+
+    Never downloads: a repo id that is not in the cache raises ModelFileError.
+    """
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(repo_id=str(name_or_path), revision=revision, local_files_only=True)
+        )
+    except Exception as exc:  # not cached, bad repo id, ...
+        raise ModelFileError(f"model {name_or_path} is neither a directory nor cached") from exc
+
+
 def load_model(
     path: Path | str,
     manifest: Manifest | Path | str | None = None,
