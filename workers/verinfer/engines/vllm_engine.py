@@ -104,6 +104,8 @@ class VllmEngine:
         **llm_kwargs: Any,
     ) -> None:
         set_batch_invariance()
+        # the per-request adapter below is the v1-runner API; newer vLLM defaults to MRV2
+        os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
         from vllm import LLM
 
         self.model = model

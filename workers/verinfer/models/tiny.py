@@ -287,6 +287,7 @@ def tiny_model_path(
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
     try:
         build_tiny_model(tmp, seed, cfg)
+        tmp.chmod(0o755)  # mkdtemp makes it private
         try:
             tmp.rename(target)
         except OSError:  # built concurrently by another process: keep theirs
