@@ -89,5 +89,9 @@ def _model_data(path: Path, manifest: Any) -> dict[str, Any]:
     }
 
 
+from verinfer.node.cli import node  # noqa: E402
+
+main.add_command(node)
+
 if __name__ == "__main__":
     main()

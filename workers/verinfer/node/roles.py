@@ -1,0 +1,229 @@
+"""What the Celery workers do: the chain role (the one sender of the node's key) and the
+inference role (batched engine calls, the verifier). Plain classes, so tests can drive them
+directly; ``verinfer.node.tasks`` wraps them in Celery tasks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from verinfer.digest import pack_tokens, result_digest
+from verinfer.jobs import JobRecord, JobStatus
+from verinfer.node.contracts import Protocol
+from verinfer.node.metrics import Metrics
+from verinfer.node.sender import TxRejected, TxSender
+from verinfer.node.store import Store
+from verinfer.node.watcher import Dispatch
+
+log = logging.getLogger("verinfer.node")
+
+
+class ChainRole:
+    """Turns chain actions into transactions through the node's single TxSender."""
+
+    def __init__(
+        self, protocol: Protocol, sender: TxSender, store: Store, metrics: Metrics
+    ) -> None:
+        self.p = protocol
+        self.sender = sender
+        self.store = store
+        self.metrics = metrics
+        self.market = protocol.market.functions
+        self.court = protocol.court.functions
+
+    def run(self, action: str, *args: Any) -> bytes | None:
+        """Send the transaction of ``action``; None when it does not apply (logged once)."""
+        method = getattr(self, f"do_{action}", None)
+        if method is None:
+            raise ValueError(f"unknown chain action {action!r}")
+        try:
+            return method(*args)
+        except TxRejected as exc:
+            log.info("skip action=%s args=%s reason=%s", action, list(args)[:2], exc.reason)
+            if action in ("claim", "claim_and_publish", "publish") and args:
+                self.store.inflight_remove(int(args[0]))
+            return None
+
+    def _once(self, action: str, job_id: int, key: str, fn: Any) -> bytes | None:
+        """Send ``fn`` unless this (action, job, event key) was already sent."""
+        done = f"{action}:{job_id}:{key}"
+        if self.store.is_done(done):
+            log.info("already sent action=%s job=%d", action, job_id)
+            return None
+        tx = self.sender.send(action, fn)
+        self.store.mark_done(done)
+        return tx
+
+    def _record(self, job_id: int) -> JobRecord:
+        record = self.store.get_job(int(job_id))
+        if record is None:
+            raise TxRejected("job", f"job {job_id} unknown to this node")
+        return record
+
+    def _result(self, record: JobRecord) -> tuple[bytes, int, int, bytes]:
+        out = self.store.get_output(record.job_id)
+        if out is None:
+            raise TxRejected("publish", f"no output stored for job {record.job_id}")
+        return (
+            bytes.fromhex(out["packed"]),
+            int(out["n"]),
+            int(out["finish"]),
+            bytes.fromhex(out["digest"]),
+        )
+
+    def do_claim(self, job_id: int, key: str) -> bytes | None:
+        record = self._record(job_id)
+        return self._once("claim", job_id, key, self.market.claim(job_id, record.as_struct()))
+
+    def do_publish(self, job_id: int, key: str) -> bytes | None:
+        record = self._record(job_id)
+        fn = self.market.publish(job_id, record.as_struct(), *self._result(record))
+        return self._once("publish", job_id, key, fn)
+
+    def do_claim_and_publish(self, job_id: int, key: str) -> bytes | None:
+        record = self._record(job_id)
+        fn = self.market.claim_and_publish(job_id, record.as_struct(), *self._result(record))
+        return self._once("claim_and_publish", job_id, key, fn)
+
+    def do_accept(self, job_id: int, key: str) -> bytes | None:
+        return self._once("accept", job_id, key, self.court.accept(job_id))
+
+    def do_verdict(self, job_id: int, key: str, valid: bool) -> bytes | None:
+        tx = self._once("verdict", job_id, key, self.court.post_verdict(job_id, bool(valid)))
+        if tx is not None:
+            self.metrics.incr("verdicts", valid=str(bool(valid)).lower())
+        return tx
+
+    def do_panel(self, job_id: int, key: str, valid: bool) -> bytes | None:
+        tx = self._once("panel", job_id, key, self.court.panel_vote(job_id, bool(valid)))
+        if tx is not None:
+            self.metrics.incr("verdicts", valid=str(bool(valid)).lower())
+        return tx
+
+    def do_finalize(self, job_ids: Sequence[int]) -> bytes | None:
+        records = [r for r in self.store.get_jobs([int(j) for j in job_ids]) if r is not None]
+        live = [
+            r for r in records if self.market.job_status(r.job_id).call() == JobStatus.PUBLISHED
+        ]
+        if not live:
+            return None
+        fn = self.market.finalize_many([r.job_id for r in live], [r.as_struct() for r in live])
+        return self.sender.send("finalize", fn)
+
+    def do_start_audit(self, job_id: int) -> bytes | None:
+        record = self._record(job_id)
+        return self.sender.send("start_audit", self.court.start_audit(job_id, record.as_struct()))
+
+    def do_expire(self, job_id: int) -> bytes | None:
+        record = self._record(job_id)
+        return self.sender.send("expire", self.market.expire(job_id, record.as_struct()))
+
+    def do_cancel(self, job_id: int) -> bytes | None:
+        record = self._record(job_id)
+        return self.sender.send("cancel", self.market.cancel(job_id, record.as_struct()))
+
+    def do_settle(self, job_id: int) -> bytes | None:
+        record = self._record(job_id)
+        return self.sender.send("settle", self.court.settle(job_id, record.as_struct()))
+
+    def do_withdraw(self) -> bytes | None:
+        return self.sender.send("withdraw", self.market.withdraw())
+
+
+class InferRole:
+    """Runs batches of jobs through the engine and claims through the verifier."""
+
+    def __init__(
+        self, engine: Any, registry: Any, store: Store, metrics: Metrics, dispatch: Dispatch
+    ) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.store = store
+        self.metrics = metrics
+        self.dispatch = dispatch
+
+    def run_batch(self, calls: Sequence[Sequence[Any]]) -> None:
+        """Handle one batch of ``infer`` calls: ``("serve", job_id, key)`` and
+        ``("verify", job_id, key, "verdict"|"panel")``."""
+        serve = [c for c in calls if c[0] == "serve"]
+        verify = [c for c in calls if c[0] == "verify"]
+        if serve:
+            self._serve(serve)
+        if verify:
+            self._verify(verify)
+
+    def _serve(self, calls: Sequence[Sequence[Any]]) -> None:
+        from verinfer.engines.base import Job
+
+        todo: list[tuple[JobRecord, str]] = []
+        for _, job_id, key in calls:
+            record = self.store.get_job(int(job_id))
+            if record is None or self.store.is_done(f"serve:{job_id}:{key}"):
+                continue
+            todo.append((record, key))
+        if not todo:
+            return
+        jobs = [Job(r.model_id, r.sampling_params, input_data=r.input) for r, _ in todo]
+        results = self.engine.generate(jobs)
+        for (record, key), out in zip(todo, results, strict=True):
+            if not out.ok:
+                log.warning("job=%d cannot run: %s", record.job_id, out.error)
+                self.store.inflight_remove(record.job_id)
+                self.metrics.job("skipped")
+                self.store.mark_done(f"serve:{record.job_id}:{key}")
+                continue
+            digest = result_digest(
+                record.job_id,
+                record.model_id,
+                record.input,
+                record.params,
+                out.token_ids,
+                out.finish_reason,
+            )
+            self.store.put_output(
+                record.job_id,
+                {
+                    "packed": pack_tokens(out.token_ids).hex(),
+                    "n": len(out.token_ids),
+                    "finish": int(out.finish_reason),
+                    "digest": digest.hex(),
+                },
+            )
+            claimed = record.node.lower() != "0x" + "00" * 20
+            action = "publish" if claimed else "claim_and_publish"
+            self.dispatch("chain", action, [record.job_id, key])
+            self.store.mark_done(f"serve:{record.job_id}:{key}")
+
+    def _verify(self, calls: Sequence[Sequence[Any]]) -> None:
+        from verinfer.engines.base import Job, JobError
+        from verinfer.verifier import Claim, verify_batch
+
+        by_model: dict[bytes, list[tuple[JobRecord, str, str]]] = {}
+        for _, job_id, key, kind in calls:
+            record = self.store.get_job(int(job_id))
+            if record is None or self.store.is_done(f"verify:{job_id}:{key}"):
+                continue
+            by_model.setdefault(record.model_id, []).append((record, key, kind))
+        for model_id, items in by_model.items():
+            if model_id not in self.registry:
+                log.warning("cannot verify: model 0x%s not served here", model_id.hex())
+                continue
+            model = self.registry.get(model_id)
+            claims = [
+                Claim(
+                    Job(r.model_id, r.sampling_params, input_data=r.input),
+                    tuple(r.output_token_ids),
+                    r.finish_reason,
+                )
+                for r, _, _ in items
+            ]
+            verdicts = verify_batch(model, claims)
+            for (record, key, kind), verdict in zip(items, verdicts, strict=True):
+                valid = not isinstance(verdict, JobError) and verdict.valid
+                why = verdict if isinstance(verdict, JobError) else verdict.reason
+                log.info(
+                    "verdict job=%d valid=%s kind=%s reason=%s", record.job_id, valid, kind, why
+                )
+                self.dispatch("chain", kind, [record.job_id, key, valid])
+                self.store.mark_done(f"verify:{record.job_id}:{key}")

@@ -1,0 +1,161 @@
+"""``verinfer node run``: the supervisor. It checks the key, the models and Redis, puts back
+the messages a killed worker held, starts the Celery workers (the chain sender, the
+inference workers), runs the watcher and the keeper, and on SIGINT/SIGTERM stops them in
+order: the watcher saves its cursor, the workers finish or hand back their tasks (acks_late),
+the sender waits for its pending transactions. Any part that dies stops the node (fail fast).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import redis
+
+from verinfer.node.celery_app import Dispatcher, make_app, restore_unacked
+from verinfer.node.contracts import Protocol, connect
+from verinfer.node.keeper import Keeper
+from verinfer.node.keys import load_account
+from verinfer.node.metrics import Metrics, RedisCollector
+from verinfer.node.policy import Policy, ServedModel
+from verinfer.node.settings import NodeSettings
+from verinfer.node.store import Store
+from verinfer.node.watcher import Watcher
+
+log = logging.getLogger("verinfer.node")
+
+
+def worker_command(settings: NodeSettings, role: str, name: str) -> list[str]:
+    """The ``celery worker`` command line of a node worker for ``role`` (chain or infer)."""
+    prefetch = 1 if role == "chain" else 2 * settings.batch_size
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "verinfer.node.tasks:app",
+        "worker",
+        "-Q",
+        settings.queue(role),
+        "-P",
+        "solo",
+        "-c",
+        "1",
+        "-n",
+        f"{name}@%h",
+        "--prefetch-multiplier",
+        str(prefetch),
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "-l",
+        "WARNING",
+    ]
+
+
+class NodeRunner:
+    """Starts, watches and stops every part of one node."""
+
+    def __init__(self, settings: NodeSettings, roles: tuple[str, ...] = ("chain", "infer")) -> None:
+        self.s = settings
+        self.roles = roles
+        self.stop_event = threading.Event()
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.threads: list[threading.Thread] = []
+        self.exit_code = 0
+
+    def start(self) -> None:
+        """Check everything, then start the workers and the watcher/keeper threads."""
+        s = self.s
+        account = load_account(s.account, s.passphrase.get_secret_value(), s.keystore_dir)
+        self.me = account.address
+        client = redis.Redis.from_url(s.redis_url)
+        client.ping()
+        self.store = Store(client, s.namespace)
+        self.metrics = Metrics(client, s.namespace)
+        self.protocol = Protocol(connect(s.rpc_url), s.market, s.court)
+        models = {m.model_id: m for m in (ServedModel.from_path(p) for p in s.models)}
+        self.policy = Policy(models, s.price_floor, s.capacity, s.est_job_s, s.deadline_margin_s)
+        restored = restore_unacked(s)
+        if restored:
+            log.warning("restored %d tasks held by a worker that did not stop", restored)
+        env = {**os.environ, **self._env()}
+        for role in self.roles:
+            self.procs[role] = subprocess.Popen(
+                worker_command(s, role, f"{role}-{os.getpid()}"), env=env
+            )
+        dispatch = Dispatcher(make_app(s), s)
+        self.watcher = Watcher(
+            s, self.protocol, self.store, self.metrics, self.policy, dispatch, self.me
+        )
+        self.keeper = Keeper(s, self.protocol, self.store, dispatch, self.me)
+        for name, target in (("watcher", self.watcher.run), ("keeper", self.keeper.run)):
+            t = threading.Thread(target=self._guard, args=(name, target), name=name, daemon=True)
+            t.start()
+            self.threads.append(t)
+        if s.metrics_port:
+            from prometheus_client import CollectorRegistry, start_http_server
+
+            registry = CollectorRegistry()
+            registry.register(RedisCollector(self.metrics))
+            start_http_server(s.metrics_port, registry=registry)
+        log.info(
+            "node started account=%s models=%d roles=%s", self.me, len(models), ",".join(self.roles)
+        )
+
+    def _env(self) -> dict[str, str]:
+        """The settings as environment variables for the worker processes."""
+        out: dict[str, str] = {}
+        for name, value in self.s.model_dump().items():
+            if value is None:
+                continue
+            if hasattr(value, "get_secret_value"):
+                value = value.get_secret_value()
+            if isinstance(value, list):
+                import json
+
+                value = json.dumps([str(v) for v in value])
+            out[f"VERINFER_{name.upper()}"] = str(value)
+        return out
+
+    def _guard(self, name: str, target: Any) -> None:
+        try:
+            target(self.stop_event)
+        except Exception:
+            log.exception("%s failed; stopping the node", name)
+            self.exit_code = 1
+            self.stop_event.set()
+
+    def wait(self) -> int:
+        """Block until a signal or a failed part; then stop everything. Returns the exit code."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.stop_event.set())
+        while not self.stop_event.wait(0.5):
+            for role, proc in self.procs.items():
+                if proc.poll() is not None:
+                    log.error("%s worker exited with %s; stopping the node", role, proc.returncode)
+                    self.exit_code = 1
+                    self.stop_event.set()
+        self.stop()
+        return self.exit_code
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Stop the watcher and keeper, then warm-shut the workers (they finish their task)."""
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(timeout=timeout_s)
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for role, proc in self.procs.items():
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                log.error("%s worker did not stop in %.0fs; killing it", role, timeout_s)
+                proc.kill()
+        log.info("node stopped")

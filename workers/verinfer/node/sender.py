@@ -1,0 +1,339 @@
+"""The transaction sender: one per key. It owns the nonce, simulates every transaction (the
+gas estimate executes it against the latest state), signs with the node's key, sends without
+waiting for the block, and a tracker thread follows every pending transaction: receipts, gas
+spent, stuck ones replaced with a higher fee, dropped ones sent again (or their nonce filled
+with a no-op when they no longer apply). RPC errors are retried with bounded back-off.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import requests
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
+
+from verinfer.node.metrics import Metrics
+
+log = logging.getLogger("verinfer.node.sender")
+T = TypeVar("T")
+RPC_ERRORS: tuple[type[BaseException], ...] = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.HTTPError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+class TxRejected(RuntimeError):
+    """The transaction would revert (simulation); ``reason`` is the contract's string."""
+
+    def __init__(self, action: str, reason: str) -> None:
+        super().__init__(f"{action}: {reason}")
+        self.action = action
+        self.reason = reason
+
+
+class RpcUnavailable(RuntimeError):
+    """The RPC endpoint kept failing after every retry."""
+
+
+@dataclass
+class PendingTx:
+    """A transaction sent and not yet seen mined."""
+
+    nonce: int
+    action: str
+    tx: dict[str, Any]
+    tx_hash: bytes
+    raw: bytes
+    sent_at: float
+    replaced: int = 0
+    history: list[bytes] = field(default_factory=list)  # earlier hashes of this nonce
+
+
+def revert_reason(exc: BaseException) -> str:
+    """The revert string of a simulation error ("execution reverted: market: x" -> "market: x")."""
+    text = str(exc.args[0] if getattr(exc, "args", None) else exc)
+    for prefix in ("execution reverted: ", "execution reverted:"):
+        if prefix in text:
+            return text.split(prefix, 1)[1].strip().strip("'\"")
+    return text
+
+
+class TxSender:
+    """Sends the node's transactions; thread-safe; call ``start()`` to run the tracker."""
+
+    def __init__(
+        self,
+        w3: Web3,
+        account: LocalAccount,
+        metrics: Metrics | None = None,
+        retries: int = 5,
+        backoff_s: float = 0.5,
+        stuck_after_s: float = 15.0,
+        fee_bump: float = 1.125,
+        priority_fee_wei: int = 10**9,
+        track_interval_s: float = 0.5,
+    ) -> None:
+        self.w3 = w3
+        self.account = account
+        self.address = account.address
+        self.metrics = metrics
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.stuck_after_s = stuck_after_s
+        self.fee_bump = fee_bump
+        self.priority_fee_wei = priority_fee_wei
+        self.track_interval_s = track_interval_s
+        self.chain_id = self.rpc("chain_id", lambda: w3.eth.chain_id)
+        self._lock = threading.RLock()
+        self._nonce = self.rpc(
+            "nonce", lambda: w3.eth.get_transaction_count(self.address, "pending")
+        )
+        self._pending: dict[int, PendingTx] = {}
+        self._fees: tuple[float, int, int] = (0.0, 0, 0)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- RPC with bounded back-off ----
+    def rpc(self, what: str, call: Callable[[], T]) -> T:
+        """Run ``call``; on a transport error retry ``retries`` times with doubling delays."""
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return call()
+            except RPC_ERRORS as exc:
+                if attempt == self.retries:
+                    raise RpcUnavailable(f"{what}: RPC failed {attempt + 1} times: {exc}") from exc
+                log.warning(
+                    "rpc error op=%s attempt=%d retry_in=%.1fs error=%s",
+                    what,
+                    attempt + 1,
+                    delay,
+                    type(exc).__name__,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        raise AssertionError("unreachable")
+
+    # ---- fees ----
+    def _fee_fields(self) -> tuple[int, int]:
+        """(maxFeePerGas, maxPriorityFeePerGas), cached for a second."""
+        at, max_fee, tip = self._fees
+        if time.monotonic() - at > 1.0:
+            block = self.rpc("fees", lambda: self.w3.eth.get_block("latest"))
+            base = int(block.get("baseFeePerGas", 0) or 0)
+            tip = self.priority_fee_wei
+            max_fee = 2 * base + tip
+            self._fees = (time.monotonic(), max_fee, tip)
+        return max_fee, tip
+
+    # ---- sending ----
+    def send(self, action: str, fn: Any) -> bytes:
+        """Simulate, sign and send the contract call ``fn``; return its hash.
+
+        Raises TxRejected when the call would revert (nothing is sent, no nonce used) and
+        RpcUnavailable when the endpoint keeps failing.
+        """
+        tx = {
+            "from": self.address,
+            "to": fn.address,
+            "data": fn._encode_transaction_data(),
+            "value": 0,
+        }
+        return self.send_tx(action, tx)
+
+    def send_tx(self, action: str, tx: dict[str, Any]) -> bytes:
+        """Simulate (gas estimate), sign and send a transaction dict ``{to, data, value}``."""
+        try:
+            gas = self.rpc(action, lambda: self.w3.eth.estimate_gas(tx))  # type: ignore[arg-type]
+        except (ContractLogicError, Web3RPCError) as exc:
+            if self.metrics:
+                self.metrics.incr("tx", action=action, outcome="rejected")
+            raise TxRejected(action, revert_reason(exc)) from exc
+        with self._lock:
+            max_fee, tip = self._fee_fields()
+            full = {
+                **tx,
+                "gas": int(gas * 1.2) + 10_000,
+                "maxFeePerGas": max_fee,
+                "maxPriorityFeePerGas": tip,
+                "nonce": self._nonce,
+                "chainId": self.chain_id,
+                "type": 2,
+            }
+            full.pop("from", None)
+            pending = self._sign_and_send(action, full)
+            self._pending[pending.nonce] = pending
+            self._nonce += 1
+        if self.metrics:
+            self.metrics.incr("tx", action=action, outcome="sent")
+        log.info(
+            "tx sent action=%s nonce=%d hash=0x%s", action, pending.nonce, pending.tx_hash.hex()
+        )
+        return pending.tx_hash
+
+    def _sign_and_send(self, action: str, tx: dict[str, Any]) -> PendingTx:
+        signed = self.account.sign_transaction(tx)
+        raw = bytes(signed.raw_transaction)
+        try:
+            self.rpc(action, lambda: self.w3.eth.send_raw_transaction(raw))
+        except Web3RPCError as exc:
+            text = str(exc).lower()
+            if "nonce too low" in text or "nonce too high" in text:
+                self._resync_nonce()
+                tx = {**tx, "nonce": self._nonce}
+                signed = self.account.sign_transaction(tx)
+                raw = bytes(signed.raw_transaction)
+                self.rpc(action, lambda: self.w3.eth.send_raw_transaction(raw))
+            elif "already known" not in text:
+                raise
+        return PendingTx(int(tx["nonce"]), action, tx, bytes(signed.hash), raw, time.monotonic())
+
+    def _resync_nonce(self) -> None:
+        chain = self.rpc(
+            "nonce", lambda: self.w3.eth.get_transaction_count(self.address, "pending")
+        )
+        log.warning("nonce resync local=%d chain=%d", self._nonce, chain)
+        self._nonce = chain
+
+    # ---- tracking ----
+    def pending_count(self) -> int:
+        """Transactions sent and not yet seen mined."""
+        with self._lock:
+            return len(self._pending)
+
+    def track_once(self) -> None:
+        """One pass over pending transactions: receipts, stuck and dropped ones."""
+        with self._lock:
+            if not self._pending:
+                return
+            mined_nonce = self.rpc(
+                "nonce", lambda: self.w3.eth.get_transaction_count(self.address, "latest")
+            )
+            for nonce in sorted(self._pending):
+                if nonce < mined_nonce:
+                    self._settle(self._pending.pop(nonce))
+            if not self._pending:
+                return
+            lowest = self._pending[min(self._pending)]
+            if time.monotonic() - lowest.sent_at < self.stuck_after_s:
+                return
+            if lowest.nonce == mined_nonce and self._known(lowest):
+                tx = dict(lowest.tx)  # stuck at the head of our queue: pay more
+                tx["maxFeePerGas"] = int(tx["maxFeePerGas"] * self.fee_bump) + 1
+                tx["maxPriorityFeePerGas"] = int(tx["maxPriorityFeePerGas"] * self.fee_bump) + 1
+                self._resend(lowest, tx, "replaced (stuck)")
+            else:
+                self._renumber(mined_nonce)
+
+    def _known(self, p: PendingTx) -> bool:
+        try:
+            return self.rpc("get_tx", lambda: self.w3.eth.get_transaction(p.tx_hash)) is not None
+        except TransactionNotFound:
+            return False
+
+    def _settle(self, p: PendingTx) -> None:
+        for h in [p.tx_hash, *p.history]:
+            try:
+                receipt = self.rpc("receipt", lambda h=h: self.w3.eth.get_transaction_receipt(h))
+            except TransactionNotFound:
+                continue
+            fee = int(receipt["gasUsed"]) * int(receipt.get("effectiveGasPrice", 0) or 0)
+            ok = int(receipt["status"]) == 1
+            if self.metrics:
+                self.metrics.incr("gas_wei", fee)
+                self.metrics.incr("tx", action=p.action, outcome="mined" if ok else "reverted")
+            if not ok:
+                log.warning(
+                    "tx reverted on chain action=%s nonce=%d hash=0x%s", p.action, p.nonce, h.hex()
+                )
+            return
+        log.info("tx nonce=%d action=%s used by another transaction", p.nonce, p.action)
+
+    def _renumber(self, mined_nonce: int) -> None:
+        """Our queue has a hole (a dropped transaction, or a reorg wiped mined ones): send
+        every pending transaction again from the chain's nonce, those that still apply."""
+        old = [self._pending[n] for n in sorted(self._pending)]
+        log.warning(
+            "tx queue broken at nonce=%d (pending %d): sending again", mined_nonce, len(old)
+        )
+        self._pending.clear()
+        self._nonce = mined_nonce
+        for p in old:
+            sim = {"from": self.address, "to": p.tx["to"], "data": p.tx["data"], "value": 0}
+            try:
+                self.rpc(p.action, lambda sim=sim: self.w3.eth.estimate_gas(sim))  # type: ignore[arg-type]
+            except (ContractLogicError, Web3RPCError) as exc:
+                log.warning(
+                    "tx dropped and no longer applies action=%s reason=%s",
+                    p.action,
+                    revert_reason(exc),
+                )
+                if self.metrics:
+                    self.metrics.incr("tx", action=p.action, outcome="abandoned")
+                continue
+            max_fee, tip = self._fee_fields()
+            tx = {**p.tx, "nonce": self._nonce}
+            tx["maxFeePerGas"] = max(int(tx["maxFeePerGas"] * self.fee_bump) + 1, max_fee)
+            tx["maxPriorityFeePerGas"] = max(
+                int(tx["maxPriorityFeePerGas"] * self.fee_bump) + 1, tip
+            )
+            p.nonce = self._nonce
+            self._pending[p.nonce] = p
+            self._nonce += 1
+            self._resend(p, tx, "resent")
+
+    def _resend(self, p: PendingTx, tx: dict[str, Any], why: str) -> None:
+        signed = self.account.sign_transaction(tx)
+        try:
+            self.rpc(
+                p.action, lambda: self.w3.eth.send_raw_transaction(bytes(signed.raw_transaction))
+            )
+        except Web3RPCError as exc:
+            log.warning("tx resend failed action=%s nonce=%d error=%s", p.action, p.nonce, exc)
+            p.sent_at = time.monotonic()
+            return
+        p.history.append(p.tx_hash)
+        p.tx, p.tx_hash, p.raw = tx, bytes(signed.hash), bytes(signed.raw_transaction)
+        p.sent_at = time.monotonic()
+        p.replaced += 1
+        if self.metrics:
+            self.metrics.incr("tx", action=p.action, outcome="replaced")
+        log.warning("tx %s action=%s nonce=%d hash=0x%s", why, p.action, p.nonce, p.tx_hash.hex())
+
+    def start(self) -> None:
+        """Run the tracker in a daemon thread until ``stop()``."""
+
+        def loop() -> None:
+            while not self._stop.wait(self.track_interval_s):
+                try:
+                    self.track_once()
+                except RpcUnavailable as exc:
+                    log.error("tracker: %s", exc)
+                except Exception:  # keep tracking; the next pass retries
+                    log.exception("tracker pass failed")
+
+        self._thread = threading.Thread(target=loop, name="tx-tracker", daemon=True)
+        self._thread.start()
+
+    def stop(self, drain_s: float = 10.0) -> None:
+        """Wait up to ``drain_s`` for pending transactions to be mined, then stop the tracker."""
+        deadline = time.monotonic() + drain_s
+        while self.pending_count() and time.monotonic() < deadline:
+            try:
+                self.track_once()
+            except Exception:
+                break
+            time.sleep(0.2)
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)

@@ -1,0 +1,88 @@
+"""Node settings: pydantic-settings with the ``VERINFER_`` prefix, validated once at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class NodeSettings(BaseSettings):
+    """Everything a node needs; each field is read from ``VERINFER_<NAME>`` (list/dict as JSON)."""
+
+    model_config = SettingsConfigDict(env_prefix="VERINFER_", extra="ignore")
+
+    # chain
+    rpc_url: str = "http://127.0.0.1:8545"
+    market: str = Field(description="Market contract address")
+    court: str = Field(description="Court contract address")
+    start_block: int = 0  # first block the watcher reads when it has no cursor yet
+    confirmations: int = 0  # blocks to wait before acting on a log (0 on a dev chain)
+    poll_interval_s: float = 0.25
+    max_log_range: int = 2_000  # blocks per eth_getLogs call
+    reorg_window: int = 64  # block hashes kept to detect reorgs
+
+    # key: ape's encrypted keystore (``ape accounts generate/import <alias>``)
+    account: str = Field(description="alias of the key in ape's keystore")
+    keystore_dir: Path | None = None  # default: $APE_DATA_FOLDER/accounts or ~/.ape/accounts
+    passphrase: SecretStr = SecretStr("")
+
+    # models served: paths of model directories (each checked against its manifest)
+    models: list[Path] = Field(default_factory=list)
+
+    # policy
+    price_floor: int = 0  # wei per output token: claim only if max_payment/max_tokens >= this
+    capacity: int = 64  # jobs claimed and not yet published, at most
+    est_job_s: float = 2.0  # expected engine seconds per job, used for deadline checks
+    deadline_margin_s: float = 10.0
+    claim_mode: Literal["claim-first", "run-first"] = "claim-first"
+
+    # pipeline
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    batch_size: int = 16  # jobs per engine call at most
+    batch_wait_s: float = 0.05  # how long a batch waits for company
+    visibility_timeout_s: int = 3_600  # must exceed the longest job (Celery redelivers after it)
+    torch_threads: int = 0  # 0: torch's default
+
+    # transactions
+    tx_retries: int = 5
+    tx_backoff_s: float = 0.5
+    tx_stuck_after_s: float = 15.0
+    tx_fee_bump: float = 1.125
+    tx_priority_fee_wei: int = 1_000_000_000
+
+    # keeper
+    keeper_interval_s: float = 1.0
+    finalize_batch: int = 32
+    withdraw_min: int = 0  # withdraw claimable earnings above this (wei)
+    audits: bool = True  # start audits that the randomness selects
+    expire_others: bool = True  # expire/cancel dead jobs of any node
+
+    # operations
+    metrics_port: int = 0  # 0: no HTTP endpoint
+    log_level: str = "INFO"
+
+    @field_validator("market", "court")
+    @classmethod
+    def _checksum(cls, value: str) -> str:
+        from eth_utils import to_checksum_address
+
+        return str(to_checksum_address(value))
+
+    @field_validator("capacity", "batch_size", "finalize_batch")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @property
+    def namespace(self) -> str:
+        """Prefix of this node's Redis keys and Celery queues (one node per market and key)."""
+        return f"verinfer:{self.market[-8:].lower()}:{self.account}"
+
+    def queue(self, role: Literal["chain", "infer"]) -> str:
+        """Name of the node's Celery queue for ``role``."""
+        return f"{self.namespace}:{role}"

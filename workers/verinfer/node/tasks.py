@@ -1,0 +1,134 @@
+"""Celery tasks of the node: ``celery -A verinfer.node.tasks:app worker -Q <queue>``.
+
+The settings come from the environment (``VERINFER_*``), like every node process. Each worker
+builds what its role needs on first use: the chain worker decrypts the key and owns the
+node's only TxSender; an inference worker loads the served models (manifests checked).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import signals
+from celery_batches import Batches
+
+from verinfer.node.celery_app import CHAIN_TASK, INFER_TASK, Dispatcher, make_app
+from verinfer.node.logs import setup_logging
+from verinfer.node.settings import NodeSettings
+
+settings = NodeSettings()  # type: ignore[call-arg]
+app = make_app(settings)
+log = logging.getLogger("verinfer.node.tasks")
+_roles: dict[str, Any] = {}
+
+
+def _base() -> tuple[Any, Any, Any]:
+    import redis
+
+    from verinfer.node.contracts import Protocol, connect
+    from verinfer.node.metrics import Metrics
+    from verinfer.node.store import Store
+
+    client = redis.Redis.from_url(settings.redis_url)
+    protocol = Protocol(connect(settings.rpc_url), settings.market, settings.court)
+    return protocol, Store(client, settings.namespace), Metrics(client, settings.namespace)
+
+
+def chain_role() -> Any:
+    """The chain worker's ChainRole (built once per process)."""
+    if "chain" not in _roles:
+        from verinfer.node.keys import load_account
+        from verinfer.node.roles import ChainRole
+        from verinfer.node.sender import TxSender
+
+        protocol, store, metrics = _base()
+        account = load_account(
+            settings.account, settings.passphrase.get_secret_value(), settings.keystore_dir
+        )
+        sender = TxSender(
+            protocol.w3,
+            account,
+            metrics,
+            retries=settings.tx_retries,
+            backoff_s=settings.tx_backoff_s,
+            stuck_after_s=settings.tx_stuck_after_s,
+            fee_bump=settings.tx_fee_bump,
+            priority_fee_wei=settings.tx_priority_fee_wei,
+        )
+        sender.start()
+        _roles["chain"] = ChainRole(protocol, sender, store, metrics)
+        log.info("sender ready account=%s nonce=%d", account.address, sender._nonce)
+    return _roles["chain"]
+
+
+def infer_role() -> Any:
+    """The inference worker's InferRole (models loaded once per process)."""
+    if "infer" not in _roles:
+        import torch
+
+        from verinfer.engines.hf import TransformersEngine
+        from verinfer.models.loader import ModelRegistry, load_model
+        from verinfer.node.roles import InferRole
+
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        _, store, metrics = _base()
+        registry = ModelRegistry([load_model(p) for p in settings.models])
+        engine = TransformersEngine(registry, max_batch_size=settings.batch_size)
+        _roles["infer"] = InferRole(engine, registry, store, metrics, Dispatcher(app, settings))
+        log.info("engine ready models=%s", [f"0x{m.hex()[:12]}" for m in registry.ids()])
+    return _roles["infer"]
+
+
+@signals.worker_init.connect
+def _on_worker_init(**_: Any) -> None:
+    setup_logging(settings.log_level)
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    queues = {q.name for q in sender.task_consumer.queues} if sender is not None else set()
+    if settings.queue("chain") in queues:
+        chain_role()
+    if settings.queue("infer") in queues:
+        infer_role()
+
+
+@signals.worker_shutting_down.connect
+def _on_shutdown(**_: Any) -> None:
+    role = _roles.get("chain")
+    if role is not None:
+        role.sender.stop(drain_s=10.0)
+
+
+@app.task(
+    name=INFER_TASK,
+    base=Batches,
+    flush_every=settings.batch_size,
+    flush_interval=settings.batch_wait_s,
+    acks_late=True,
+)
+def infer(requests: list[Any]) -> None:
+    """One batch of inference calls (celery-batches collects them)."""
+    infer_role().run_batch([r.args for r in requests])
+
+
+@app.task(
+    name=CHAIN_TASK,
+    bind=True,
+    acks_late=True,
+    autoretry_for=(ConnectionError,),
+    retry_backoff=True,
+    retry_backoff_max=60,
+    max_retries=settings.tx_retries,
+)
+def chain(self: Any, action: str, *args: Any) -> None:
+    """One chain action, sent by this process's TxSender."""
+    from verinfer.node.sender import RpcUnavailable
+
+    try:
+        chain_role().run(action, *args)
+    except RpcUnavailable as exc:
+        log.warning("rpc unavailable action=%s; task retried: %s", action, exc)
+        raise self.retry(exc=exc) from exc

@@ -1,0 +1,265 @@
+"""The watcher: reads the protocol's logs from a cursor persisted in Redis, N confirmations
+behind the head, detects reorgs by the block hashes it saw, and hands work to Celery.
+
+Every log has an idempotency key from its job id and its position (event name, job id, block
+hash, log index). A log seen again after a restart (the cursor is saved after the work of a
+range is handed on) has the same key and is skipped; a log mined again in another block after
+a reorg has a new key and is handled again, and the tasks check the chain before they act, so
+a job is never served twice on the canonical chain.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from web3 import Web3
+
+from verinfer.jobs import JobRecord
+from verinfer.node.contracts import DecodedLog, Protocol
+from verinfer.node.metrics import Metrics
+from verinfer.node.policy import Policy
+from verinfer.node.sender import RPC_ERRORS
+from verinfer.node.settings import NodeSettings
+from verinfer.node.store import Store
+
+log = logging.getLogger("verinfer.node.watcher")
+Dispatch = Callable[[str, str, list[Any]], None]  # (role, action, args)
+
+
+def event_key(item: DecodedLog) -> str:
+    """Idempotency key of a log: event, job id, block hash and log index."""
+    job_id = item.args.get("job_id", "-")
+    return f"{item.event}:{job_id}:{item.block_hash.hex()[:16]}:{item.log_index}"
+
+
+class Watcher:
+    """Polls the chain and turns protocol logs into node work."""
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        protocol: Protocol,
+        store: Store,
+        metrics: Metrics,
+        policy: Policy,
+        dispatch: Dispatch,
+        me: str,
+    ) -> None:
+        self.s = settings
+        self.p = protocol
+        self.w3: Web3 = protocol.w3
+        self.store = store
+        self.metrics = metrics
+        self.policy = policy
+        self.dispatch = dispatch
+        self.me = Web3.to_checksum_address(me)
+        self.handled = 0
+
+    # ---- loop ----
+    def run(self, stop: threading.Event) -> None:
+        """Poll until ``stop`` is set; RPC errors are logged once per failure and retried."""
+        delay = self.s.poll_interval_s
+        while not stop.is_set():
+            try:
+                caught_up = self.poll_once()
+                delay = self.s.poll_interval_s
+            except RPC_ERRORS as exc:
+                log.warning("watcher: rpc error %s; retry in %.1fs", type(exc).__name__, delay)
+                delay = min(delay * 2, 30.0)
+                caught_up = True
+            if caught_up:
+                stop.wait(delay)
+
+    def poll_once(self) -> bool:
+        """Handle the next range of confirmed blocks; True when caught up with the head."""
+        head = self.w3.eth.block_number
+        target = head - self.s.confirmations
+        cursor = self.store.cursor()
+        if cursor is None:
+            cursor = self.s.start_block - 1
+        elif self._reorged(cursor):
+            cursor = self._rewind(cursor)
+        if target <= cursor:
+            return True
+        to = min(target, cursor + self.s.max_log_range)
+        hashes = {
+            n: bytes(self.w3.eth.get_block(n)["hash"])
+            for n in range(max(cursor + 1, to - self.s.reorg_window + 1), to + 1)
+        }
+        raw = self.w3.eth.get_logs(
+            {"fromBlock": cursor + 1, "toBlock": to, "address": self.p.addresses}
+        )
+        for entry in raw:
+            n = int(entry["blockNumber"])
+            if n in hashes and bytes(entry["blockHash"]) != hashes[n]:
+                log.warning("watcher: block %d changed while reading; reading again", n)
+                return False
+        for entry in raw:
+            item = self.p.decode(entry)
+            if item is not None:
+                self.handle(item)
+        self.store.save_progress(to, hashes, self.s.reorg_window)
+        return to >= target
+
+    def _reorged(self, cursor: int) -> bool:
+        seen = self.store.block_hash(cursor)
+        return seen is not None and bytes(self.w3.eth.get_block(cursor)["hash"]) != seen
+
+    def _rewind(self, cursor: int) -> int:
+        """Walk back to the last block whose hash still matches; return the new cursor."""
+        n = cursor
+        while n >= self.s.start_block:
+            seen = self.store.block_hash(n)
+            if seen is None or bytes(self.w3.eth.get_block(n)["hash"]) == seen:
+                break
+            n -= 1
+        log.warning(
+            "watcher: reorg detected depth=%d; reading again from block %d", cursor - n, n + 1
+        )
+        self.metrics.incr("reorgs")
+        self.store.rewind(n)
+        return n
+
+    # ---- logs -> work ----
+    def handle(self, item: DecodedLog) -> None:
+        """Update the job record and hand on the work the log calls for (once per key)."""
+        handler = getattr(self, f"on_{item.event}", None)
+        if handler is None:
+            return
+        key = event_key(item)
+        first = not self.store.seen(key)
+        handler(item, key, first)
+        if first:  # marked after the hand-on: a crash in between hands it on again
+            self.store.mark_seen(key)
+        self.handled += 1
+
+    def _job(self, job_id: int) -> JobRecord | None:
+        record = self.store.get_job(job_id)
+        if record is None:
+            log.warning("watcher: job %d unknown (submitted before start_block?)", job_id)
+        return record
+
+    def on_JobSubmitted(self, item: DecodedLog, key: str, first: bool) -> None:
+        record = JobRecord.from_submitted(item.args)
+        self.store.put_job(record)
+        if not first:
+            return
+        self.metrics.job("seen")
+        self.store.r.hset(self.store.key("seen_at"), record.job_id, time.time())
+        if self.s.expire_others:
+            self.store.schedule("cancel", record.job_id, record.claim_deadline + 1)
+        decision = self.policy.decide(
+            record,
+            float(self.w3.eth.get_block(item.block_number)["timestamp"]),
+            self.store.inflight_count(),
+        )
+        if not decision.take:
+            if record.model_id in self.policy.models:
+                log.info("skip job=%d reason=%s", record.job_id, decision.reason)
+                self.metrics.job("skipped")
+            return
+        self.store.inflight_add(record.job_id)
+        targeted = record.preferred_node == self.me
+        if targeted or self.s.claim_mode == "run-first":
+            self.dispatch("infer", "serve", [record.job_id, key])
+        else:
+            self.dispatch("chain", "claim", [record.job_id, key])
+
+    def on_JobClaimed(self, item: DecodedLog, key: str, first: bool) -> None:
+        record = self._job(item.args["job_id"])
+        if record is None:
+            return
+        record.apply_claimed(item.args)
+        self.store.put_job(record)
+        if not first:
+            return
+        if self.s.expire_others:
+            self.store.schedule("expire", record.job_id, record.result_deadline + 1)
+        if record.node == self.me:
+            self.metrics.job("claimed")
+            self.dispatch("infer", "serve", [record.job_id, key])
+        else:
+            self.store.inflight_remove(record.job_id)  # someone else took it
+
+    def on_ResultPublished(self, item: DecodedLog, key: str, first: bool) -> None:
+        record = self._job(item.args["job_id"])
+        if record is None:
+            return
+        record.apply_published(item.args)
+        self.store.put_job(record)
+        if not first:
+            return
+        if record.node == self.me:
+            self.store.inflight_remove(record.job_id)
+            self.metrics.job("published")
+            seen = self.store.r.hget(self.store.key("seen_at"), record.job_id)
+            if seen is not None:
+                self.metrics.observe_latency(max(0.0, time.time() - float(seen)))
+            window = self.challenge_window()
+            self.store.schedule("finalize", record.job_id, record.published_at + window + 1)
+        if self.s.audits and record.node != self.me:
+            self.store.schedule("audit", record.job_id, record.published_block + 3)
+
+    def on_JobFinalized(self, item: DecodedLog, key: str, first: bool) -> None:
+        if first and item.args["node"] == self.me:
+            self.metrics.job("finalized")
+            self.metrics.incr("earnings_wei", int(item.args["payment"]))
+        self._terminal(item.args["job_id"])
+
+    def on_JobExpired(self, item: DecodedLog, key: str, first: bool) -> None:
+        if first and item.args["node"] == self.me:
+            self.metrics.job("expired")
+        self._terminal(item.args["job_id"])
+
+    def on_JobSlashed(self, item: DecodedLog, key: str, first: bool) -> None:
+        if first and item.args["node"] == self.me:
+            self.metrics.job("slashed")
+        self._terminal(item.args["job_id"])
+
+    def on_JobCancelled(self, item: DecodedLog, key: str, first: bool) -> None:
+        self._terminal(item.args["job_id"])
+
+    def _terminal(self, job_id: int) -> None:
+        self.store.inflight_remove(job_id)
+        for queue in ("finalize", "expire", "cancel", "audit"):
+            self.store.unschedule(queue, job_id)
+
+    def on_JobVerifying(self, item: DecodedLog, key: str, first: bool) -> None:
+        for queue in ("finalize", "audit"):
+            self.store.unschedule(queue, item.args["job_id"])
+
+    def on_VerifierAssigned(self, item: DecodedLog, key: str, first: bool) -> None:
+        if first and item.args["verifier"] == self.me:
+            self.dispatch("chain", "accept", [item.args["job_id"], key])
+
+    def on_VerifierAccepted(self, item: DecodedLog, key: str, first: bool) -> None:
+        if first and item.args["verifier"] == self.me:
+            self.dispatch("infer", "verify", [item.args["job_id"], key, "verdict"])
+
+    def on_VerdictPosted(self, item: DecodedLog, key: str, first: bool) -> None:
+        if first:
+            self.store.schedule("settle", item.args["job_id"], item.args["appeal_deadline"] + 1)
+
+    def on_AppealOpened(self, item: DecodedLog, key: str, first: bool) -> None:
+        if not first:
+            return
+        self.store.schedule("settle", item.args["job_id"], item.args["vote_deadline"] + 1)
+        if self.me in list(item.args["panel"]):
+            self.dispatch("infer", "verify", [item.args["job_id"], key, "panel"])
+
+    def on_DisputeSettled(self, item: DecodedLog, key: str, first: bool) -> None:
+        self.store.unschedule("settle", item.args["job_id"])
+
+    _window: tuple[float, int] = (0.0, 0)
+
+    def challenge_window(self) -> int:
+        """The market's challenge window (seconds), read at most once a minute."""
+        at, value = self._window
+        if time.monotonic() - at > 60:
+            value = int(self.p.market.functions.challenge_window().call())
+            self._window = (time.monotonic(), value)
+        return value
