@@ -211,6 +211,8 @@ def verify_batch(
             results[index] = Verdict(False, reason=bad, tau=tau, allowance=allowance)
         else:
             pending.append((index, prompt))
+    # batch claims of similar length together: less padding, same verdicts
+    pending.sort(key=lambda item: len(item[1]) + len(claims[item[0]].token_ids))
     for start in range(0, len(pending), batch_size):
         chunk = pending[start : start + batch_size]
         toks = [claims[i].token_ids for i, _ in chunk]
