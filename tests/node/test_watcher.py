@@ -1,0 +1,115 @@
+"""The watcher on a real Anvil and Redis: restarted mid-burst it misses nothing and repeats
+nothing; a reorg deeper than its confirmations is detected and not processed twice."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+import redis
+from verinfer.node.contracts import Protocol, connect
+from verinfer.node.metrics import Metrics
+from verinfer.node.policy import Policy, ServedModel
+from verinfer.node.settings import NodeSettings
+from verinfer.node.store import Store
+from verinfer.node.watcher import Watcher
+
+from tests.node.harness import CLIENT_A, CLIENT_C, NODE_A, Net, wait_for
+
+pytestmark = pytest.mark.timeout(240)
+
+
+class Recorder:
+    """The watcher's hand-off, recorded instead of sent to Celery (what is under test is the
+    watcher: which work it hands on, how often)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, tuple[Any, ...]]] = []
+
+    def __call__(self, role: str, action: str, args: list[Any]) -> None:
+        self.calls.append((role, action, tuple(args)))
+
+    def jobs(self, action: str) -> Counter[int]:
+        return Counter(int(a[0]) for _, act, a in self.calls if act == action)
+
+
+def _watcher(net: Net, account: str, recorder: Recorder, **extra: Any) -> Watcher:
+    settings = NodeSettings(
+        rpc_url=net.rpc_url,
+        market=net.dev.market.address,
+        court=net.dev.court.address,
+        account=account,
+        redis_url=net.redis_url,
+        models=[net.model_path],
+        **extra,
+    )  # type: ignore[call-arg]
+    client = redis.Redis.from_url(net.redis_url)
+    protocol = Protocol(connect(net.rpc_url), settings.market, settings.court)
+    policy = Policy({net.model_id: ServedModel.from_path(net.model_path)}, 0, 10_000, 0.1, 1.0)
+    store = Store(client, settings.namespace)
+    return Watcher(
+        settings,
+        protocol,
+        store,
+        Metrics(client, settings.namespace),
+        policy,
+        recorder,
+        net.addr(NODE_A),
+    )
+
+
+def test_watcher_restarted_mid_burst__nothing_missed_nothing_repeated(net: Net) -> None:
+    recorder = Recorder()
+    stop = threading.Event()
+    first = _watcher(net, "watch-restart", recorder)
+    thread = threading.Thread(target=first.run, args=(stop,))
+    thread.start()
+    jobs = []
+    for i in range(24):
+        jobs.append(net.submit(CLIENT_A, f"burst {i}", seed=i))
+        if i == 10:
+            stop.set()  # the watcher stops mid-burst; submissions go on
+            thread.join()
+    stopped_at = first.store.cursor()
+    assert stopped_at is not None and stopped_at < net.w3.eth.block_number
+    second = _watcher(net, "watch-restart", recorder)
+    stop2 = threading.Event()
+    thread2 = threading.Thread(target=second.run, args=(stop2,))
+    thread2.start()
+    try:
+        wait_for(lambda: set(jobs) <= set(recorder.jobs("claim")), 60, "every job handed on")
+        second.poll_once()
+    finally:
+        stop2.set()
+        thread2.join()
+    claims = recorder.jobs("claim")
+    assert all(claims[j] == 1 for j in jobs), claims
+    assert second.store.cursor() == net.w3.eth.block_number
+
+
+def test_reorg_deeper_than_confirmations__detected__no_double_processing(net: Net) -> None:
+    recorder = Recorder()
+    watcher = _watcher(net, "watch-reorg", recorder, confirmations=2, start_block=0)
+    while not watcher.poll_once():
+        pass
+    snapshot = net.w3.provider.make_request("evm_snapshot", [])["result"]
+    gone = [net.submit(CLIENT_C, f"orphan {i}", seed=100 + i) for i in range(3)]
+    net.dev.mine(blocks=3)
+    assert watcher.poll_once()
+    assert all(recorder.jobs("claim")[j] == 1 for j in gone)
+    net.w3.provider.make_request("evm_revert", [snapshot])  # drop 6 blocks (> 2 confirmations)
+    kept = [net.submit(CLIENT_A, f"canonical {i}", seed=200 + i) for i in range(3)]
+    net.dev.mine(blocks=4)  # the new chain is longer than the old one
+    assert kept == gone  # the same job ids, different jobs
+    while not watcher.poll_once():
+        pass
+    assert Metrics(watcher.store.r, watcher.s.namespace).get("reorgs") == 1
+    claims = recorder.jobs("claim")
+    assert all(claims[j] == 2 for j in kept)  # once per chain, each chain's job once
+    records = [watcher.store.get_job(j) for j in kept]
+    assert [r.client for r in records if r] == [net.addr(CLIENT_A)] * 3
+    while not watcher.poll_once():
+        pass
+    assert recorder.jobs("claim") == claims  # polling again changes nothing
