@@ -6,32 +6,48 @@ prints machine-readable output for agents and scripts.
 
 from __future__ import annotations
 
-import json
+import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import click
 
 from verinfer import __version__
+from verinfer.chain_errors import first_line
+from verinfer.cli_common import Conn, chain_options, emit, table
+from verinfer.cli_dev import dev
+from verinfer.cli_jobs import balance, job, market
+from verinfer.cli_operator import OPERATOR_COMMANDS
 
-
-def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
-    click.echo(json.dumps(data) if as_json else text)
+# ape imports (lazily, in the commands) trip a pydantic-settings warning: keep stderr one line
+warnings.filterwarnings("ignore", module="pydantic_settings")
 
 
 class _OneLineErrors(click.Group):
-    """Turn the expected failures into `verinfer: <message>` and exit code 1."""
+    """Turn failures into `verinfer: <one line>` on stderr and exit code 1, never a traceback.
+
+    ``VERINFER_DEBUG=1`` lets unexpected exceptions through with their traceback.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
-        from verinfer.engines.base import JobError
-        from verinfer.models.manifest import ModelFileError
-
         try:
             return super().invoke(ctx)
-        except (ModelFileError, JobError, FileNotFoundError, ValueError) as exc:
-            click.echo(f"verinfer: {exc}", err=True)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:
+            if os.environ.get("VERINFER_DEBUG") and not _expected(exc):
+                raise
+            click.echo(f"verinfer: {first_line(exc)}", err=True)
             sys.exit(1)
+
+
+def _expected(exc: Exception) -> bool:
+    from verinfer.chain_errors import ClientError
+    from verinfer.models.manifest import ModelFileError
+
+    return isinstance(exc, ClientError | ModelFileError | FileNotFoundError | ValueError)
 
 
 @click.group(cls=_OneLineErrors)
@@ -61,7 +77,7 @@ def model_build_tiny(seed: int, out: Path | None, as_json: bool) -> None:
         path = out
         manifest = build_tiny_model(path, seed)
     data = _model_data(path, manifest)
-    _emit(as_json, data, f"{data['name']}@{data['revision']} {data['model_id']}\n  {path}")
+    emit(as_json, data, f"{data['name']}@{data['revision']} {data['model_id']}\n  {path}")
 
 
 @model.command("id")
@@ -76,7 +92,7 @@ def model_id(path: Path, as_json: bool) -> None:
     manifest = Manifest.load(path / MANIFEST_NAME)
     check_files(path, manifest)
     data = _model_data(path, manifest)
-    _emit(as_json, data, data["model_id"])
+    emit(as_json, data, data["model_id"])
 
 
 def _model_data(path: Path, manifest: Any) -> dict[str, Any]:
@@ -89,9 +105,64 @@ def _model_data(path: Path, manifest: Any) -> dict[str, Any]:
     }
 
 
+@model.command("register")
+@click.argument("path", type=click.Path(path_type=Path))
+@chain_options(default_account="test:0")
+def model_register(conn: Conn, as_json: bool, path: Path) -> None:
+    """Register the model in directory PATH (checked against its manifest) in the market."""
+    from verinfer.chain_errors import guard
+    from verinfer.models.manifest import MANIFEST_NAME, Manifest, check_files
+
+    if not (path / MANIFEST_NAME).is_file():
+        raise FileNotFoundError(f"no {MANIFEST_NAME} in {path}")
+    manifest = Manifest.load(path / MANIFEST_NAME)
+    check_files(path, manifest)
+    market_ = conn.client.market
+    with guard("register model"):
+        market_.register_model(
+            manifest.name, manifest.revision, manifest.manifest_hash, sender=conn.client.account
+        )
+    data = {
+        **_model_data(path, manifest),
+        "registered": bool(market_.model_registered(manifest.model_id)),
+    }
+    emit(as_json, data, f"registered {data['name']}@{data['revision']} as {data['model_id']}")
+
+
+@model.command("list")
+@chain_options
+def model_list(conn: Conn, as_json: bool) -> None:
+    """Models registered in the market, with the nodes serving them and their prices."""
+    models = [
+        {
+            "model_id": "0x" + m.model_id.hex(),
+            "name": m.name,
+            "revision": m.revision,
+            "manifest_hash": "0x" + m.manifest_hash.hex(),
+            "nodes": m.nodes,
+        }
+        for m in conn.client.models()
+    ]
+    rows = [
+        [m["name"], m["revision"], m["model_id"][:18] + "…", len(m["nodes"]),
+         ", ".join(sorted({conn.fmt(p) for p in m["nodes"].values()})) or "-"]
+        for m in models
+    ]  # fmt: skip
+    emit(
+        as_json,
+        {"models": models},
+        lambda: table("models", ["name", "revision", "id", "nodes", "prices/token"], rows),
+    )
+
+
+for _group in (dev, job, balance, market):
+    main.add_command(_group)
+
 from verinfer.node.cli import node  # noqa: E402
 
 main.add_command(node)
+for _cmd in OPERATOR_COMMANDS:
+    node.add_command(_cmd)
 
 if __name__ == "__main__":
     main()
