@@ -127,39 +127,47 @@ def _start_redis(home: Path) -> dict[str, Any]:
 
 
 def _prepare(network: str, challenge_window: int) -> dict[str, Any]:
-    from ape import accounts, chain, networks, project
+    from ape import networks
     from ape.logging import logger
+
+    logger.set_level("WARNING")
+    with networks.parse_network_choice(network):
+        return prepare_protocol(challenge_window)
+
+
+def prepare_protocol(challenge_window: int = 60) -> dict[str, Any]:
+    """On the connected ape network: deploy, register the small model, fund the clients'
+    prepaid balances and stake the nodes (test accounts, see the module docstring)."""
+    from ape import accounts, chain, project
 
     from verinfer.deploy import deploy_all
     from verinfer.models.manifest import MANIFEST_NAME, Manifest
     from verinfer.models.tiny import tiny_model_path
     from verinfer.operator import account_pubkey
 
-    logger.set_level("WARNING")
     spec = Manifest.load(tiny_model_path(seed=0) / MANIFEST_NAME)
-    with networks.parse_network_choice(network):
-        owner = accounts.test_accounts[0]
-        from_block = int(chain.blocks.height)
-        addresses = deploy_all(owner)
-        token = project.TestToken.at(addresses["token"])
-        market = project.Market.at(addresses["market"])
-        market.set_param(2, challenge_window, sender=owner)
-        market.register_model(spec.name, spec.revision, spec.manifest_hash, sender=owner)
-        clients, nodes = [], []
-        for i in CLIENTS:
-            acct = accounts.test_accounts[i]
-            token.mint(acct, CLIENT_MINT, sender=owner)
-            token.approve(market, CLIENT_DEPOSIT, sender=acct)
-            market.deposit(CLIENT_DEPOSIT, sender=acct)
-            clients.append(str(acct.address))
-        for i in NODES:
-            acct = accounts.test_accounts[i]
-            token.mint(acct, NODE_STAKE, sender=owner)
-            token.approve(market, NODE_STAKE, sender=acct)
-            market.register_node(account_pubkey(acct), f"http://node-{i}.invalid", sender=acct)
-            market.stake(NODE_STAKE, sender=acct)
-            market.serve_model(spec.model_id, PRICE_PER_TOKEN, sender=acct)
-            nodes.append(str(acct.address))
+    owner = accounts.test_accounts[0]
+    from_block = int(chain.blocks.height)
+    addresses = deploy_all(owner)
+    token = project.TestToken.at(addresses["token"])
+    market = project.Market.at(addresses["market"])
+    market.set_param(2, challenge_window, sender=owner)
+    market.register_model(spec.name, spec.revision, spec.manifest_hash, sender=owner)
+    clients, nodes = [], []
+    for i in CLIENTS:
+        acct = accounts.test_accounts[i]
+        token.mint(acct, CLIENT_MINT, sender=owner)
+        token.approve(market, CLIENT_DEPOSIT, sender=acct)
+        market.deposit(CLIENT_DEPOSIT, sender=acct)
+        clients.append(str(acct.address))
+    for i in NODES:
+        acct = accounts.test_accounts[i]
+        token.mint(acct, NODE_STAKE, sender=owner)
+        token.approve(market, NODE_STAKE, sender=acct)
+        market.register_node(account_pubkey(acct), f"http://node-{i}.invalid", sender=acct)
+        market.stake(NODE_STAKE, sender=acct)
+        market.serve_model(spec.model_id, PRICE_PER_TOKEN, sender=acct)
+        nodes.append(str(acct.address))
     return {
         **addresses,
         "from_block": from_block,
@@ -173,8 +181,8 @@ def _prepare(network: str, challenge_window: int) -> dict[str, Any]:
         "nodes": nodes,
         "accounts": {
             "owner": "test:0",
-            "clients": ["test:1", "test:2"],
-            "nodes": ["test:3", "test:4"],
+            "clients": [f"test:{i}" for i in CLIENTS],
+            "nodes": [f"test:{i}" for i in NODES],
         },
         "price_per_token": PRICE_PER_TOKEN,
         "challenge_window": challenge_window,
