@@ -181,17 +181,17 @@ def test_wait_many__one_get_logs_per_poll__for_all_pending_jobs(
 
 
 def test_errors__one_line_messages(client, dev, market, chain):
-    with pytest.raises(ClientError, match="^unknown model: 'nosuch' is not registered"):
+    with pytest.raises(ClientError, match=r"^unknown model: 'nosuch' is not registered"):
         client.submit("nosuch", prompt="x")
-    with pytest.raises(JobNotFound, match="^job not found: no job 999 in market"):
+    with pytest.raises(JobNotFound, match=r"^job not found: no job 999 in market"):
         client.job(999)
-    with pytest.raises(ClientError, match="^wrong network: connected to chain 31337, expected 5"):
+    with pytest.raises(ClientError, match=r"^wrong network: connected to chain 31337, expected 5"):
         Client(dev["market"], "test:1", chain_id=5)
-    with pytest.raises(ClientError, match="^contracts not deployed there: no code at market"):
+    with pytest.raises(ClientError, match=r"^contracts not deployed there: no code at market"):
         Client(dev["clients"][0], "test:1")
-    with pytest.raises(ClientError, match="^insufficient balance: job escrows"):
+    with pytest.raises(ClientError, match=r"^insufficient balance: job escrows"):
         client.submit("verinfer-tiny-llama", prompt="x", max_tokens=4, max_payment=10**30)
-    with pytest.raises(ClientError, match="^submit reverted: market: bad max tokens"):
+    with pytest.raises(ClientError, match=r"^submit reverted: market: bad max tokens"):
         client.submit("verinfer-tiny-llama", prompt="x", max_tokens=0, max_payment=10**15)
-    with pytest.raises(ClientError, match="^insufficient prepaid balance"):
+    with pytest.raises(ClientError, match=r"^insufficient prepaid balance"):
         client.withdraw(10**30)
