@@ -1,0 +1,200 @@
+"""Every chain command of the `verinfer` CLI through its --json output, on a `dev up` chain,
+and every expected error as one line on stderr with exit code 1."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from verinfer.jobs import JobRecord
+from verinfer.models.manifest import MANIFEST_NAME, Manifest
+from verinfer.models.tiny import tiny_model_path
+
+from tests.cli.conftest import run_cli
+from tests.client.roles import publish
+
+UNIT = 10**18
+
+
+def tiny(state: dict[str, Any]) -> str:
+    """``name@revision`` of the dev chain's model (the name alone is ambiguous once a second
+    revision is registered)."""
+    return f"{state['model']['name']}@{state['model']['revision']}"
+
+
+def on_dev_chain(state: dict[str, Any], fn: Any) -> Any:
+    """Run ``fn(market, accounts)`` with ape connected to the dev chain (the node's part)."""
+    from ape import accounts, networks, project
+
+    with networks.parse_network_choice(state["network"]):
+        return fn(project.Market.at(state["market"]), accounts.test_accounts)
+
+
+def test_dev_up__state_file_and_running_chain(cli, state, dev_home):
+    home, _ = dev_home
+    assert json.loads((home / "dev.json").read_text()) == state
+    assert state["network"] == f"ethereum:local:{state['rpc_url']}"
+    assert len(state["clients"]) == 2 and len(state["nodes"]) == 2
+    params = cli.json("market", "params")
+    assert params["market"] == state["market"] and params["court"] == state["court"]
+    assert params["token"] == state["token"] and params["chain_id"] == 31337
+    assert params["market_params"]["challenge_window"] == 60
+    assert params["court_params"]["dispute_bond"] == 100 * UNIT
+
+
+def test_model_list_and_register(cli, state):
+    models = cli.json("model", "list")["models"]
+    assert [m["model_id"] for m in models] == [state["model"]["model_id"]]
+    assert models[0]["nodes"] == {n: state["price_per_token"] for n in state["nodes"]}
+
+    other = tiny_model_path(seed=1)
+    manifest = Manifest.load(other / MANIFEST_NAME)
+    data = cli.json("model", "register", str(other))
+    assert data["registered"] is True
+    assert data["model_id"] == "0x" + manifest.model_id.hex()
+    listed = cli.json("model", "list")["models"]
+    assert {m["model_id"] for m in listed} == {state["model"]["model_id"], data["model_id"]}
+    line = cli.fails("model", "register", str(other))
+    assert line == "verinfer: register model reverted: market: model exists"
+
+
+def test_balance_show_deposit_withdraw(cli, state):
+    before = cli.json("balance", "show")
+    assert before["account"] == state["clients"][0]
+    assert before["prepaid"] == 100 * UNIT and before["wallet"] == 900 * UNIT
+    dep = cli.json("balance", "deposit", "12.5")
+    assert dep["deposited"] == 12_500 * UNIT // 1000
+    assert dep["prepaid"] == before["prepaid"] + dep["deposited"]
+    assert dep["wallet"] == before["wallet"] - dep["deposited"]
+    out = cli.json("balance", "withdraw", "2.5")
+    assert out["withdrawn"] == 2_500 * UNIT // 1000
+    assert out["prepaid"] == dep["prepaid"] - out["withdrawn"]
+    other = cli.json("balance", "show", state["clients"][1])
+    assert other["account"] == state["clients"][1] and other["prepaid"] == 100 * UNIT
+    assert cli.fails("balance", "withdraw", "--claimable") == (
+        "verinfer: nothing to withdraw: claimable balance is 0"
+    )
+
+
+def test_job_submit_list_show_wait_dispute(cli, state):
+    sub = cli.json(
+        "job", "submit", tiny(state), "What is a GPU?", "--max-tokens", "6", "--seed", "3"
+    )
+    job_id = sub["job_id"]
+    assert sub["max_payment"] == 6 * state["price_per_token"]
+    assert sub["estimate"]["gas"] > 0 and sub["estimate"]["deposit_needed"] == 0
+    listed = cli.json("job", "list")["jobs"]
+    assert {"job_id": job_id, "status": "OPEN"}.items() <= listed[-1].items()
+    assert cli.json("job", "show", str(job_id))["status"] == "OPEN"
+
+    def serve(market: Any, accts: Any) -> None:
+        logs = [lg for lg in market.JobSubmitted.range(0, 10_000) if lg.job_id == job_id]
+        publish(market, accts[3], JobRecord.from_submitted(logs[0]), [7, 8, 9], 1)
+
+    on_dev_chain(state, serve)
+    waited = cli.json("job", "wait", str(job_id), "--timeout", "10")["results"]
+    assert len(waited) == 1
+    r = waited[0]
+    assert r["job_id"] == job_id and r["status"] == "PUBLISHED"
+    assert r["held"] and r["digest_ok"] and r["token_ids"] == [7, 8, 9]
+    assert r["node"] == state["nodes"][0]
+    assert r["cost"] == 3 * state["price_per_token"]
+    assert isinstance(r["text"], str)
+
+    disp = cli.json("job", "dispute", str(job_id))
+    assert disp["job_id"] == job_id and disp["bond"] == 100 * UNIT
+    assert disp["verifier"] == state["nodes"][1]
+    assert cli.json("job", "show", str(job_id))["status"] == "VERIFYING"
+    assert cli.fails("job", "dispute", str(job_id)) == (
+        f"verinfer: job {job_id} cannot be disputed: it is VERIFYING, not PUBLISHED"
+    )
+
+
+def test_job_wait__many_jobs_and_timeout(cli, state):
+    ids = [
+        cli.json(
+            "job", "submit", tiny(state), "--chat", json.dumps([{"role": "user", "content": c}])
+        )["job_id"]
+        for c in ("a", "b")
+    ]
+    line = cli.fails("job", "wait", *map(str, ids), "--timeout", "0.5")
+    assert line == (
+        f"verinfer: timed out after 0.5s waiting for jobs to be published: "
+        f"{ids[0]} (OPEN), {ids[1]} (OPEN)"
+    )
+
+
+def test_node_stake_unstake_withdraw_info(cli, state):
+    info = cli.json("node", "info")
+    assert info["node"] == state["nodes"][0] and info["stake"] == 2_000 * UNIT
+    assert info["serves"] == {state["model"]["model_id"]: state["price_per_token"]}
+    wallet = cli.json("balance", "show", state["nodes"][0])["wallet"]
+    assert wallet == 0
+    assert cli.fails("node", "stake", "10") == (
+        f"verinfer: insufficient token balance: wallet holds 0, stake needs {10 * UNIT}"
+    )
+    un = cli.json("node", "unstake", "5")
+    assert un["unbonding"] == 5 * UNIT and un["stake"] == 1_995 * UNIT
+    assert cli.fails("node", "withdraw").startswith("verinfer: nothing to withdraw yet")
+    on_dev_chain(state, lambda m, a: _time_travel(7 * 86_400 + 1))
+    out = cli.json("node", "withdraw")
+    assert out["unbonded"] == 5 * UNIT and out["unbonding"] == 0
+    back = cli.json("balance", "show", state["nodes"][0])
+    assert back["wallet"] == 5 * UNIT
+    restaked = cli.json("node", "stake", "5")
+    assert restaked["stake"] == 2_000 * UNIT
+    other = cli.json("node", "info", state["nodes"][1], "--account", "test:1")
+    assert other["node"] == state["nodes"][1] and other["registered"]
+
+
+def _time_travel(seconds: int) -> None:
+    from ape import chain
+
+    chain.provider.make_request("evm_increaseTime", [seconds])
+    chain.provider.make_request("evm_mine", [])
+
+
+def test_errors__one_line_and_exit_1(cli, state, tmp_path):
+    assert cli.fails("job", "show", "999") == (
+        f"verinfer: job not found: no job 999 in market {state['market']}"
+    )
+    assert cli.fails("job", "submit", "nosuch", "hi") == (
+        "verinfer: unknown model: 'nosuch' is not registered in this market"
+    )
+    assert cli.fails("market", "params", "--chain-id", "5") == (
+        "verinfer: wrong network: connected to chain 31337, expected 5"
+    )
+    assert cli.fails("market", "params", "--market", state["clients"][0]) == (
+        f"verinfer: contracts not deployed there: no code at market {state['clients'][0]}"
+    )
+    assert cli.fails(
+        "job", "submit", tiny(state), "hi", "--max-payment", "1000000", "--account", "test:6"
+    ).startswith("verinfer: insufficient balance: job escrows 1000000000000000000000000")
+    assert cli.fails("balance", "deposit", "1", "--account", "test:6") == (
+        f"verinfer: insufficient token balance: wallet holds 0, deposit needs {UNIT}"
+    )
+    assert cli.fails("balance", "deposit", "abc") == "verinfer: not an amount: 'abc'"
+    assert cli.fails(
+        "market", "params", "--network", "ethereum:nonesuch", "--market", state["market"]
+    ).startswith("verinfer: unknown network 'ethereum:nonesuch'")
+    empty = tmp_path / "empty-home"
+    assert cli.fails("market", "params", VERINFER_HOME=str(empty)).startswith(
+        "verinfer: no deployment: run `verinfer dev up`"
+    )
+    assert cli.fails("dev", "down", VERINFER_HOME=str(empty)) == (
+        f"verinfer: no dev chain running (no {empty / 'dev.json'})"
+    )
+    assert cli.fails("dev", "up").startswith("verinfer: a dev chain is already running")
+
+
+def test_errors__real_process__no_chain_reachable__one_line_no_traceback(state, tmp_path):
+    dead = "ethereum:local:http://127.0.0.1:9"
+    proc = run_cli(
+        tmp_path, "market", "params", "--json", env={"VERINFER_NETWORK": dead,
+                                                     "VERINFER_MARKET": state["market"]}
+    )  # fmt: skip
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        f"verinfer: no chain reachable at {dead}: No node found and 'ape-node' is unable to "
+        "start one."
+    ]
