@@ -351,7 +351,11 @@ class Client:
             raise ClientError("give exactly one of prompt or messages")
         mid = self.resolve_model(model)
         node = to_checksum_address(node) if node else None
-        data = encode_text_input(prompt) if prompt is not None else encode_chat_input(messages)
+        if prompt is not None:
+            data = encode_text_input(prompt)
+        else:
+            assert messages is not None
+            data = encode_chat_input(messages)
         params = SamplingParams(
             max_tokens=max_tokens,
             temperature_milli=round(temperature * 1000),
