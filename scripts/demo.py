@@ -86,7 +86,6 @@ def hardhat_node(port: int = 8545, timeout: float = 60.0) -> Iterator[None]:
 
 def run_demo() -> dict[str, int]:
     from ape import accounts, chain, project
-
     from verinfer.deploy import deploy_all
     from verinfer.digest import SamplingParams, pack_tokens, result_digest
     from verinfer.engines.base import Job
@@ -128,7 +127,9 @@ def run_demo() -> dict[str, int]:
     for node in (node_a, node_b, cheater):
         token.mint(node, 2 * min_stake, sender=node)
         token.approve(market, 2 * min_stake, sender=node)
-        market.register_node(b"\x04" + b"\x11" * 63, f"https://{names[node.address]}.invalid", sender=node)
+        market.register_node(
+            b"\x04" + b"\x11" * 63, f"https://{names[node.address]}.invalid", sender=node
+        )
         market.stake(2 * min_stake, sender=node)
         market.serve_model(model_id, price, sender=node)
     for client in (alice, bob):
@@ -204,14 +205,22 @@ def run_demo() -> dict[str, int]:
     log("== a cheating node serves a different model under the registered id")
     cheat = submit(alice, "Is this answer honest?", node=cheater)
     serve(cheater, cheat, fake)
-    log(f"   job {cheat.job_id} published by the cheater, digest 0x{cheat.result_digest.hex()[:16]}…")
+    log(
+        f"   job {cheat.job_id} published by the cheater, "
+        f"digest 0x{cheat.result_digest.hex()[:16]}…"
+    )
 
-    log("== alice disputes it (bond from her prepaid balance); the court picks a random honest node to re-execute")
+    log(
+        "== alice disputes it (bond from her prepaid balance); "
+        "the court picks a random honest node to re-execute"
+    )
     court.dispute(cheat.job_id, cheat.as_struct(), sender=alice)
     verifier_addr = court.dispute_info(cheat.job_id).verifier
     verifier = next(a for a in (node_a, node_b) if a.address == verifier_addr)
     court.accept(cheat.job_id, sender=verifier)
-    verdict = verify(model, cheat.input, cheat.sampling_params, cheat.output_token_ids, cheat.finish_reason)
+    verdict = verify(
+        model, cheat.input, cheat.sampling_params, cheat.output_token_ids, cheat.finish_reason
+    )
     log(
         f"   verifier {names[verifier_addr]}: valid={verdict.valid}, "
         f"{len(verdict.failures)} failing positions, reason={verdict.reason}"
