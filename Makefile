@@ -15,7 +15,7 @@ NPM_STAMP := node_modules/.installed
 FUZZ_EXAMPLES ?= 150
 CHAIN ?= anvil
 
-.PHONY: setup test fuzz lint fmt demo bench-gas bench-verify compile clean
+.PHONY: setup test fuzz lint fmt demo bench-gas bench-verify bench-node compile clean
 
 setup: $(PY_STAMP) $(NPM_STAMP)
 
@@ -68,6 +68,10 @@ bench-gas: setup
 
 bench-verify: setup
 	python scripts/bench_verify.py
+
+bench-node: setup
+	ape compile
+	python scripts/bench_node.py
 
 clean:
 	rm -rf .build .cache $(VENV) node_modules

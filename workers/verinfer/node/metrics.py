@@ -30,7 +30,7 @@ class Metrics:
     def incr(self, name: str, amount: int | float = 1, **labels: str) -> None:
         """Add ``amount`` to counter ``name{labels}``."""
         field = name + "".join(f"|{k}={v}" for k, v in sorted(labels.items()))
-        if isinstance(amount, float):
+        if isinstance(amount, float) or abs(amount) >= 2**62:  # wei sums outgrow int64
             self.r.hincrbyfloat(self.key, field, amount)
         else:
             self.r.hincrby(self.key, field, amount)

@@ -94,6 +94,4 @@ class Policy:
             return Decision(False, f"max_tokens above {self.max_output_tokens}")
         if model.max_context and len(prompt) + params.max_tokens > model.max_context:
             return Decision(False, "prompt + max_tokens exceed the model context")
-        if any(not 0 <= t < model.vocab_size for t in params.stop_token_ids):
-            return Decision(False, "stop token outside the vocabulary")
         return Decision(True)

@@ -5,6 +5,7 @@ directly; ``verinfer.node.tasks`` wraps them in Celery tasks."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -165,7 +166,10 @@ class InferRole:
         if not todo:
             return
         jobs = [Job(r.model_id, r.sampling_params, input_data=r.input) for r, _ in todo]
+        cpu0 = time.process_time()
         results = self.engine.generate(jobs)
+        self.metrics.incr("engine_cpu_s", time.process_time() - cpu0)
+        self.metrics.incr("engine_batches")
         for (record, key), out in zip(todo, results, strict=True):
             if not out.ok:
                 log.warning("job=%d cannot run: %s", record.job_id, out.error)

@@ -1,0 +1,238 @@
+"""`make bench-node`: flood one node with 200 jobs on Anvil (1-second blocks) and compare the
+pipeline with the raw engine on the same prompts. Last stdout line: one JSON object.
+
+Bench model: the project's small Llama architecture scaled to hidden 256, 8 layers, MLP 768,
+vocab 512 (about 6.5 M parameters), which needs about 50 ms of wall time per job of 64 output
+tokens at its best batch size on a 2-core CPU. The node runs it with claim_mode=run-first:
+open jobs are run first and claimed+published in one transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "workers"))
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+N_JOBS = int(os.environ.get("BENCH_JOBS", "200"))
+MAX_TOKENS = 64
+THREADS = 2
+BENCH_CONFIG = dict(
+    hidden_size=256,
+    intermediate_size=768,
+    num_hidden_layers=8,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main() -> int:
+    import psutil
+    import redis
+    from verinfer.digest import SamplingParams
+    from verinfer.inputs import encode_text_input
+    from verinfer.jobs import JobRecord, JobStatus
+    from verinfer.models.manifest import MANIFEST_NAME, Manifest
+    from verinfer.models.tiny import TinyConfig, tiny_model_path
+    from verinfer.node.devchain import UNIT, deploy_protocol, start_anvil, transact
+    from verinfer.node.metrics import Metrics
+    from verinfer.node.redis_server import start_redis
+
+    from tests.node.harness import CLIENT_A, NODE_A, PRICE, Net
+
+    tmp = Path(tempfile.mkdtemp(prefix="verinfer-bench-"))
+    anvil, rpc, _ = start_anvil(block_time=1, log_path=tmp / "anvil.log")
+    redis_proc, redis_url = start_redis(tmp / "redis")
+    node = None
+    try:
+        path = tiny_model_path(seed=11, config=TinyConfig(**BENCH_CONFIG))  # type: ignore[arg-type]
+        manifest = Manifest.load(path / MANIFEST_NAME)
+        dev = deploy_protocol(rpc)
+        net = Net(dev, rpc, redis_url, tmp, manifest.model_id, path)
+        transact(
+            dev.w3,
+            dev.market.functions.register_model(
+                manifest.name, manifest.revision, manifest.manifest_hash
+            ),
+            net.addr(0),
+        )
+        dev.add_node(net.addr(NODE_A), 100_000 * UNIT, manifest.model_id, PRICE)
+        dev.fund_client(net.addr(CLIENT_A), 10_000 * UNIT)
+        node = net.node(
+            NODE_A,
+            "bench-node",
+            claim_mode="run-first",
+            batch_size=32,
+            batch_wait_s="0.3",
+            torch_threads=THREADS,
+            capacity=1000,
+            est_job_s="0.05",
+            log_level="WARNING",
+        ).start()
+        ns = node.env["VERINFER_MARKET"][-8:].lower()
+        metrics = Metrics(redis.Redis.from_url(redis_url), f"verinfer:{ns}:bench-node")
+        log("== warming the node up")
+        prompts = [f"Job {i}: explain how open models are served." for i in range(N_JOBS)]
+        w3, market = dev.w3, dev.market
+        client = net.keys[CLIENT_A]
+
+        def submit_raw(i: int, nonce: int, now: int) -> bytes:
+            params = SamplingParams(
+                max_tokens=MAX_TOKENS, temperature_milli=700, seed=i, stop_token_ids=(2**31,)
+            )
+            fn = market.functions.submit(
+                manifest.model_id,
+                encode_text_input(prompts[i]),
+                params.encode(),
+                MAX_TOKENS * PRICE,
+                "0x" + "00" * 20,
+                now + 600,
+                now + 1800,
+            )
+            tx = fn.build_transaction(
+                {
+                    "from": client.address,
+                    "nonce": nonce,
+                    "gas": 400_000,
+                    "maxFeePerGas": 10**11,
+                    "maxPriorityFeePerGas": 10**9,
+                    "chainId": 31337,
+                }
+            )
+            return bytes(client.sign_transaction(tx).raw_transaction)
+
+        warm = net.submit(CLIENT_A, "warm up", max_tokens=4)
+        deadline = time.monotonic() + 300
+        while net.status(warm) < JobStatus.PUBLISHED and time.monotonic() < deadline:
+            time.sleep(0.2)
+        procs = [psutil.Process(node.proc.pid)]  # type: ignore[union-attr]
+        procs += procs[0].children(recursive=True)
+        cpu0 = sum(sum(p.cpu_times()[:2]) for p in procs)
+        engine0 = metrics.get("engine_cpu_s")
+        peak = [0.0]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.25):
+                rss = 0
+                for p in procs:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        rss += p.memory_info().rss
+                peak[0] = max(peak[0], rss / 2**20)
+
+        threading.Thread(target=sample, daemon=True).start()
+        log(f"== flooding the node with {N_JOBS} jobs")
+        now = int(w3.eth.get_block("latest")["timestamp"])
+        nonce = w3.eth.get_transaction_count(client.address, "pending")
+        raws = [submit_raw(i, nonce + i, now) for i in range(N_JOBS)]
+        first_id = int(market.functions.next_job_id().call())
+        sent: dict[int, float] = {}
+        for i, raw in enumerate(raws):
+            w3.eth.send_raw_transaction(raw)
+            sent[first_id + i] = time.time()
+        got: dict[int, float] = {}
+        from_block = int(w3.eth.block_number) - 2
+        records: dict[int, JobRecord] = {}
+        end = time.monotonic() + 600
+        while len(got) < N_JOBS and time.monotonic() < end:
+            for ev in market.events.JobSubmitted().get_logs(from_block=from_block):
+                records.setdefault(ev["args"]["job_id"], JobRecord.from_submitted(ev["args"]))
+            for ev in market.events.ResultPublished().get_logs(from_block=from_block):
+                jid = ev["args"]["job_id"]
+                if jid in sent and jid not in got and jid in records:
+                    rec = records[jid]
+                    rec.apply_published(ev["args"])
+                    if rec.result_digest == rec.expected_digest():  # the client's check
+                        got[jid] = time.time()
+            time.sleep(0.2)
+        t_end = max(got.values()) if got else time.time()
+        stop.set()
+        cpu1 = sum(sum(p.cpu_times()[:2]) for p in procs if p.is_running())
+        engine_cpu = metrics.get("engine_cpu_s") - engine0
+        wall = t_end - min(sent.values())
+        pipeline_rate = len(got) / wall
+        log(f"   {len(got)} results in {wall:.1f}s; finalizing")
+        dev.mine(seconds=120)
+        ids = list(sent)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            done = sum(market.functions.job_status(j).call() == JobStatus.FINALIZED for j in ids)
+            if done == len(ids):
+                break
+            time.sleep(1)
+        node.stop()
+        node = None
+        log("== raw engine on the same prompts")
+        raw_rate = raw_engine(path, prompts)
+        lat = sorted(got[j] - sent[j] for j in got)
+        result = {
+            "jobs": N_JOBS,
+            "finalized": done,
+            "pipeline_jobs_per_s": round(pipeline_rate, 2),
+            "raw_engine_jobs_per_s": round(raw_rate, 2),
+            "pipeline_vs_raw": round(pipeline_rate / raw_rate, 3),
+            "node_overhead_cpu_ms_per_job": round((cpu1 - cpu0 - engine_cpu) / N_JOBS * 1000, 1),
+            "p50_submit_to_result_s": round(statistics.median(lat), 2),
+            "p95_submit_to_result_s": round(lat[int(0.95 * (len(lat) - 1))], 2),
+            "node_peak_rss_mb": round(peak[0]),
+        }
+    finally:
+        if node is not None:
+            node.stop()
+        redis_proc.terminate()
+        anvil.terminate()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(result))
+    return 0
+
+
+def raw_engine(path: Path, prompts: list[str]) -> float:
+    """Jobs per second of the engine alone at its best batch size (same jobs, same threads)."""
+    import torch
+    from verinfer.digest import SamplingParams
+    from verinfer.engines.base import Job
+    from verinfer.engines.hf import TransformersEngine
+    from verinfer.inputs import encode_text_input
+    from verinfer.models.loader import load_model
+
+    torch.set_num_threads(THREADS)
+    model = load_model(path)
+    jobs = [
+        Job(
+            model.model_id,
+            SamplingParams(
+                max_tokens=MAX_TOKENS, temperature_milli=700, seed=i, stop_token_ids=(2**31,)
+            ),
+            input_data=encode_text_input(p),
+        )
+        for i, p in enumerate(prompts)
+    ]
+    best = 0.0
+    for batch in (8, 16, 32):
+        engine = TransformersEngine(model, max_batch_size=batch)
+        engine.generate(jobs[:batch])
+        t = time.perf_counter()
+        engine.generate(jobs[: 4 * batch])
+        rate = 4 * batch / (time.perf_counter() - t)
+        log(f"   batch {batch}: {rate:.1f} jobs/s ({1000 / rate:.0f} ms/job)")
+        best = max(best, rate)
+    return best
+
+
+if __name__ == "__main__":
+    sys.exit(main())
