@@ -77,7 +77,7 @@ def main() -> int:
             NODE_A,
             "bench-node",
             claim_mode="run-first",
-            batch_size=32,
+            batch_size=16,
             batch_wait_s="0.3",
             torch_threads=THREADS,
             capacity=1000,
