@@ -13,21 +13,16 @@ Its last line is one JSON object: {"jobs": n, "finalized": n, "disputes": 1, "sl
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "workers"))
 os.chdir(ROOT)
 
-NETWORKS = {"anvil": "ethereum:local:foundry", "hardhat": "ethereum:local:node"}
+NETWORKS = {"anvil": "ethereum:local:foundry", "hardhat": "ethereum:local:hardhat"}
 PROMPTS = {
     "alice": ["Write one line about open models.", "What is a GPU?"],
     "bob": ["Say hello to the agents.", "Count from one to five."],
@@ -48,40 +43,11 @@ def main() -> int:
     from ape.logging import logger
 
     logger.set_level("WARNING")
-    with contextlib.ExitStack() as stack:
-        if chain_name == "hardhat":
-            stack.enter_context(hardhat_node())
-        stack.enter_context(networks.parse_network_choice(NETWORKS[chain_name]))
+    # ape-foundry starts Anvil, ape-hardhat starts `npx hardhat node` (hardhat.config.js)
+    with networks.parse_network_choice(NETWORKS[chain_name]):
         result = run_demo()
     print(json.dumps(result))
     return 0 if result["finalized"] == result["jobs"] and result["slashed"] == 1 else 1
-
-
-@contextlib.contextmanager
-def hardhat_node(port: int = 8545, timeout: float = 60.0) -> Iterator[None]:
-    """Run `npx hardhat node` (npm hardhat v2, see hardhat.config.js) for the demo's length."""
-    with socket.socket() as s:
-        if s.connect_ex(("127.0.0.1", port)) == 0:
-            raise SystemExit(f"demo: port {port} is taken; stop what runs there first")
-    proc = subprocess.Popen(
-        ["npx", "hardhat", "node", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("demo: the Hardhat node did not start (npx hardhat node)")
-            time.sleep(0.3)
-        log(f"== Hardhat node on 127.0.0.1:{port}")
-        yield
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def run_demo() -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""`make demo`'s script, run as a new user runs it, on a fresh Anvil."""
+"""`make demo`'s script, run as a new user runs it, on a fresh Anvil and on a Hardhat node."""
 
 import json
 import os
@@ -6,14 +6,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_demo__on_anvil__finalizes_every_job_and_slashes_the_cheater():
+@pytest.mark.parametrize("chain", ["anvil", "hardhat"])
+def test_demo__finalizes_every_job_and_slashes_the_cheater(chain):
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "demo.py")],
         cwd=ROOT,
-        env={**os.environ, "CHAIN": "anvil"},
+        env={**os.environ, "CHAIN": chain},
         capture_output=True,
         text=True,
         timeout=600,
