@@ -161,6 +161,9 @@ for _group in (dev, job, balance, market):
 from verinfer.node.cli import node  # noqa: E402
 
 main.add_command(node)
+from verinfer.gateway.cli import gateway  # noqa: E402
+
+main.add_command(gateway)
 for _cmd in OPERATOR_COMMANDS:
     node.add_command(_cmd)
 

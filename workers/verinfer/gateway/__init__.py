@@ -1,0 +1,1 @@
+"""The OpenAI-compatible gateway: OpenAI HTTP requests in, on-chain verinfer jobs out."""

@@ -1,0 +1,264 @@
+"""The FastAPI app: ``/v1/models``, ``/v1/chat/completions``, ``/v1/completions``.
+
+Each completion becomes one on-chain job paid from the operator's prepaid balance; the answer
+is sent once the result is held (published, digest checked). ``stream: true`` is answered as
+server-sent events at that moment. Every answer carries a ``verinfer`` extension object: job
+id, result digest, cost, node and the gateway's timings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from verinfer.digest import FinishReason
+from verinfer.gateway import errors
+from verinfer.gateway.chain import ChainWorker, JobOutcome, JobRequest, model_label
+from verinfer.gateway.schemas import ChatCompletionRequest, CompletionRequest
+from verinfer.gateway.tokens import PromptCounter
+from verinfer.inputs import encode_chat_input, encode_text_input
+
+TIMEOUT_HEADER = "x-verinfer-timeout"
+_bearer = HTTPBearer(auto_error=False, description="The gateway's local API key")
+
+
+def create_app(worker: ChainWorker, api_key: str) -> FastAPI:
+    """The gateway app over a started ``ChainWorker``; only ``api_key`` may spend."""
+    app = FastAPI(
+        title="verinfer gateway",
+        version="0.1.0",
+        description="OpenAI-compatible API; every completion is a verified on-chain job.",
+    )
+    counter = PromptCounter()
+    settings = worker.settings
+
+    def check_key(
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        if creds is None:
+            raise errors.unauthorized(
+                "You didn't provide an API key: send 'Authorization: Bearer <gateway key>'"
+            )
+        if not hmac.compare_digest(creds.credentials.encode(), api_key.encode()):
+            raise errors.unauthorized("Incorrect API key provided for this verinfer gateway")
+
+    @app.exception_handler(errors.GatewayError)
+    async def _gateway_error(_: Request, exc: errors.GatewayError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        param = ".".join(loc) or None
+        where = f"{param}: " if param else ""
+        return errors.bad_request(f"{where}{first.get('msg', 'invalid')}", param).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        code = "not_found" if exc.status_code == 404 else "http_error"
+        err = errors.GatewayError(exc.status_code, str(exc.detail), "invalid_request_error", code)
+        return err.response()
+
+    @app.get("/v1/models", dependencies=[Depends(check_key)])
+    async def list_models() -> dict[str, Any]:
+        """The registered models, each with the nodes serving it and their prices."""
+        models = await asyncio.wrap_future(worker.call(lambda w: w.models()))
+        scale = Decimal(10) ** worker.decimals
+        data = []
+        for m in models:
+            prices = sorted(set(m.nodes.values()))
+            data.append(
+                {
+                    "id": model_label(m, models),
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "verinfer",
+                    "verinfer": {
+                        "model_id": "0x" + m.model_id.hex(),
+                        "name": m.name,
+                        "revision": m.revision,
+                        "nodes": m.nodes,
+                        "price_per_token": max(prices) if prices else None,
+                        "price_per_token_tokens": str(max(prices) / scale) if prices else None,
+                        "token": worker.symbol,
+                    },
+                }
+            )
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(check_key)], response_model=None)
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        """A chat completion, run as one on-chain job."""
+        _refuse_unsupported(body)
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        data = _encode(lambda: encode_chat_input(messages), "messages")
+        max_tokens = body.max_completion_tokens or body.max_tokens or settings.default_max_tokens
+        outcome = await _run(body, data, max_tokens, request)
+        return _respond(body, outcome, data, chat=True)
+
+    @app.post("/v1/completions", dependencies=[Depends(check_key)], response_model=None)
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        """A text completion, run as one on-chain job."""
+        _refuse_unsupported(body)
+        if body.echo:
+            raise errors.bad_request("echo is not supported", "echo")
+        prompt = body.prompt
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise errors.bad_request("give exactly one prompt per request", "prompt")
+            prompt = prompt[0]
+        text = prompt
+        data = _encode(lambda: encode_text_input(text), "prompt")
+        max_tokens = body.max_tokens or settings.default_max_tokens
+        outcome = await _run(body, data, max_tokens, request)
+        return _respond(body, outcome, data, chat=False)
+
+    async def _run(body: Any, data: bytes, max_tokens: int, request: Request) -> JobOutcome:
+        timeout = settings.job_timeout_s
+        raw = request.headers.get(TIMEOUT_HEADER)
+        if raw is not None:
+            try:
+                timeout = float(raw)
+            except ValueError:
+                timeout = -1.0
+            if not 0 < timeout <= settings.job_timeout_s:
+                raise errors.bad_request(
+                    f"{TIMEOUT_HEADER} must be a number of seconds in (0, "
+                    f"{settings.job_timeout_s:g}]",
+                    TIMEOUT_HEADER,
+                )
+        temperature = 1.0 if body.temperature is None else body.temperature
+        seed = body.seed if body.seed is not None else secrets.randbits(63)
+        job = JobRequest(body.model, data, max_tokens, temperature, seed, timeout)
+        outcome: JobOutcome = await asyncio.wrap_future(worker.submit(job))
+        return outcome
+
+    def _respond(body: Any, outcome: JobOutcome, data: bytes, chat: bool) -> Response:
+        res = outcome.result
+        prompt_tokens = counter.count(outcome.model.model_id, data)
+        completion_tokens = len(res.token_ids)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        finish = "stop" if res.finish_reason == FinishReason.STOP else "length"
+        text = res.text if res.text is not None else ""
+        created = int(time.time())
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        model = body.model
+        total_ms = (time.perf_counter() - outcome.arrived) * 1000
+        ext = {
+            "job_id": res.job_id,
+            "result_digest": "0x" + res.digest.hex(),
+            "digest_ok": res.digest_ok,
+            "status": res.status.name,
+            "node": res.node,
+            "model_id": "0x" + outcome.model.model_id.hex(),
+            "cost": res.cost,
+            "max_payment": res.max_payment,
+            "token": worker.symbol,
+            "token_ids": res.token_ids,
+            "batch": outcome.batch,
+            "timing": {
+                "job_ms": round(outcome.job_ms, 3),
+                "gateway_ms": round(total_ms - outcome.job_ms, 3),
+            },
+        }
+        if not body.stream:
+            if chat:
+                choice: dict[str, Any] = {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+            else:
+                choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            return JSONResponse(
+                {
+                    "id": rid,
+                    "object": "chat.completion" if chat else "text_completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [choice],
+                    "usage": usage,
+                    "verinfer": ext,
+                }
+            )
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        chunks = _stream_chunks(chat, rid, created, model, text, finish, usage, ext, include_usage)
+        return StreamingResponse(chunks, media_type="text/event-stream")
+
+    return app
+
+
+def _stream_chunks(
+    chat: bool,
+    rid: str,
+    created: int,
+    model: str,
+    text: str,
+    finish: str,
+    usage: dict[str, int],
+    ext: dict[str, Any],
+    include_usage: bool,
+) -> Iterator[str]:
+    """Server-sent events of a finished result: role, content, finish (+ usage), [DONE]."""
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    head = {"id": rid, "object": obj, "created": created, "model": model}
+
+    def choice(content: str | None, reason: str | None, role: bool = False) -> dict[str, Any]:
+        if not chat:
+            return {"index": 0, "text": content or "", "logprobs": None, "finish_reason": reason}
+        delta: dict[str, Any] = {}
+        if role:
+            delta["role"] = "assistant"
+        if content is not None:
+            delta["content"] = content
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+
+    events: list[dict[str, Any]] = []
+    if chat:
+        events.append({**head, "choices": [choice("", None, role=True)]})
+    events.append({**head, "choices": [choice(text, None)]})
+    events.append({**head, "choices": [choice(None, finish)], "verinfer": ext})
+    if include_usage:
+        events.append({**head, "choices": [], "usage": usage})
+    for event in events:
+        yield f"data: {json.dumps(event)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def _refuse_unsupported(body: Any) -> None:
+    if body.n not in (None, 1):
+        raise errors.bad_request("n must be 1: one job answers one choice", "n")
+    if body.stop:
+        raise errors.bad_request(
+            "stop sequences are not supported: jobs stop at the model's EOS token", "stop"
+        )
+    if body.top_p not in (None, 1, 1.0):
+        raise errors.bad_request("top_p must be 1: jobs sample from the full softmax", "top_p")
+
+
+def _encode(fn: Any, param: str) -> bytes:
+    try:
+        return bytes(fn())
+    except UnicodeEncodeError:
+        raise errors.bad_request(f"{param} is not valid Unicode text", param) from None
+    except ValueError as exc:
+        raise errors.bad_request(f"{param}: {exc}", param) from None
