@@ -47,7 +47,7 @@ class Gateway:
         return self.log_path.read_text(errors="replace")
 
 
-def start_gateway(net: Net, account: int, name: str, *args: str) -> Gateway:
+def start_gateway(dev_net: Net, account: int, name: str, *args: str) -> Gateway:
     """Start `verinfer gateway` paying from dev account ``account``; wait until it answers."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VERINFER_")}
@@ -55,13 +55,18 @@ def start_gateway(net: Net, account: int, name: str, *args: str) -> Gateway:
         {
             "PYTHONPATH": str(ROOT / "workers"),
             "HF_HUB_OFFLINE": "1",
-            "VERINFER_HOME": str(net.tmp / name),
+            "VERINFER_HOME": str(dev_net.tmp / name),
             "VERINFER_GATEWAY_API_KEY": API_KEY,
         }
     )
-    log_path = net.tmp / f"{name}.log"
+    log_path = dev_net.tmp / f"{name}.log"
     cmd = [sys.executable, "-m", "verinfer.cli", "gateway"]
-    cmd += ["--network", f"ethereum:local:{net.rpc_url}", "--market", net.dev.market.address]
+    cmd += [
+        "--network",
+        f"ethereum:local:{dev_net.rpc_url}",
+        "--market",
+        dev_net.dev.market.address,
+    ]
     cmd += ["--account", f"test:{account}", "--port", str(port), *args]
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)

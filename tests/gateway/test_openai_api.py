@@ -169,6 +169,12 @@ def test_error__bad_request__400_names_the_field(net: Net, gw: Gateway) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         gw.openai().chat.completions.create(model=MODEL, messages=CHAT, max_tokens=4, n=2)
     assert error_of(info.value)["param"] == "n"
+    with pytest.raises(openai.BadRequestError) as info:  # Market.vy takes 8000 bytes at most
+        gw.openai().completions.create(model=MODEL, prompt="x" * 8_000, max_tokens=4)
+    assert (error_of(info.value)["code"], error_of(info.value)["param"]) == (
+        "input_too_large",
+        "prompt",
+    )
     assert len(submitted(net)) == jobs
 
 
@@ -253,9 +259,7 @@ schema = from_fixture("gateway_schema")
 
 
 @schema.parametrize()
-@settings(
-    max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
-)
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_openapi_schema__no_server_error(case: Any, gw: Gateway) -> None:
     case.call_and_validate(
         headers={"Authorization": f"Bearer {API_KEY}"}, checks=[not_a_server_error], timeout=60

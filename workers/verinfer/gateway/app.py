@@ -32,6 +32,7 @@ from verinfer.gateway.tokens import PromptCounter
 from verinfer.inputs import encode_chat_input, encode_text_input
 
 TIMEOUT_HEADER = "x-verinfer-timeout"
+MAX_INPUT_BYTES = 8_000  # Market.vy MAX_INPUT_BYTES: a longer input cannot be submitted
 _bearer = HTTPBearer(auto_error=False, description="The gateway's local API key")
 
 
@@ -257,8 +258,15 @@ def _refuse_unsupported(body: Any) -> None:
 
 def _encode(fn: Any, param: str) -> bytes:
     try:
-        return bytes(fn())
+        data = bytes(fn())
     except UnicodeEncodeError:
         raise errors.bad_request(f"{param} is not valid Unicode text", param) from None
     except ValueError as exc:
         raise errors.bad_request(f"{param}: {exc}", param) from None
+    if len(data) > MAX_INPUT_BYTES:
+        raise errors.bad_request(
+            f"{param} is {len(data)} bytes encoded; a job's input holds at most {MAX_INPUT_BYTES}",
+            param,
+            "input_too_large",
+        )
+    return data
