@@ -15,7 +15,7 @@ NPM_STAMP := node_modules/.installed
 FUZZ_EXAMPLES ?= 150
 CHAIN ?= anvil
 
-.PHONY: setup test fuzz lint fmt demo bench-gas bench-verify bench-node compile clean
+.PHONY: setup test fuzz lint fmt demo bench-gas bench-verify bench-node bench-gateway compile clean
 
 setup: $(PY_STAMP) $(NPM_STAMP)
 
@@ -72,6 +72,10 @@ bench-verify: setup
 bench-node: setup
 	ape compile
 	python scripts/bench_node.py
+
+bench-gateway: setup
+	ape compile
+	python scripts/bench_gateway.py
 
 clean:
 	rm -rf .build .cache $(VENV) node_modules
