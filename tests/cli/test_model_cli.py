@@ -43,3 +43,29 @@ def test_model_id__when_no_manifest__one_line_error_and_exit_1(tmp_path):
     checked = run_cli("model", "id", str(tmp_path))
     assert checked.returncode == 1
     assert checked.stderr.strip() == f"verinfer: no {MANIFEST_NAME} in {tmp_path}"
+
+
+def test_model_manifest__of_a_model_directory__writes_it_and_id_checks(tmp_path):
+    out = tmp_path / "tiny"
+    assert run_cli("model", "build-tiny", "--seed", "4", "--out", str(out)).returncode == 0
+    (out / MANIFEST_NAME).unlink()  # as a directory fresh from a model hub would be
+    made = run_cli(
+        "model", "manifest", str(out), "--name", "my-model", "--revision", "r1", "--json"
+    )
+    assert made.returncode == 0, made.stderr
+    data = json.loads(made.stdout)
+    manifest = Manifest.load(out / MANIFEST_NAME)
+    assert (manifest.name, manifest.revision, manifest.dtype) == ("my-model", "r1", "bfloat16")
+    assert "config.json" in manifest.files
+    assert data["model_id"] == "0x" + manifest.model_id.hex()
+    checked = run_cli("model", "id", str(out), "--json")
+    assert json.loads(checked.stdout)["model_id"] == data["model_id"]
+
+
+def test_model_manifest__bad_dtype__one_line_error_and_exit_1(tmp_path):
+    made = run_cli(
+        "model", "manifest", str(tmp_path), "--name", "m", "--revision", "r", "--dtype", "int3"
+    )
+    assert made.returncode == 1
+    assert made.stderr.startswith("verinfer: dtype 'int3' not in")
+    assert len(made.stderr.strip().splitlines()) == 1

@@ -95,6 +95,22 @@ def model_id(path: Path, as_json: bool) -> None:
     emit(as_json, data, data["model_id"])
 
 
+@model.command("manifest")
+@click.argument("path", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--name", required=True, help="Model name, e.g. Qwen2.5-0.5B-Instruct.")
+@click.option("--revision", required=True, help="Weights revision, e.g. the hub commit.")
+@click.option("--dtype", default="bfloat16", show_default=True, help="Dtype nodes load it in.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def model_manifest(path: Path, name: str, revision: str, dtype: str, as_json: bool) -> None:
+    """Write the manifest of a model directory (sha256 of every file) and print its id."""
+    from verinfer.models.manifest import MANIFEST_NAME, build_manifest
+
+    manifest = build_manifest(path, name, revision, dtype)
+    manifest.save(path / MANIFEST_NAME)
+    data = _model_data(path, manifest)
+    emit(as_json, data, f"{data['name']}@{data['revision']} {data['model_id']}")
+
+
 def _model_data(path: Path, manifest: Any) -> dict[str, Any]:
     return {
         "name": manifest.name,
