@@ -9,14 +9,16 @@ from typing import Any
 
 import pytest
 import redis
+from verinfer.digest import FinishReason, pack_tokens, result_digest
 from verinfer.node.contracts import Protocol, connect
+from verinfer.node.devchain import transact
 from verinfer.node.metrics import Metrics
 from verinfer.node.policy import Policy, ServedModel
 from verinfer.node.settings import NodeSettings
 from verinfer.node.store import Store
 from verinfer.node.watcher import Watcher
 
-from tests.node.harness import CLIENT_A, CLIENT_C, NODE_A, Net, wait_for
+from tests.node.harness import CLIENT_A, CLIENT_B, CLIENT_C, NODE_A, Net, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -113,3 +115,41 @@ def test_reorg_deeper_than_confirmations__detected__no_double_processing(net: Ne
     while not watcher.poll_once():
         pass
     assert recorder.jobs("claim") == claims  # polling again changes nothing
+
+
+def test_run_first__own_claim_and_publish__job_served_once(net: Net) -> None:
+    recorder = Recorder()
+    watcher = _watcher(net, "watch-run-first", recorder, claim_mode="run-first")
+    while not watcher.poll_once():
+        pass
+    job_id = net.submit(CLIENT_B, "run me once", max_tokens=3, seed=7)
+    assert watcher.poll_once()
+    assert recorder.calls[-1] == ("infer", "serve", recorder.calls[-1][2])
+    assert recorder.jobs("serve")[job_id] == 1
+    record = watcher.store.get_job(job_id)
+    assert record is not None
+    tokens, finish = (5, 6, 7), FinishReason.LENGTH
+    digest = result_digest(job_id, record.model_id, record.input, record.params, tokens, finish)
+    watcher.store.put_output(job_id, {"packed": pack_tokens(tokens).hex(), "n": 3})  # as served
+    receipt = transact(
+        net.w3,
+        net.dev.market.functions.claim_and_publish(
+            job_id, record.as_struct(), pack_tokens(tokens), 3, int(finish), digest
+        ),
+        net.addr(NODE_A),
+    )
+    assert len(net.dev.market.events.JobClaimed().process_receipt(receipt)) == 1
+    while not watcher.poll_once():
+        pass
+    assert recorder.jobs("serve")[job_id] == 1  # its JobClaimed log does not run it again
+    stored = watcher.store.get_job(job_id)
+    assert stored is not None and stored.result_digest == digest
+    metrics = Metrics(watcher.store.r, watcher.s.namespace)
+    assert metrics.get("jobs", state="claimed") == metrics.get("jobs", state="published") == 1
+
+
+def test_wei_counter_sums_past_int64(net: Net) -> None:
+    metrics = Metrics(redis.Redis.from_url(net.redis_url), "verinfer:test-wei")
+    for _ in range(3):
+        metrics.incr("earnings_wei", 4 * 10**18)  # each fits int64, the sum does not
+    assert metrics.get("earnings_wei") == 12 * 10**18

@@ -30,7 +30,8 @@ class Metrics:
     def incr(self, name: str, amount: int | float = 1, **labels: str) -> None:
         """Add ``amount`` to counter ``name{labels}``."""
         field = name + "".join(f"|{k}={v}" for k, v in sorted(labels.items()))
-        if isinstance(amount, float) or abs(amount) >= 2**62:  # wei sums outgrow int64
+        if isinstance(amount, float) or name.endswith("_wei") or abs(amount) >= 2**62:
+            # wei sums outgrow int64 (HINCRBY fails once the stored sum would overflow)
             self.r.hincrbyfloat(self.key, field, amount)
         else:
             self.r.hincrby(self.key, field, amount)

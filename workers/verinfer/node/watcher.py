@@ -58,6 +58,7 @@ class Watcher:
         self.dispatch = dispatch
         self.me = Web3.to_checksum_address(me)
         self.handled = 0
+        self._times: dict[bytes, float] = {}  # block hash -> timestamp
 
     # ---- loop ----
     def run(self, stop: threading.Event) -> None:
@@ -86,10 +87,11 @@ class Watcher:
         if target <= cursor:
             return True
         to = min(target, cursor + self.s.max_log_range)
-        hashes = {
-            n: bytes(self.w3.eth.get_block(n)["hash"])
-            for n in range(max(cursor + 1, to - self.s.reorg_window + 1), to + 1)
-        }
+        hashes: dict[int, bytes] = {}
+        for n in range(max(cursor + 1, to - self.s.reorg_window + 1), to + 1):
+            block = self.w3.eth.get_block(n)
+            hashes[n] = bytes(block["hash"])
+            self._remember_time(hashes[n], float(block["timestamp"]))
         raw = self.w3.eth.get_logs(
             {"fromBlock": cursor + 1, "toBlock": to, "address": self.p.addresses}
         )
@@ -104,6 +106,19 @@ class Watcher:
                 self.handle(item)
         self.store.save_progress(to, hashes, self.s.reorg_window)
         return to >= target
+
+    def _remember_time(self, block_hash: bytes, timestamp: float) -> None:
+        if len(self._times) > 4 * self.s.reorg_window:
+            self._times.clear()
+        self._times[block_hash] = timestamp
+
+    def block_time(self, item: DecodedLog) -> float:
+        """Timestamp of the block of ``item`` (one RPC per block, not per log)."""
+        found = self._times.get(item.block_hash)
+        if found is None:
+            found = float(self.w3.eth.get_block(item.block_hash)["timestamp"])
+            self._remember_time(item.block_hash, found)
+        return found
 
     def _reorged(self, cursor: int) -> bool:
         seen = self.store.block_hash(cursor)
@@ -152,11 +167,7 @@ class Watcher:
         self.store.r.hset(self.store.key("seen_at"), record.job_id, time.time())
         if self.s.expire_others:
             self.store.schedule("cancel", record.job_id, record.claim_deadline + 1)
-        decision = self.policy.decide(
-            record,
-            float(self.w3.eth.get_block(item.block_number)["timestamp"]),
-            self.store.inflight_count(),
-        )
+        decision = self.policy.decide(record, self.block_time(item), self.store.inflight_count())
         if not decision.take:
             if record.model_id in self.policy.models:
                 log.info("skip job=%d reason=%s", record.job_id, decision.reason)
@@ -181,7 +192,9 @@ class Watcher:
             self.store.schedule("expire", record.job_id, record.result_deadline + 1)
         if record.node == self.me:
             self.metrics.job("claimed")
-            self.dispatch("infer", "serve", [record.job_id, key])
+            # run-first (claim_and_publish) stores the output before its claim: nothing to run
+            if self.store.get_output(record.job_id) is None:
+                self.dispatch("infer", "serve", [record.job_id, key])
         else:
             self.store.inflight_remove(record.job_id)  # someone else took it
 
