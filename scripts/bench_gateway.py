@@ -3,8 +3,12 @@ client against `verinfer gateway` in front of one real node on Anvil (automine),
 project's tiny model. Last stdout line: one JSON object.
 
 ``gateway_overhead_ms`` of a request = its latency as the openai client sees it (HTTP and
-parsing included) minus the job's submit-to-result time (the gateway sends the submit
-transaction -> its log poll sees the published result, ``verinfer.timing.job_ms``).
+parsing included) minus the job's submit-to-result time: from the moment the gateway sends
+the submit transaction (``verinfer.timing.sent_unix``) to the moment the job's
+``ResultPublished`` log is available, as an independent observer sees it (a websocket
+``eth_subscribe`` to Anvil's logs, pushed when the block is mined). The gateway's own poll lag
+is thus part of its overhead, not of the job. ``gateway_internal_ms`` is the gateway's own
+figure (``verinfer.timing.gateway_ms``: time in the gateway minus its own send-to-seen time).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +46,50 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
+RESULT_PUBLISHED = "ResultPublished(uint256,address,bytes,uint32,uint8,bytes32,uint64,uint64)"
+
+
+def observe(rpc_url: str, market: str, out_path: str) -> None:
+    """Observer process: append ``job_id unix_time`` when each ResultPublished log is pushed
+    (a websocket ``eth_subscribe`` to the node's logs; runs until killed)."""
+    from eth_utils import keccak
+    from websockets.sync.client import connect
+
+    topic = "0x" + keccak(text=RESULT_PUBLISHED).hex()
+    with connect(rpc_url.replace("http://", "ws://"), max_size=None) as ws:
+        sub = {"address": market, "topics": [topic]}
+        ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe",
+                            "params": ["logs", sub]}))  # fmt: skip
+        assert "result" in json.loads(ws.recv(timeout=10))
+        with open(out_path, "a", buffering=1) as out:
+            out.write("ready\n")
+            for message in ws:
+                now = time.time()
+                log_ = json.loads(message).get("params", {}).get("result")
+                if log_ and len(log_.get("topics", [])) > 1:
+                    out.write(f"{int(log_['topics'][1], 16)} {now:.6f}\n")
+
+
+def start_observer(rpc_url: str, market: str, out_path: Path) -> subprocess.Popen:
+    """Start the observer process; wait until it is subscribed."""
+    proc = subprocess.Popen([sys.executable, __file__, "--observe", rpc_url, market, str(out_path)])
+    deadline = time.monotonic() + 30
+    while not (out_path.exists() and out_path.read_text().startswith("ready")):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the log observer did not start")
+        time.sleep(0.05)
+    return proc
+
+
+def observed(out_path: Path) -> dict[int, float]:
+    """job id -> unix time its ResultPublished log was pushed."""
+    seen: dict[int, float] = {}
+    for line in out_path.read_text().splitlines()[1:]:
+        job, at = line.split()
+        seen.setdefault(int(job), float(at))
+    return seen
+
+
 def main() -> int:
     """Run the benchmark; print the JSON figures last."""
     import openai
@@ -53,11 +102,12 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="verinfer-bench-gw-"))
     anvil, rpc, _ = start_anvil(log_path=tmp / "anvil.log")
     redis_proc, redis_url = start_redis(tmp / "redis")
-    node = gw = None
+    node = gw = observer = None
     try:
         net = setup_net(deploy_protocol(rpc), rpc, redis_url, tmp)
         node = net.node(NODE_A, "bench-node").start()
         gw = start_gateway(net, CLIENT_A, "bench-gw", "--max-per-request", "1")
+        observer = start_observer(rpc, net.dev.market.address, tmp / "observed.txt")
         client = openai.OpenAI(base_url=gw.base_url, api_key=gw.key, max_retries=0)
         client.chat.completions.create(  # warm-up: the node's first job loads its model
             model="verinfer-tiny-llama",
@@ -80,11 +130,11 @@ def main() -> int:
             latency = time.perf_counter() - t0
             ext = resp.model_extra["verinfer"]
             ok = bool(ext["digest_ok"]) and resp.choices[0].message.content is not None
-            job_ms = float(ext["timing"]["job_ms"])
             return {
                 "ok": ok,
                 "latency": latency,
-                "overhead_ms": latency * 1000 - job_ms,
+                "job_id": int(ext["job_id"]),
+                "sent_unix": float(ext["timing"]["sent_unix"]),
                 "gateway_ms": float(ext["timing"]["gateway_ms"]),
                 "batch": int(ext["batch"]),
             }
@@ -94,6 +144,14 @@ def main() -> int:
         with ThreadPoolExecutor(CONCURRENCY) as pool:
             runs = list(pool.map(one, range(N_REQUESTS)))
         wall = time.perf_counter() - t0
+        time.sleep(0.5)  # the observer's last lines
+        seen = observed(tmp / "observed.txt")
+        for r in runs:
+            if r["ok"] and r["job_id"] not in seen:
+                r.update(ok=False, error=f"job {r['job_id']}: the observer saw no result")
+            elif r["ok"]:
+                r["job_ms"] = (seen[r["job_id"]] - r["sent_unix"]) * 1000
+                r["overhead_ms"] = r["latency"] * 1000 - r["job_ms"]
         good = [r for r in runs if r["ok"]]
         for r in runs:
             if not r["ok"]:
@@ -109,12 +167,15 @@ def main() -> int:
             "gateway_overhead_ms_p50": round(statistics.median(over), 2),
             "gateway_overhead_ms_p95": round(pct(over, 0.95), 2),
             "gateway_internal_ms_p50": round(statistics.median(inside), 2),
+            "job_ms_p50": round(statistics.median(r["job_ms"] for r in good), 2) if good else 0,
             "mean_batch": round(statistics.mean(r["batch"] for r in good), 2) if good else 0,
             "wall_s": round(wall, 2),
             "concurrency": CONCURRENCY,
             "max_tokens": MAX_TOKENS,
         }
     finally:
+        if observer is not None:
+            observer.terminate()
         if gw is not None:
             stop_gateway(gw)
         if node is not None:
@@ -127,4 +188,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--observe"]:
+        observe(*sys.argv[2:5])
+        sys.exit(0)
     sys.exit(main())

@@ -614,8 +614,12 @@ class Client:
             time.sleep(poll)
         return [self.result_of(h) for h in handles]
 
-    def result_of(self, handle: JobHandle) -> Result:
-        """The outcome of ``handle`` from what it has seen (digest checked when published)."""
+    def result_of(self, handle: JobHandle, stored_hash: bytes | None = None) -> Result:
+        """The outcome of ``handle`` from what it has seen (digest checked when published).
+
+        ``stored_hash``: the market's ``job_hash`` of the job when the caller has already read
+        it (the gateway reads many in one JSON-RPC batch); else it is read here.
+        """
         rec = handle.record
         published = rec.published_block > 0
         digest_ok = False
@@ -623,7 +627,9 @@ class Client:
         text = None
         if published:
             token_ids = rec.output_token_ids
-            digest_ok = rec.expected_digest() == rec.result_digest and self._hash_matches(rec)
+            digest_ok = rec.expected_digest() == rec.result_digest and self._hash_matches(
+                rec, stored_hash
+            )
             text = decode_tokens(rec.model_id, token_ids)
         expected_cost = rec.price_per_token * rec.output_tokens
         if handle.refund is not None:
@@ -647,12 +653,14 @@ class Client:
             max_payment=rec.max_payment,
         )
 
-    def _hash_matches(self, rec: JobRecord) -> bool:
-        """The market's stored job hash equals the hash of the struct rebuilt from events."""
-        stored = bytes(self.market.job_hash(rec.job_id))
+    def _hash_matches(self, rec: JobRecord, stored: bytes | None = None) -> bool:
+        """The market's stored job hash equals the hash of the struct rebuilt from events
+        (``Market.hash_job``, computed locally: one chain call instead of two)."""
+        if stored is None:
+            stored = bytes(self.market.job_hash(rec.job_id))
         if stored == b"\x00" * 32:
             return False
-        return stored[:31] == bytes(self.market.hash_job(rec.as_struct()))[:31]
+        return stored[:31] == rec.struct_hash()[:31]
 
     def dispute(self, job: JobHandle | int) -> dict[str, Any]:
         """Dispute a published result: the court assigns a random staked verifier.

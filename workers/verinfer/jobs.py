@@ -15,6 +15,11 @@ from verinfer.digest import SamplingParams, result_digest, unpack_tokens
 
 ZERO_ADDRESS = "0x" + "00" * 20
 ZERO_BYTES32 = b"\x00" * 32
+# IMarket.Job as one ABI tuple type (contracts/interfaces/IMarket.vyi, field order)
+STRUCT_TYPE = (
+    "(address,bytes32,bytes32,bytes32,uint32,uint256,address,uint64,uint64,uint64,"
+    "address,uint256,uint256,uint32,uint8,bytes32,uint64,uint64)"
+)
 
 
 class JobStatus(IntEnum):
@@ -105,6 +110,15 @@ class JobRecord:
     def as_struct(self) -> tuple:
         """The `IMarket.Job` struct, as the tuple ape and web3 encode."""
         return tuple(getattr(self, name) for name in self.STRUCT_FIELDS)
+
+    def struct_hash(self) -> bytes:
+        """keccak256(abi_encode(Job)) with the low byte cleared: `Market.hash_job`, computed
+        locally (the struct is static, so its encoding is its words in field order)."""
+        from eth_abi import encode
+        from eth_utils import keccak
+
+        digest = keccak(encode([STRUCT_TYPE], [self.as_struct()]))
+        return digest[:31] + b"\x00"
 
     @property
     def sampling_params(self) -> SamplingParams:

@@ -46,7 +46,7 @@ def create_app(worker: ChainWorker, api_key: str) -> FastAPI:
     counter = PromptCounter()
     settings = worker.settings
 
-    def check_key(
+    async def check_key(  # async: a sync dependency would cost a thread-pool hop per request
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
         if creds is None:
@@ -108,8 +108,8 @@ def create_app(worker: ChainWorker, api_key: str) -> FastAPI:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         data = _encode(lambda: encode_chat_input(messages), "messages")
         max_tokens = body.max_completion_tokens or body.max_tokens or settings.default_max_tokens
-        outcome = await _run(body, data, max_tokens, request)
-        return _respond(body, outcome, data, chat=True)
+        outcome, prompt_tokens = await _run(body, data, max_tokens, request)
+        return _respond(body, outcome, prompt_tokens, chat=True)
 
     @app.post("/v1/completions", dependencies=[Depends(check_key)], response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Response:
@@ -125,10 +125,14 @@ def create_app(worker: ChainWorker, api_key: str) -> FastAPI:
         text = prompt
         data = _encode(lambda: encode_text_input(text), "prompt")
         max_tokens = body.max_tokens or settings.default_max_tokens
-        outcome = await _run(body, data, max_tokens, request)
-        return _respond(body, outcome, data, chat=False)
+        outcome, prompt_tokens = await _run(body, data, max_tokens, request)
+        return _respond(body, outcome, prompt_tokens, chat=False)
 
-    async def _run(body: Any, data: bytes, max_tokens: int, request: Request) -> JobOutcome:
+    async def _run(
+        body: Any, data: bytes, max_tokens: int, request: Request
+    ) -> tuple[JobOutcome, int]:
+        """Hand the job to the chain threads; count its prompt tokens meanwhile (off the
+        event loop). Returns the held outcome and the prompt token count."""
         timeout = settings.job_timeout_s
         raw = request.headers.get(TIMEOUT_HEADER)
         if raw is not None:
@@ -145,12 +149,29 @@ def create_app(worker: ChainWorker, api_key: str) -> FastAPI:
         temperature = 1.0 if body.temperature is None else body.temperature
         seed = body.seed if body.seed is not None else secrets.randbits(63)
         job = JobRequest(body.model, data, max_tokens, temperature, seed, timeout)
-        outcome: JobOutcome = await asyncio.wrap_future(worker.submit(job))
-        return outcome
+        pending = asyncio.wrap_future(worker.submit(job))
+        model_id = worker.cached_model_id(body.model)
+        counting = (
+            asyncio.ensure_future(asyncio.to_thread(counter.count, model_id, data))
+            if model_id is not None
+            else None
+        )
+        try:
+            outcome: JobOutcome = await pending
+        except BaseException:
+            if counting is not None:
+                counting.cancel()
+            raise
+        if counting is None or model_id != outcome.model.model_id:
+            if counting is not None:
+                counting.cancel()
+            counting = asyncio.ensure_future(
+                asyncio.to_thread(counter.count, outcome.model.model_id, data)
+            )
+        return outcome, await counting
 
-    def _respond(body: Any, outcome: JobOutcome, data: bytes, chat: bool) -> Response:
+    def _respond(body: Any, outcome: JobOutcome, prompt_tokens: int, chat: bool) -> Response:
         res = outcome.result
-        prompt_tokens = counter.count(outcome.model.model_id, data)
         completion_tokens = len(res.token_ids)
         usage = {
             "prompt_tokens": prompt_tokens,
@@ -178,6 +199,7 @@ def create_app(worker: ChainWorker, api_key: str) -> FastAPI:
             "timing": {
                 "job_ms": round(outcome.job_ms, 3),
                 "gateway_ms": round(total_ms - outcome.job_ms, 3),
+                "sent_unix": round(outcome.sent_unix, 6),
             },
         }
         if not body.stream:

@@ -1,0 +1,157 @@
+"""The gateway's hot path to the chain: plain JSON-RPC over one keep-alive HTTP session per
+thread, JSON-RPC batches, and a small log decoder for the market's job events.
+
+ape answers the same calls with several milliseconds of its own per call (pydantic models, a
+``get_code`` before every contract call, a block fetch inside every transaction object); the
+gateway keeps ape for start-up and the rare reads (models, prices) and uses this module for
+what every request does: estimate, send, poll logs, read stored job hashes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import requests
+from eth_abi import decode as abi_decode
+from eth_utils import keccak, to_checksum_address
+
+from verinfer.chain_errors import ClientError
+
+
+class RpcError(ClientError):
+    """A JSON-RPC error answer; ``data`` is the revert data when the node gives it."""
+
+    def __init__(self, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.data = data
+
+
+class Rpc:
+    """JSON-RPC client of one HTTP endpoint; each thread gets its own session."""
+
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._local = threading.local()
+        self._ids = itertools.count(1)
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False  # no proxy lookup from the environment per request
+            self._local.session = session
+        return session
+
+    def _post(self, payload: Any) -> Any:
+        try:
+            resp = self._session().post(self.url, json=payload, timeout=self.timeout)
+            resp.raise_for_status()
+            return resp.json()
+        except requests.RequestException as exc:
+            raise ClientError(f"chain unreachable at {self.url}: {type(exc).__name__}") from None
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        """One request; its result, or RpcError."""
+        answer = self._post(
+            {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
+        )
+        return _result(answer)
+
+    def batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+        """Several requests in one HTTP round trip; each entry is a result or an RpcError."""
+        if not calls:
+            return []
+        first = next(self._ids)
+        payload = [
+            {"jsonrpc": "2.0", "id": first + i, "method": m, "params": p}
+            for i, (m, p) in enumerate(calls)
+        ]
+        for _ in calls[1:]:
+            next(self._ids)
+        answers = self._post(payload)
+        if not isinstance(answers, list):  # the whole batch was refused
+            err = _error(answers)
+            return [err] * len(calls)
+        by_id = {a.get("id"): a for a in answers}
+        out: list[Any] = []
+        for i in range(len(calls)):
+            answer = by_id.get(first + i)
+            if answer is None:
+                out.append(RpcError("no answer in the batch"))
+                continue
+            try:
+                out.append(_result(answer))
+            except RpcError as exc:
+                out.append(exc)
+        return out
+
+
+def _error(answer: Any) -> RpcError:
+    err = answer.get("error") if isinstance(answer, dict) else None
+    if not isinstance(err, dict):
+        return RpcError(f"malformed JSON-RPC answer: {str(answer)[:200]}")
+    return RpcError(str(err.get("message", "JSON-RPC error")).splitlines()[0], err.get("data"))
+
+
+def _result(answer: Any) -> Any:
+    if isinstance(answer, dict) and "error" in answer:
+        raise _error(answer)
+    if not isinstance(answer, dict) or "result" not in answer:
+        raise _error(answer)
+    return answer["result"]
+
+
+@dataclass(frozen=True)
+class _Event:
+    name: str
+    indexed: list[tuple[str, str]]  # (name, abi type)
+    data_names: list[str]
+    data_types: list[str]
+
+
+class EventDecoder:
+    """Decodes raw ``eth_getLogs`` entries of known events into attribute objects (the
+    fields of the event, plus ``event_name``, ``block_number``, ``log_index`` and
+    ``transaction_hash``), as ``JobHandle.apply`` and ``JobRecord`` read them."""
+
+    def __init__(self, abis: list[Any]) -> None:
+        """``abis``: ape/ethpm ``EventABI`` objects (``market.JobSubmitted.abi`` ...)."""
+        self.events: dict[str, _Event] = {}
+        self.topic_of: dict[str, str] = {}
+        for abi in abis:
+            topic = "0x" + keccak(text=abi.selector).hex()
+            ins = list(abi.inputs)
+            self.events[topic] = _Event(
+                abi.name,
+                [(i.name, i.canonical_type) for i in ins if i.indexed],
+                [i.name for i in ins if not i.indexed],
+                [i.canonical_type for i in ins if not i.indexed],
+            )
+            self.topic_of[abi.name] = topic
+
+    def decode(self, raw: dict[str, Any]) -> SimpleNamespace | None:
+        """The decoded log, or None when its event is not one of ours."""
+        topics = raw.get("topics") or []
+        event = self.events.get(topics[0]) if topics else None
+        if event is None:
+            return None
+        fields: dict[str, Any] = {}
+        for (name, typ), topic in zip(event.indexed, topics[1:], strict=False):
+            (fields[name],) = abi_decode([typ], bytes.fromhex(topic[2:]))
+        values = abi_decode(event.data_types, bytes.fromhex(raw["data"][2:]))
+        fields.update(zip(event.data_names, values, strict=True))
+        for name, value in fields.items():
+            if isinstance(value, str) and value.startswith("0x") and len(value) == 42:
+                fields[name] = to_checksum_address(value)
+        return SimpleNamespace(
+            event_name=event.name,
+            block_number=int(raw["blockNumber"], 16),
+            log_index=int(raw["logIndex"], 16),
+            transaction_hash=raw["transactionHash"].lower(),
+            **fields,
+        )
