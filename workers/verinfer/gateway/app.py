@@ -200,6 +200,7 @@ def create_app(worker: ChainWorker, api_key: str) -> FastAPI:
                 "job_ms": round(outcome.job_ms, 3),
                 "gateway_ms": round(total_ms - outcome.job_ms, 3),
                 "sent_unix": round(outcome.sent_unix, 6),
+                "to_send_ms": round((outcome.sent_at - outcome.arrived) * 1000, 3),
             },
         }
         if not body.stream:
