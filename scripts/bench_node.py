@@ -82,11 +82,10 @@ def main() -> int:
             "bench-node",
             claim_mode="run-first",
             batch_size=best_batch,
-            batch_wait_s="0.3",
             torch_threads=THREADS,
             capacity=1000,
             est_job_s="0.05",
-            log_level="WARNING",
+            log_level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         ).start()
         ns = node.env["VERINFER_MARKET"][-8:].lower()
         metrics = Metrics(redis.Redis.from_url(redis_url), f"verinfer:{ns}:bench-node")
@@ -169,6 +168,7 @@ def main() -> int:
             w3.eth.send_raw_transaction(raw)
             sent[first_id + i] = time.time()
         got: dict[int, float] = {}
+        blocks: set[int] = set()
         records: dict[int, JobRecord] = {}
         seen_block = int(w3.eth.block_number) - 2
         end = time.monotonic() + 600
@@ -180,6 +180,7 @@ def main() -> int:
                 continue
             span = {"from_block": seen_block + 1, "to_block": head}
             for ev in submitted_ev.get_logs(**span):
+                blocks.add(int(ev["blockNumber"]))
                 records.setdefault(ev["args"]["job_id"], JobRecord.from_submitted(ev["args"]))
             for ev in published_ev.get_logs(**span):
                 jid = ev["args"]["job_id"]
@@ -203,7 +204,8 @@ def main() -> int:
         pipeline_rate = len(got) / wall
         log(
             f"   {len(got)} results in {wall:.1f}s from the first job seen by the node "
-            f"({t_end - min(sent.values()):.1f}s from the first submission); finalizing"
+            f"({t_end - min(sent.values()):.1f}s from the first submission; submissions in "
+            f"{len(blocks)} blocks, engine batches {metrics.get('engine_batches'):.0f}); finalizing"
         )
         dev.mine(seconds=120)
         ids = list(sent)

@@ -65,6 +65,15 @@ class NodeProcess:
         )
         return self
 
+    def wait_ready(self, timeout: float = 120.0) -> NodeProcess:
+        """Wait until the node's sender and engine are up (their log lines)."""
+        wait_for(
+            lambda: "sender ready" in self.log() and "engine ready" in self.log(),
+            timeout,
+            f"{self.name} ready",
+        )
+        return self
+
     def stop(self, timeout: float = 90.0) -> int:
         """SIGTERM and wait for a clean exit; returns the exit code."""
         assert self.proc is not None

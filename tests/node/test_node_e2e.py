@@ -28,6 +28,8 @@ def test_twenty_jobs__three_clients_two_nodes__all_finalized_and_paid_exactly(ne
     node_a = net.node(NODE_A, "node-a").start()
     node_b = net.node(NODE_B, "node-b").start()
     try:
+        node_a.wait_ready()  # both compete for every job (not the first one up for all)
+        node_b.wait_ready()
         clients = [CLIENT_A, CLIENT_B, CLIENT_C]
         jobs = [
             net.submit(clients[i % 3], f"job {i}: tell me about open models", seed=i)

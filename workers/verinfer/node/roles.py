@@ -46,6 +46,63 @@ class ChainRole:
                 self.store.inflight_remove(int(args[0]))
             return None
 
+    def do_batch(self, items: Sequence[Sequence[Any]]) -> list[bytes | None]:
+        """Many ``publish`` / ``claim_and_publish`` actions ``[action, job_id, key]`` at once:
+        records, outputs and dedup keys in one Redis round trip each, the transactions in one
+        simulation batch and one send batch (``TxSender.send_many``). Same effects, per item,
+        as ``run(action, job_id, key)``; any other action is run on its own."""
+        results: list[bytes | None] = [None] * len(items)
+        bulk: list[int] = []
+        for i, (action, *args) in enumerate(items):
+            if action in ("publish", "claim_and_publish"):
+                bulk.append(i)
+            else:
+                results[i] = self.run(action, *args)
+        if not bulk:
+            return results
+        ids = [int(items[i][1]) for i in bulk]
+        dones = [f"{items[i][0]}:{items[i][1]}:{items[i][2]}" for i in bulk]
+        already = self.store.done_many(dones)
+        records = self.store.get_jobs(ids)
+        outputs = self.store.get_outputs(ids)
+        calls: list[tuple[str, Any]] = []
+        todo: list[int] = []
+        for n, i in enumerate(bulk):
+            action, job_id = str(items[i][0]), ids[n]
+            if already[n]:
+                log.info("already sent action=%s job=%d", action, job_id)
+                continue
+            record, out = records[n], outputs[n]
+            if record is None or out is None:
+                why = "unknown to this node" if record is None else "has no stored output"
+                self._skip(action, job_id, f"job {job_id} {why}")
+                continue
+            result = (
+                bytes.fromhex(out["packed"]),
+                int(out["n"]),
+                int(out["finish"]),
+                bytes.fromhex(out["digest"]),
+            )
+            method = self.market.publish if action == "publish" else self.market.claim_and_publish
+            calls.append((action, method(job_id, record.as_struct(), *result)))
+            todo.append(n)
+        sent = self.sender.send_many(calls)
+        marked: list[str] = []
+        for n, outcome in zip(todo, sent, strict=True):
+            action = str(items[bulk[n]][0])
+            if isinstance(outcome, TxRejected):
+                self._skip(action, ids[n], outcome.reason)
+            else:
+                results[bulk[n]] = outcome
+                marked.append(dones[n])
+        if marked:
+            self.store.mark_done_many(marked)
+        return results
+
+    def _skip(self, action: str, job_id: int, reason: str) -> None:
+        log.info("skip action=%s args=%s reason=%s", action, [job_id], reason)
+        self.store.inflight_remove(job_id)
+
     def _once(self, action: str, job_id: int, key: str, fn: Any) -> bytes | None:
         """Send ``fn`` unless this (action, job, event key) was already sent."""
         done = f"{action}:{job_id}:{key}"
@@ -158,18 +215,27 @@ class InferRole:
         from verinfer.engines.base import Job
 
         todo: list[tuple[JobRecord, str]] = []
-        for _, job_id, key in calls:
-            record = self.store.get_job(int(job_id))
-            if record is None or self.store.is_done(f"serve:{job_id}:{key}"):
-                continue
-            todo.append((record, key))
+        records = self.store.get_jobs([int(c[1]) for c in calls])
+        served = self.store.done_many([f"serve:{c[1]}:{c[2]}" for c in calls])
+        for (_, _, key), record, done in zip(calls, records, served, strict=True):
+            if record is not None and not done:
+                todo.append((record, key))
         if not todo:
             return
         jobs = [Job(r.model_id, r.sampling_params, input_data=r.input) for r, _ in todo]
-        cpu0 = time.process_time()
+        cpu0, wall0 = time.process_time(), time.perf_counter()
         results = self.engine.generate(jobs)
-        self.metrics.incr("engine_cpu_s", time.process_time() - cpu0)
+        cpu = time.process_time() - cpu0
+        self.metrics.incr("engine_cpu_s", cpu)
         self.metrics.incr("engine_batches")
+        log.info(
+            "engine batch jobs=%d wall_s=%.3f cpu_s=%.3f",
+            len(jobs),
+            time.perf_counter() - wall0,
+            cpu,
+        )
+        outputs: dict[int, dict[str, Any]] = {}
+        publish: list[list[Any]] = []
         for (record, key), out in zip(todo, results, strict=True):
             if not out.ok:
                 log.warning("job=%d cannot run: %s", record.job_id, out.error)
@@ -185,19 +251,20 @@ class InferRole:
                 out.token_ids,
                 out.finish_reason,
             )
-            self.store.put_output(
-                record.job_id,
-                {
-                    "packed": pack_tokens(out.token_ids).hex(),
-                    "n": len(out.token_ids),
-                    "finish": int(out.finish_reason),
-                    "digest": digest.hex(),
-                },
-            )
+            outputs[record.job_id] = {
+                "packed": pack_tokens(out.token_ids).hex(),
+                "n": len(out.token_ids),
+                "finish": int(out.finish_reason),
+                "digest": digest.hex(),
+            }
             claimed = record.node.lower() != "0x" + "00" * 20
-            action = "publish" if claimed else "claim_and_publish"
-            self.dispatch("chain", action, [record.job_id, key])
-            self.store.mark_done(f"serve:{record.job_id}:{key}")
+            publish.append(["publish" if claimed else "claim_and_publish", record.job_id, key])
+        if not publish:
+            return
+        # outputs stored, then one chain task for the whole batch, then marked served
+        self.store.put_outputs(outputs)
+        self.dispatch("chain", "batch", [publish])
+        self.store.mark_done_many([f"serve:{job_id}:{key}" for _, job_id, key in publish])
 
     def _verify(self, calls: Sequence[Sequence[Any]]) -> None:
         from verinfer.engines.base import Job, JobError

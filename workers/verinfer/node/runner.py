@@ -87,8 +87,11 @@ class NodeRunner:
         env = {**os.environ, **self._env()}
         for role in self.roles:
             self.procs[role] = subprocess.Popen(
-                worker_command(s, role, f"{role}-{os.getpid()}"), env=env
+                worker_command(s, role, f"{role}-{os.getpid()}"),
+                env=env,
+                preexec_fn=self._lower_priority if role == "chain" else None,
             )
+        self._lower_priority()  # before the watcher/keeper threads exist: they inherit it
         dispatch = Dispatcher(make_app(s), s)
         self.watcher = Watcher(
             s, self.protocol, self.store, self.metrics, self.policy, dispatch, self.me
@@ -107,6 +110,11 @@ class NodeRunner:
         log.info(
             "node started account=%s models=%d roles=%s", self.me, len(models), ",".join(self.roles)
         )
+
+    def _lower_priority(self) -> None:
+        """Nice the calling process by ``support_nice`` (the engine keeps its priority)."""
+        if self.s.support_nice:
+            os.nice(self.s.support_nice)
 
     def _env(self) -> dict[str, str]:
         """The settings as environment variables for the worker processes."""

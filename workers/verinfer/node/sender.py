@@ -59,9 +59,9 @@ class PendingTx:
     history: list[bytes] = field(default_factory=list)  # earlier hashes of this nonce
 
 
-def revert_reason(exc: BaseException) -> str:
+def revert_reason(exc: BaseException | str) -> str:
     """The revert string of a simulation error ("execution reverted: market: x" -> "market: x")."""
-    text = str(exc.args[0] if getattr(exc, "args", None) else exc)
+    text = exc if isinstance(exc, str) else str(exc.args[0] if exc.args else exc)
     for prefix in ("execution reverted: ", "execution reverted:"):
         if prefix in text:
             return text.split(prefix, 1)[1].strip().strip("'\"")
@@ -181,6 +181,106 @@ class TxSender:
         )
         return pending.tx_hash
 
+    def rpc_batch(self, what: str, calls: list[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
+        """One JSON-RPC batch (one HTTP request); the raw responses in call order, each with
+        ``result`` or ``error``. Transport errors are retried like ``rpc``; ValueError when the
+        endpoint does not answer batches."""
+        provider: Any = self.w3.provider
+        resp = self.rpc(what, lambda: provider.make_batch_request(calls))
+        if not isinstance(resp, list) or len(resp) != len(calls):
+            raise ValueError(f"{what}: endpoint does not answer JSON-RPC batches: {resp}")
+        return list(resp)
+
+    def send_many(self, items: list[tuple[str, Any]]) -> list[bytes | TxRejected]:
+        """``send`` for many contract calls ``(action, fn)`` with two RPC round trips: one
+        batch of simulations, then one batch of signed transactions (consecutive nonces).
+
+        Returns, per item, the transaction hash or the TxRejected of a call that would revert
+        (nothing sent for it). A transaction the endpoint refuses after signing stays pending
+        as if dropped, so the tracker sends it (and those after it) again.
+        """
+        if not items:
+            return []
+        txs = [
+            {"from": self.address, "to": fn.address, "data": fn._encode_transaction_data()}
+            for _, fn in items
+        ]
+        try:
+            sims = self.rpc_batch("simulate", [("eth_estimateGas", [tx]) for tx in txs])
+        except ValueError:
+            return [self._send_or_rejected(a, fn) for a, fn in items]
+        out: list[bytes | TxRejected] = []
+        sent: list[PendingTx] = []
+        rejected: dict[str, int] = {}
+        with self._lock:
+            max_fee, tip = self._fee_fields()
+            for (action, _), tx, sim in zip(items, txs, sims, strict=True):
+                if "error" in sim:
+                    rejected[action] = rejected.get(action, 0) + 1
+                    out.append(TxRejected(action, revert_reason(str(sim["error"].get("message")))))
+                    continue
+                full = {
+                    "to": tx["to"],
+                    "data": tx["data"],
+                    "value": 0,
+                    "gas": int(int(sim["result"], 16) * 1.2) + 10_000,
+                    "maxFeePerGas": max_fee,
+                    "maxPriorityFeePerGas": tip,
+                    "nonce": self._nonce,
+                    "chainId": self.chain_id,
+                    "type": 2,
+                }
+                signed = self.account.sign_transaction(full)
+                p = PendingTx(
+                    self._nonce,
+                    action,
+                    full,
+                    bytes(signed.hash),
+                    bytes(signed.raw_transaction),
+                    time.monotonic(),
+                )
+                self._pending[p.nonce] = p
+                self._nonce += 1
+                sent.append(p)
+                out.append(p.tx_hash)
+            if sent:
+                self._broadcast(sent)
+        if self.metrics:
+            for action, n in rejected.items():
+                self.metrics.incr("tx", n, action=action, outcome="rejected")
+            for action in {p.action for p in sent}:
+                n = sum(p.action == action for p in sent)
+                self.metrics.incr("tx", n, action=action, outcome="sent")
+        if sent:
+            log.info(
+                "tx sent n=%d nonces=%d..%d actions=%s",
+                len(sent),
+                sent[0].nonce,
+                sent[-1].nonce,
+                ",".join(sorted({p.action for p in sent})),
+            )
+        return out
+
+    def _broadcast(self, sent: list[PendingTx]) -> None:
+        calls = [("eth_sendRawTransaction", ["0x" + p.raw.hex()]) for p in sent]
+        answers = self.rpc_batch("send", calls)
+        for p, answer in zip(sent, answers, strict=True):
+            error = answer.get("error")
+            if error is not None and "already known" not in str(error).lower():
+                log.warning(
+                    "tx refused action=%s nonce=%d error=%s; the tracker sends it again",
+                    p.action,
+                    p.nonce,
+                    error.get("message"),
+                )
+                p.sent_at = time.monotonic() - self.stuck_after_s  # looks dropped at once
+
+    def _send_or_rejected(self, action: str, fn: Any) -> bytes | TxRejected:
+        try:
+            return self.send(action, fn)
+        except TxRejected as exc:
+            return exc
+
     def _sign_and_send(self, action: str, tx: dict[str, Any]) -> PendingTx:
         signed = self.account.sign_transaction(tx)
         raw = bytes(signed.raw_transaction)
@@ -219,9 +319,8 @@ class TxSender:
             mined_nonce = self.rpc(
                 "nonce", lambda: self.w3.eth.get_transaction_count(self.address, "latest")
             )
-            for nonce in sorted(self._pending):
-                if nonce < mined_nonce:
-                    self._settle(self._pending.pop(nonce))
+            mined = [self._pending.pop(n) for n in sorted(self._pending) if n < mined_nonce]
+            self._settle_many(mined)
             if not self._pending:
                 return
             lowest = self._pending[min(self._pending)]
@@ -240,6 +339,40 @@ class TxSender:
             return self.rpc("get_tx", lambda: self.w3.eth.get_transaction(p.tx_hash)) is not None
         except TransactionNotFound:
             return False
+
+    def _settle_many(self, mined: list[PendingTx]) -> None:
+        """Receipts of mined transactions in one batch; the per-hash path for the rest
+        (replaced transactions, or an endpoint without batches)."""
+        if not mined:
+            return
+        try:
+            answers = self.rpc_batch(
+                "receipts", [("eth_getTransactionReceipt", ["0x" + p.tx_hash.hex()]) for p in mined]
+            )
+        except ValueError:
+            answers = [{} for _ in mined]
+        fees, outcomes = 0, {}
+        for p, answer in zip(mined, answers, strict=True):
+            receipt = answer.get("result")
+            if not receipt:
+                self._settle(p)
+                continue
+            fees += int(receipt["gasUsed"], 16) * int(receipt.get("effectiveGasPrice") or "0x0", 16)
+            ok = int(receipt["status"], 16) == 1
+            key = (p.action, "mined" if ok else "reverted")
+            outcomes[key] = outcomes.get(key, 0) + 1
+            if not ok:
+                log.warning(
+                    "tx reverted on chain action=%s nonce=%d hash=0x%s",
+                    p.action,
+                    p.nonce,
+                    p.tx_hash.hex(),
+                )
+        if self.metrics:
+            if fees:
+                self.metrics.incr("gas_wei", fees)
+            for (action, outcome), n in outcomes.items():
+                self.metrics.incr("tx", n, action=action, outcome=outcome)
 
     def _settle(self, p: PendingTx) -> None:
         for h in [p.tx_hash, *p.history]:

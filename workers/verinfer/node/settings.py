@@ -45,6 +45,9 @@ class NodeSettings(BaseSettings):
     batch_wait_s: float = 0.05  # how long a batch waits for company
     visibility_timeout_s: int = 3_600  # must exceed the longest job (Celery redelivers after it)
     torch_threads: int = 0  # 0: torch's default
+    # niceness added to the supervisor (watcher, keeper) and the chain worker: on a CPU host
+    # the engine's threads then get the cores first (0: off)
+    support_nice: int = Field(default=10, ge=0, le=19)
 
     # transactions
     tx_retries: int = 5

@@ -103,6 +103,20 @@ class Store:
         """Mark a task's effect as done; False when it already was (a redelivered task)."""
         return bool(self.r.set(self.key("done", task_key), 1, nx=True, ex=DEDUP_TTL_S))
 
+    def mark_done_many(self, task_keys: list[str]) -> None:
+        """``mark_done`` for many keys in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for k in task_keys:
+            pipe.set(self.key("done", k), 1, nx=True, ex=DEDUP_TTL_S)
+        pipe.execute()
+
+    def done_many(self, task_keys: list[str]) -> list[bool]:
+        """``is_done`` for many keys in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for k in task_keys:
+            pipe.exists(self.key("done", k))
+        return [bool(v) for v in pipe.execute()]
+
     def is_done(self, task_key: str) -> bool:
         """Whether ``mark_done(task_key)`` happened."""
         return bool(self.r.exists(self.key("done", task_key)))
@@ -127,6 +141,20 @@ class Store:
     def put_output(self, job_id: int, data: dict[str, Any]) -> None:
         """Remember what this node computed for a job (tokens, finish reason, digest)."""
         self.r.set(self.key("output", job_id), json.dumps(data), ex=RECORD_TTL_S)
+
+    def put_outputs(self, outputs: dict[int, dict[str, Any]]) -> None:
+        """``put_output`` for many jobs in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        for job_id, data in outputs.items():
+            pipe.set(self.key("output", job_id), json.dumps(data), ex=RECORD_TTL_S)
+        pipe.execute()
+
+    def get_outputs(self, job_ids: list[int]) -> list[dict[str, Any] | None]:
+        """``get_output`` for many jobs in one round trip."""
+        if not job_ids:
+            return []
+        texts = self.r.mget([self.key("output", j) for j in job_ids])
+        return [None if t is None else json.loads(t) for t in texts]
 
     def get_output(self, job_id: int) -> dict[str, Any] | None:
         """What ``put_output`` stored."""

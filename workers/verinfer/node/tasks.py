@@ -81,8 +81,10 @@ def infer_role() -> Any:
     return _roles["infer"]
 
 
-@signals.worker_init.connect
-def _on_worker_init(**_: Any) -> None:
+@signals.setup_logging.connect
+def _on_setup_logging(**_: Any) -> None:
+    """The node's log format and VERINFER_LOG_LEVEL (a receiver here stops Celery from
+    configuring logging itself, which would apply the worker's ``-l`` level)."""
     setup_logging(settings.log_level)
 
 
