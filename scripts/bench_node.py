@@ -2,9 +2,26 @@
 pipeline with the raw engine on the same prompts. Last stdout line: one JSON object.
 
 Bench model: the project's small Llama architecture scaled to hidden 256, 8 layers, MLP 768,
-vocab 512 (about 6.5 M parameters), which needs about 50 ms of wall time per job of 64 output
-tokens at its best batch size on a 2-core CPU. The node runs it with claim_mode=run-first:
-open jobs are run first and claimed+published in one transaction.
+vocab 512 (about 6.5 M parameters), which needs about 25-50 ms of wall time per job of 64
+output tokens at its best batch size on a 2-core CPU. The node runs it with
+claim_mode=run-first: open jobs are run first and claimed+published in one transaction.
+
+Figures:
+* raw_engine_jobs_per_s: the engine alone (same process setup as the node's inference
+  worker: THREADS torch threads) on all the bench prompts, at each batch size of BATCHES,
+  measured before the node starts; the best batch is the node's VERINFER_BATCH_SIZE. It is
+  measured again at that batch after the node stopped and the higher figure counts.
+* pipeline_jobs_per_s: jobs / (client holding the last checked result - the node seeing the
+  first job). The 200 submissions are signed up front and sent with consecutive nonces
+  (raw web3), so the window measures the node, not the client.
+* node_overhead_cpu_ms_per_job: CPU of every node process (supervisor with watcher and
+  keeper, Celery workers, sender) during the flood minus the engine's own CPU, per job.
+* p50/p95_submit_to_result_s: from the client's submission to the client holding a result
+  whose digest it checked.
+
+BENCH_JOBS=n changes the job count; BENCH_LOG_LEVEL=INFO shows the node's per-batch lines;
+BENCH_KEEP=1 keeps the node log; BENCH_PYSPY=out.txt records every node process with py-spy
+(raw collapsed stacks) during the flood.
 """
 
 from __future__ import annotations

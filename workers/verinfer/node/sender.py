@@ -351,7 +351,7 @@ class TxSender:
             )
         except ValueError:
             answers = [{} for _ in mined]
-        fees, outcomes = 0, {}
+        fees, outcomes = 0, dict[tuple[str, str], int]()
         for p, answer in zip(mined, answers, strict=True):
             receipt = answer.get("result")
             if not receipt:

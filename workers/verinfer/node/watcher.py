@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from hexbytes import HexBytes
 from web3 import Web3
 
 from verinfer.jobs import JobRecord
@@ -116,7 +117,7 @@ class Watcher:
         """Timestamp of the block of ``item`` (one RPC per block, not per log)."""
         found = self._times.get(item.block_hash)
         if found is None:
-            found = float(self.w3.eth.get_block(item.block_hash)["timestamp"])
+            found = float(self.w3.eth.get_block(HexBytes(item.block_hash))["timestamp"])
             self._remember_time(item.block_hash, found)
         return found
 
