@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from verinfer.digest import SamplingParams, result_digest, unpack_tokens
 
@@ -64,11 +64,26 @@ class JobRecord:
     params: bytes = b""
     output: bytes = b""
 
-    STRUCT_FIELDS = (
-        "client model_id input_hash params_hash max_tokens max_payment preferred_node "
-        "submitted_at claim_deadline result_deadline node price_per_token collateral "
-        "output_tokens finish_reason result_digest published_at published_block"
-    ).split()
+    STRUCT_FIELDS: ClassVar[list[str]] = [
+        "client",
+        "model_id",
+        "input_hash",
+        "params_hash",
+        "max_tokens",
+        "max_payment",
+        "preferred_node",
+        "submitted_at",
+        "claim_deadline",
+        "result_deadline",
+        "node",
+        "price_per_token",
+        "collateral",
+        "output_tokens",
+        "finish_reason",
+        "result_digest",
+        "published_at",
+        "published_block",
+    ]
 
     @classmethod
     def from_submitted(cls, log: Any) -> JobRecord:
@@ -139,4 +154,3 @@ class JobRecord:
             self.output_token_ids,
             self.finish_reason,
         )
-
