@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 from verinfer.jobs import JobStatus
+from verinfer.node.devchain import ZERO
 
 from tests.node.harness import (
     CLIENT_A,
@@ -23,6 +24,13 @@ pytestmark = pytest.mark.timeout(300)
 UNIT = 10**18
 
 
+def _batch_jobs(line: str) -> int:
+    """Jobs of an ``engine batch jobs=N`` log line (0 for other lines)."""
+    if "engine batch jobs=" not in line:
+        return 0
+    return int(line.split("engine batch jobs=")[1].split()[0])
+
+
 def test_twenty_jobs__three_clients_two_nodes__all_finalized_and_paid_exactly(net: Net) -> None:
     market, token = net.dev.market.functions, net.dev.token.functions
     node_a = net.node(NODE_A, "node-a").start()
@@ -31,8 +39,16 @@ def test_twenty_jobs__three_clients_two_nodes__all_finalized_and_paid_exactly(ne
         node_a.wait_ready()  # both compete for every job (not the first one up for all)
         node_b.wait_ready()
         clients = [CLIENT_A, CLIENT_B, CLIENT_C]
+        # every 5th job targets node A, the next node B (exclusive claim window: run-first,
+        # claim_and_publish); the others are open races between the two nodes
+        preferred = {0: net.addr(NODE_A), 1: net.addr(NODE_B)}
         jobs = [
-            net.submit(clients[i % 3], f"job {i}: tell me about open models", seed=i)
+            net.submit(
+                clients[i % 3],
+                f"job {i}: tell me about open models",
+                seed=i,
+                preferred=preferred.get(i % 5, ZERO),
+            )
             for i in range(20)
         ]
         wait_for(lambda: all(net.status(j) >= JobStatus.PUBLISHED for j in jobs), 180, "20 results")
@@ -67,6 +83,12 @@ def test_twenty_jobs__three_clients_two_nodes__all_finalized_and_paid_exactly(ne
     assert all(published[j] == 1 for j in jobs)
     claimers = {e["args"]["job_id"]: e["args"]["node"] for e in net.events("JobClaimed")}
     assert set(claimers.values()) <= {net.addr(NODE_A), net.addr(NODE_B)}
+    for i, job_id in enumerate(jobs):
+        if i % 5 in preferred:
+            assert claimers[job_id] == preferred[i % 5]
+    runs = [a for ln in node_a.log().splitlines() if (a := _batch_jobs(ln))]
+    runs += [b for ln in node_b.log().splitlines() if (b := _batch_jobs(ln))]
+    assert sum(runs) == 20  # every job ran once (not again on its own JobClaimed log)
     finalized = {e["args"]["job_id"]: e["args"] for e in net.events("JobFinalized")}
     assert set(finalized) == set(jobs)
     refunds: Counter[str] = Counter()

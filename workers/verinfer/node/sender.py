@@ -244,7 +244,13 @@ class TxSender:
                 sent.append(p)
                 out.append(p.tx_hash)
             if sent:
-                self._broadcast(sent)
+                try:
+                    self._broadcast(sent)
+                except RpcUnavailable:  # like a failed single send: nothing counts as sent
+                    for p in sent:
+                        self._pending.pop(p.nonce, None)
+                    self._nonce = sent[0].nonce
+                    raise
         if self.metrics:
             for action, n in rejected.items():
                 self.metrics.incr("tx", n, action=action, outcome="rejected")
