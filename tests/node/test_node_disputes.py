@@ -5,6 +5,7 @@ SIGKILL mid-job finishes the job after a restart."""
 from __future__ import annotations
 
 import pytest
+import redis
 from verinfer.digest import pack_tokens, result_digest
 from verinfer.engines.base import Job
 from verinfer.engines.hf import TransformersEngine
@@ -82,8 +83,11 @@ def test_node_killed_mid_job__restarted__job_finished_no_token_lost(net: Net) ->
     try:
         first = net.submit(CLIENT_A, "warm up", max_tokens=4)
         wait_for(lambda: net.status(first) == JobStatus.PUBLISHED, 120, "node up")
-        job = net.submit(CLIENT_B, "a longer answer please", max_tokens=200)
+        job = net.submit(CLIENT_B, "a longer answer please", max_tokens=800)
         wait_for(lambda: net.status(job) == JobStatus.CLAIMED, 30, "claim")
+        held = f"verinfer:{net.dev.market.address[-8:].lower()}:node-a:unacked_index"
+        broker = redis.Redis.from_url(net.redis_url)
+        wait_for(lambda: broker.zcard(held) > 0, 30, "a worker holding the job")
         node.kill()  # SIGKILL to the supervisor and its workers, mid-job
         assert net.status(job) == JobStatus.CLAIMED
         node.start()
