@@ -45,8 +45,12 @@ class Protocol:
 
     def __init__(self, w3: Web3, market: str, court: str) -> None:
         self.w3 = w3
-        self.market: Contract = w3.eth.contract(address=market, abi=load_abi("Market"))
-        self.court: Contract = w3.eth.contract(address=court, abi=load_abi("Court"))
+        self.market: Contract = w3.eth.contract(
+            address=Web3.to_checksum_address(market), abi=load_abi("Market")
+        )
+        self.court: Contract = w3.eth.contract(
+            address=Web3.to_checksum_address(court), abi=load_abi("Court")
+        )
         self._events: dict[tuple[str, bytes], tuple[str, dict[str, Any]]] = {}
         for name, contract in (("market", self.market), ("court", self.court)):
             for item in contract.abi:

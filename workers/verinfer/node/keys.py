@@ -42,7 +42,12 @@ def write_keystore(
     ``iterations`` is scrypt's n; dev keys use a small one, ape writes the default (2**18).
     """
     directory.mkdir(parents=True, exist_ok=True)
-    data = Account.encrypt(private_key, passphrase, kdf="scrypt", iterations=iterations)
+    key = (
+        private_key
+        if isinstance(private_key, bytes)
+        else bytes.fromhex(private_key.removeprefix("0x"))
+    )
+    data = Account.encrypt(key, passphrase, kdf="scrypt", iterations=iterations)
     path = directory / f"{alias}.json"
     path.write_text(json.dumps(data))
     path.chmod(0o600)

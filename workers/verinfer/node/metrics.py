@@ -24,7 +24,7 @@ class Metrics:
     """Counters and a latency histogram in the Redis hash ``<namespace>:metrics``."""
 
     def __init__(self, client: redis.Redis, namespace: str) -> None:
-        self.r = client
+        self.r: Any = client
         self.key = f"{namespace}:metrics"
 
     def incr(self, name: str, amount: int | float = 1, **labels: str) -> None:

@@ -41,7 +41,7 @@ def worker_command(settings: NodeSettings, role: str, name: str) -> list[str]:
         "verinfer.node.tasks:app",
         "worker",
         "-Q",
-        settings.queue(role),
+        settings.queue(role),  # type: ignore[arg-type]
         "-P",
         "solo",
         "-c",

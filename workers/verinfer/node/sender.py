@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import requests
 from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
 from web3 import Web3
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 
@@ -95,8 +96,8 @@ class TxSender:
         self.track_interval_s = track_interval_s
         self.chain_id = self.rpc("chain_id", lambda: w3.eth.chain_id)
         self._lock = threading.RLock()
-        self._nonce = self.rpc(
-            "nonce", lambda: w3.eth.get_transaction_count(self.address, "pending")
+        self._nonce: int = self.rpc(
+            "nonce", lambda: int(w3.eth.get_transaction_count(self.address, "pending"))
         )
         self._pending: dict[int, PendingTx] = {}
         self._fees: tuple[float, int, int] = (0.0, 0, 0)
@@ -342,7 +343,10 @@ class TxSender:
 
     def _known(self, p: PendingTx) -> bool:
         try:
-            return self.rpc("get_tx", lambda: self.w3.eth.get_transaction(p.tx_hash)) is not None
+            return (
+                self.rpc("get_tx", lambda: self.w3.eth.get_transaction(HexBytes(p.tx_hash)))
+                is not None
+            )
         except TransactionNotFound:
             return False
 
@@ -383,7 +387,7 @@ class TxSender:
     def _settle(self, p: PendingTx) -> None:
         for h in [p.tx_hash, *p.history]:
             try:
-                receipt = self.rpc("receipt", lambda h=h: self.w3.eth.get_transaction_receipt(h))
+                receipt = self.rpc("receipt", lambda h=h: self.w3.eth.get_transaction_receipt(h))  # type: ignore[misc]
             except TransactionNotFound:
                 continue
             fee = int(receipt["gasUsed"]) * int(receipt.get("effectiveGasPrice", 0) or 0)
@@ -410,7 +414,7 @@ class TxSender:
         for p in old:
             sim = {"from": self.address, "to": p.tx["to"], "data": p.tx["data"], "value": 0}
             try:
-                self.rpc(p.action, lambda sim=sim: self.w3.eth.estimate_gas(sim))  # type: ignore[arg-type]
+                self.rpc(p.action, lambda sim=sim: self.w3.eth.estimate_gas(sim))  # type: ignore[arg-type,misc]
             except (ContractLogicError, Web3RPCError) as exc:
                 log.warning(
                     "tx dropped and no longer applies action=%s reason=%s",

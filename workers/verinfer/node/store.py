@@ -48,7 +48,7 @@ class Store:
     """Typed access to the node's Redis keys."""
 
     def __init__(self, client: redis.Redis, namespace: str) -> None:
-        self.r = client
+        self.r: Any = client
         self.ns = namespace
 
     def key(self, *parts: object) -> str:

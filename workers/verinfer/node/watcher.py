@@ -94,7 +94,7 @@ class Watcher:
             hashes[n] = bytes(block["hash"])
             self._remember_time(hashes[n], float(block["timestamp"]))
         raw = self.w3.eth.get_logs(
-            {"fromBlock": cursor + 1, "toBlock": to, "address": self.p.addresses}
+            {"fromBlock": cursor + 1, "toBlock": to, "address": self.p.addresses}  # type: ignore[typeddict-item]
         )
         for entry in raw:
             n = int(entry["blockNumber"])
