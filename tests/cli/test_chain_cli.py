@@ -141,8 +141,10 @@ def test_node_stake_unstake_withdraw_info(cli, state):
     assert out["unbonded"] == 5 * UNIT and out["unbonding"] == 0
     back = cli.json("balance", "show", state["nodes"][0])
     assert back["wallet"] == 5 * UNIT
-    restaked = cli.json("node", "stake", "5")
+    model_id = state["model"]["model_id"]
+    restaked = cli.json("node", "stake", "5", "--model", model_id, "--price", "0.002")
     assert restaked["stake"] == 2_000 * UNIT
+    assert restaked["serves"] == {model_id: 2 * UNIT // 1000}
     other = cli.json("node", "info", state["nodes"][1], "--account", "test:1")
     assert other["node"] == state["nodes"][1] and other["registered"]
 
