@@ -1,7 +1,7 @@
 """verinfer end to end on a fresh local chain: `make demo` (or `make demo CHAIN=hardhat`).
 
-Until the node service exists (issue 4), this script plays every role itself, with the
-real parts: it starts Anvil (or uses a running Hardhat node), deploys the contracts,
+This script plays every role itself in one process (the node service, `verinfer node run`,
+runs in tests/node/), with the real parts: it starts Anvil (or uses a running Hardhat node), deploys the contracts,
 registers the project's small model, stakes two honest nodes and one that serves a
 different model under the registered id, has two clients pay for jobs, runs the model
 with the transformers engine, publishes the results, finalizes them, and has a client
