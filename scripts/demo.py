@@ -1,12 +1,12 @@
 """verinfer end to end on a fresh local chain: `make demo` (or `make demo CHAIN=hardhat`).
 
 This script plays every role itself in one process (the node service, `verinfer node run`,
-runs in tests/node/), with the real parts: it starts Anvil (or uses a running Hardhat node), deploys the contracts,
-registers the project's small model, stakes two honest nodes and one that serves a
-different model under the registered id, has two clients pay for jobs, runs the model
-with the transformers engine, publishes the results, finalizes them, and has a client
-dispute the cheater's result: a randomly assigned honest node re-executes it with the
-teacher-forced verifier and the contract slashes the cheater.
+runs in tests/node/), with the real parts: it starts Anvil (or, through ape-hardhat, a
+Hardhat node), deploys the contracts, registers the project's small model, stakes two
+honest nodes and one that serves a different model under the registered id, has two
+clients pay for jobs, runs the model with the transformers engine, publishes the results,
+finalizes them, and has a client dispute the cheater's result: a randomly assigned honest
+node re-executes it with the teacher-forced verifier and the contract slashes the cheater.
 
 Its last line is one JSON object: {"jobs": n, "finalized": n, "disputes": 1, "slashed": 1}.
 """
