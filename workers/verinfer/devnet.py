@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -61,15 +60,18 @@ def pid_alive(pid: int, name: str) -> bool:
 
 def start_anvil(home: Path, port: int, chain_id: int) -> subprocess.Popen:
     """Anvil on 127.0.0.1:``port`` in its own session, logging to ``home/anvil.log``."""
-    binary = shutil.which("anvil") or shutil.which("anvil", path=str(ROOT / "node_modules/.bin"))
-    if not binary:
-        raise ClientError("anvil not found: run `npm ci` (it installs @foundry-rs/anvil)")
+    from verinfer.node.devchain import anvil_binary
+
+    try:
+        binary = anvil_binary()
+    except FileNotFoundError as exc:
+        raise ClientError(str(exc)) from None
     if _port_open(port):
         raise ClientError(f"port {port} is taken; pick another with --port")
     log = open(home / "anvil.log", "ab")  # noqa: SIM115 (handed to the child)
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--chain-id", str(chain_id), "--mnemonic", MNEMONIC,
-         "--accounts", "10", "--code-size-limit", "50000"],
+         "--accounts", "10"],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + 20

@@ -53,8 +53,6 @@ def start_anvil(
         "--silent",
         "--mnemonic",
         MNEMONIC,
-        "--code-size-limit",
-        "50000",
     ]
     if block_time:
         cmd += ["--block-time", str(block_time)]
