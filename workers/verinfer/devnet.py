@@ -23,7 +23,6 @@ from typing import Any
 from verinfer.chain_errors import ClientError
 from verinfer.cli_common import DEV_STATE, read_dev_state, verinfer_home
 
-ROOT = Path(__file__).resolve().parents[2]
 MNEMONIC = "test test test test test test test test test test test junk"
 CLIENTS = (1, 2)
 NODES = (3, 4)
