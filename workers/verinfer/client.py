@@ -29,7 +29,7 @@ from typing import Any
 from eth_utils import keccak, to_checksum_address
 
 from verinfer.abi_types import contract_type
-from verinfer.chain_errors import ClientError, JobNotFound, JobTimeout, first_line, guard
+from verinfer.chain_errors import ClientError, JobNotFound, JobTimeout, guard
 from verinfer.digest import SamplingParams
 from verinfer.inputs import encode_chat_input, encode_text_input
 from verinfer.jobs import ZERO_ADDRESS, JobRecord, JobStatus
@@ -91,7 +91,7 @@ class Estimate:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One job of ``Client.submit_many``: a resolved model id, input bytes and parameters."""
+    """One job for the gateway's batched submissions: resolved model id, input and params."""
 
     model_id: bytes
     input: bytes
@@ -166,7 +166,7 @@ class JobHandle:
         self.cursor = block  # first block whose logs are not yet applied
         self.refund: int | None = None
         self.payment: int | None = None
-        self.sent_at: float | None = None  # time.perf_counter() when submit_many sent it
+        self.sent_at: float | None = None  # time.perf_counter() when the gateway sent it
 
     @property
     def job_id(self) -> int:
@@ -465,82 +465,6 @@ class Client:
         log = self.market.JobSubmitted.from_receipt(receipt)[0]
         record = JobRecord.from_submitted(log)
         return JobHandle(self, record, JobStatus.OPEN, int(receipt.block_number))
-
-    def submit_many(self, specs: Sequence[JobSpec]) -> list[JobHandle | ClientError]:
-        """Submit several jobs back to back, paid from the prepaid balance only.
-
-        Each submission is simulated (``eth_estimateGas``) and signed with the next nonce; all
-        are sent before any receipt is awaited, so they land in the same round of blocks. The
-        market has no multi-submit entry point: a ``submit_many`` there would make this one
-        transaction. Returns, in order, a handle or the one-line ClientError of each job (a
-        job the prepaid balance cannot cover, or whose simulation reverts, is not sent).
-        """
-        from ape import chain
-
-        w3 = chain.provider.web3
-        out: list[JobHandle | ClientError | None] = [None] * len(specs)
-        with guard("submit"):
-            now = int(w3.eth.get_block("latest")["timestamp"])
-            prepaid = int(self.market.balance_of(self.address))
-            nonce = int(w3.eth.get_transaction_count(self.address, "pending"))
-            base_fee = int(w3.eth.get_block("pending").get("baseFeePerGas") or 0)
-            tip = int(w3.eth.max_priority_fee)
-        sent: list[tuple[int, bytes]] = []
-        sent_at: dict[int, float] = {}
-        for i, spec in enumerate(specs):
-            if spec.max_payment > prepaid:
-                out[i] = ClientError(
-                    f"insufficient balance: job escrows {spec.max_payment}, "
-                    f"prepaid balance left is {prepaid}"
-                )
-                continue
-            args = spec.args(now)
-            data = self.market.submit.encode_input(*args)
-            try:
-                with guard("submit"):
-                    gas = w3.eth.estimate_gas(
-                        {"from": self.address, "to": self.market.address, "data": data}
-                    )
-            except ClientError as exc:
-                out[i] = exc
-                continue
-            except Exception as exc:  # web3's ContractLogicError: simulation reverted
-                out[i] = ClientError(f"submit reverted: {first_line(exc)}")
-                continue
-            txn = chain.provider.network.ecosystem.create_transaction(
-                chain_id=self.chain_id,
-                receiver=self.market.address,
-                data=data,
-                nonce=nonce,
-                gas_limit=gas + gas // 5,
-                max_fee=2 * base_fee + tip,
-                max_priority_fee=tip,
-                type=2,
-            )
-            signed = self.account.sign_transaction(txn)
-            if signed is None:
-                out[i] = ClientError("submit failed: the account refused to sign")
-                continue
-            with guard("submit"):
-                tx_hash = w3.eth.send_raw_transaction(signed.serialize_transaction())
-            sent_at[i] = time.perf_counter()
-            prepaid -= spec.max_payment
-            nonce += 1
-            sent.append((i, bytes(tx_hash)))
-        abi = self.market.JobSubmitted.abi
-        for i, tx_hash in sent:
-            with guard("submit"):
-                receipt = w3.eth.wait_for_transaction_receipt(tx_hash, 120, poll_latency=0.01)
-            if int(receipt["status"]) != 1:
-                out[i] = ClientError(f"submit reverted: transaction 0x{tx_hash.hex()} failed")
-                continue
-            raw = [_raw_log(lg) for lg in receipt["logs"]]
-            logs = list(chain.provider.network.ecosystem.decode_logs(raw, abi))
-            record = JobRecord.from_submitted(logs[0])
-            handle = JobHandle(self, record, JobStatus.OPEN, int(receipt["blockNumber"]))
-            handle.sent_at = sent_at[i]
-            out[i] = handle
-        return [o if o is not None else ClientError("submit failed") for o in out]
 
     def job(self, job_id: int) -> JobHandle:
         """A handle on any job of this market, rebuilt from its events; JobNotFound if none."""
