@@ -22,9 +22,18 @@ def load_abi(name: str) -> list[dict[str, Any]]:
     return list(json.loads(text))
 
 
-def connect(rpc_url: str, timeout_s: float = 10.0) -> Web3:
-    """A web3 client on ``rpc_url`` (HTTP), with a request timeout."""
-    return Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s}))
+def connect(rpc_url: str, timeout_s: float = 10.0, quiet_retries: bool = True) -> Web3:
+    """A web3 client on ``rpc_url`` (HTTP), with a request timeout.
+
+    ``quiet_retries=False`` turns off web3's own silent retries (5 tries of a failed request,
+    each up to ``timeout_s``): the node retries itself, with one log line per failure.
+    """
+    if quiet_retries:
+        return Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s}))
+    provider = HTTPProvider(
+        rpc_url, request_kwargs={"timeout": timeout_s}, exception_retry_configuration=None
+    )
+    return Web3(provider)
 
 
 @dataclass(frozen=True)

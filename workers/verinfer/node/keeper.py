@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from verinfer.jobs import JobStatus
 from verinfer.node.contracts import Protocol
-from verinfer.node.sender import RPC_ERRORS
+from verinfer.node.sender import describe, is_transient
 from verinfer.node.settings import NodeSettings
 from verinfer.node.store import Store
 from verinfer.node.watcher import Dispatch
@@ -33,12 +34,29 @@ class Keeper:
         self._last_withdraw = 0.0
 
     def run(self, stop: threading.Event) -> None:
-        """Tick every ``keeper_interval_s`` until ``stop``."""
-        while not stop.wait(self.s.keeper_interval_s):
+        """Tick every ``keeper_interval_s`` until ``stop``. An endpoint failure
+        (``sender.is_transient``) is one log line, and the next tick waits twice as long as
+        the last (at most ``rpc_max_backoff_s``); due work taken from Redis in the failed tick
+        is put back first."""
+        delay, failures = self.s.keeper_interval_s, 0
+        while not stop.wait(delay):
             try:
                 self.tick()
-            except RPC_ERRORS as exc:
-                log.warning("keeper: rpc error %s; next tick retries", type(exc).__name__)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                failures += 1
+                delay = min(delay * 2, self.s.rpc_max_backoff_s)
+                log.warning(
+                    "keeper: rpc error (failure %d) retry_in=%.1fs error=%s",
+                    failures,
+                    delay,
+                    describe(exc),
+                )
+                continue
+            if failures:
+                log.warning("keeper: rpc recovered after %d failures", failures)
+                delay, failures = self.s.keeper_interval_s, 0
 
     def _status(self, job_id: int) -> JobStatus:
         return JobStatus(self.p.market.functions.job_status(job_id).call())
@@ -49,26 +67,44 @@ class Keeper:
         now, head = int(block["timestamp"]), int(block["number"])
         while ids := self.store.take_due("finalize", now, self.s.finalize_batch):
             self.dispatch("chain", "finalize", [[int(i) for i in ids]])
-        for job_id in map(int, self.store.take_due("audit", head, 256)):
-            record = self.store.get_job(job_id)
-            if record is None or head > record.published_block + AUDIT_DELAY_BLOCKS + 256:
-                continue
-            court = self.p.court.functions
-            if court.is_audit_selected(job_id, record.published_block).call() and (
-                self._status(job_id) == JobStatus.PUBLISHED
-            ):
-                log.info("audit selected job=%d node=%s", job_id, record.node)
-                self.dispatch("chain", "start_audit", [job_id])
-        for job_id in map(int, self.store.take_due("expire", now, 64)):
-            if self._status(job_id) == JobStatus.CLAIMED:
-                self.dispatch("chain", "expire", [job_id])
-        for job_id in map(int, self.store.take_due("cancel", now, 64)):
-            if self._status(job_id) == JobStatus.OPEN:
-                self.dispatch("chain", "cancel", [job_id])
-        for job_id in map(int, self.store.take_due("settle", now, 64)):
-            if self._status(job_id) == JobStatus.VERIFYING:
-                self.dispatch("chain", "settle", [job_id])
+        self._each("audit", head, 256, lambda job_id: self._audit(job_id, head))
+        self._each("expire", now, 64, self._when(JobStatus.CLAIMED, "expire"))
+        self._each("cancel", now, 64, self._when(JobStatus.OPEN, "cancel"))
+        self._each("settle", now, 64, self._when(JobStatus.VERIFYING, "settle"))
         if time.monotonic() - self._last_withdraw > WITHDRAW_EVERY_S:
-            self._last_withdraw = time.monotonic()
             if self.p.market.functions.claimable(self.me).call() > self.s.withdraw_min:
                 self.dispatch("chain", "withdraw", [])
+            self._last_withdraw = time.monotonic()
+
+    def _each(self, queue: str, due: int, limit: int, fn: Callable[[int], None]) -> None:
+        """``fn(job_id)`` for the work of ``queue`` due at ``due``; when ``fn`` fails (the
+        endpoint), the job and the rest are put back, due now, and the error is raised."""
+        ids = [int(i) for i in self.store.take_due(queue, due, limit)]
+        for n, job_id in enumerate(ids):
+            try:
+                fn(job_id)
+            except Exception:
+                for rest in ids[n:]:
+                    self.store.schedule(queue, rest, due)
+                raise
+
+    def _audit(self, job_id: int, head: int) -> None:
+        """Start the audit of ``job_id`` when the randomness selects it."""
+        record = self.store.get_job(job_id)
+        if record is None or head > record.published_block + AUDIT_DELAY_BLOCKS + 256:
+            return
+        court = self.p.court.functions
+        if court.is_audit_selected(job_id, record.published_block).call() and (
+            self._status(job_id) == JobStatus.PUBLISHED
+        ):
+            log.info("audit selected job=%d node=%s", job_id, record.node)
+            self.dispatch("chain", "start_audit", [job_id])
+
+    def _when(self, status: JobStatus, action: str) -> Callable[[int], None]:
+        """Dispatch ``action`` for a job that is still in ``status``."""
+
+        def fn(job_id: int) -> None:
+            if self._status(job_id) == status:
+                self.dispatch("chain", action, [job_id])
+
+        return fn

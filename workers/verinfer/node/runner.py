@@ -78,7 +78,9 @@ class NodeRunner:
         client.ping()
         self.store = Store(client, s.namespace)
         self.metrics = Metrics(client, s.namespace)
-        self.protocol = Protocol(connect(s.rpc_url), s.market, s.court)
+        self.protocol = Protocol(
+            connect(s.rpc_url, s.rpc_timeout_s, quiet_retries=False), s.market, s.court
+        )
         models = {m.model_id: m for m in (ServedModel.from_path(p) for p in s.models)}
         self.policy = Policy(models, s.price_floor, s.capacity, s.est_job_s, s.deadline_margin_s)
         restored = restore_unacked(s)

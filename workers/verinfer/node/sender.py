@@ -1,8 +1,9 @@
 """The transaction sender: one per key. It owns the nonce, simulates every transaction (the
 gas estimate executes it against the latest state), signs with the node's key, sends without
 waiting for the block, and a tracker thread follows every pending transaction: receipts, gas
-spent, stuck ones replaced with a higher fee, dropped ones sent again (or their nonce filled
-with a no-op when they no longer apply). RPC errors are retried with bounded back-off.
+spent, stuck ones replaced with a higher fee, dropped ones sent again with their nonce (or
+their nonce filled with a no-op when they no longer apply). Endpoint errors (transport, HTTP
+status, JSON-RPC errors other than reverts) are retried with bounded back-off.
 """
 
 from __future__ import annotations
@@ -25,12 +26,48 @@ from verinfer.node.metrics import Metrics
 log = logging.getLogger("verinfer.node.sender")
 T = TypeVar("T")
 RPC_ERRORS: tuple[type[BaseException], ...] = (
-    requests.exceptions.ConnectionError,
-    requests.exceptions.Timeout,
-    requests.exceptions.HTTPError,
+    requests.exceptions.RequestException,  # connection refused/reset/closed, timeouts, HTTP 5xx
     ConnectionError,
     TimeoutError,
 )
+# JSON-RPC errors that say something about the transaction or the call, not about the endpoint
+# (they are final: retrying the same request gets the same answer)
+FINAL_RPC_ERRORS = (
+    "revert",
+    "nonce too",
+    "already known",
+    "underpriced",
+    "insufficient funds",
+    "intrinsic gas",
+    "gas limit",
+    "invalid",
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is the endpoint failing (worth a retry): a transport error, an HTTP error
+    status, or a JSON-RPC error that is not about the call itself (a revert, a bad nonce...)."""
+    if isinstance(exc, (*RPC_ERRORS, TransientRpcError)):
+        return True
+    if isinstance(exc, Web3RPCError):
+        return transient_error_message(str(exc))
+    return False
+
+
+def transient_error_message(message: str) -> bool:
+    """Whether a JSON-RPC error message is the endpoint's trouble (see ``is_transient``)."""
+    text = message.lower()
+    return not any(marker in text for marker in FINAL_RPC_ERRORS)
+
+
+def describe(exc: BaseException) -> str:
+    """A short one-line description of an RPC failure for the logs."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
+
+
+class TransientRpcError(RuntimeError):
+    """A JSON-RPC answer that carries an endpoint error (in a batch answer, say)."""
 
 
 class TxRejected(RuntimeError):
@@ -106,20 +143,26 @@ class TxSender:
 
     # ---- RPC with bounded back-off ----
     def rpc(self, what: str, call: Callable[[], T]) -> T:
-        """Run ``call``; on a transport error retry ``retries`` times with doubling delays."""
+        """Run ``call``; on an endpoint failure (``is_transient``: transport error, HTTP error
+        status, JSON-RPC error that is not a revert) retry ``retries`` times with doubling
+        delays, one log line per failure; then raise RpcUnavailable."""
         delay = self.backoff_s
         for attempt in range(self.retries + 1):
             try:
                 return call()
-            except RPC_ERRORS as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 if attempt == self.retries:
-                    raise RpcUnavailable(f"{what}: RPC failed {attempt + 1} times: {exc}") from exc
+                    raise RpcUnavailable(
+                        f"{what}: RPC failed {attempt + 1} times: {describe(exc)}"
+                    ) from exc
                 log.warning(
                     "rpc error op=%s attempt=%d retry_in=%.1fs error=%s",
                     what,
                     attempt + 1,
                     delay,
-                    type(exc).__name__,
+                    describe(exc),
                 )
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -156,7 +199,7 @@ class TxSender:
         """Simulate (gas estimate), sign and send a transaction dict ``{to, data, value}``."""
         try:
             gas = self.rpc(action, lambda: self.w3.eth.estimate_gas(tx))  # type: ignore[arg-type]
-        except (ContractLogicError, Web3RPCError) as exc:
+        except (ContractLogicError, Web3RPCError) as exc:  # rpc() retried endpoint errors
             if self.metrics:
                 self.metrics.incr("tx", action=action, outcome="rejected")
             raise TxRejected(action, revert_reason(exc)) from exc
@@ -187,10 +230,22 @@ class TxSender:
         ``result`` or ``error``. Transport errors are retried like ``rpc``; ValueError when the
         endpoint does not answer batches."""
         provider: Any = self.w3.provider
-        resp = self.rpc(what, lambda: provider.make_batch_request(calls))
-        if not isinstance(resp, list) or len(resp) != len(calls):
-            raise ValueError(f"{what}: endpoint does not answer JSON-RPC batches: {resp}")
-        return list(resp)
+
+        def call() -> list[dict[str, Any]]:
+            resp = provider.make_batch_request(calls)
+            if isinstance(resp, dict) and "error" in resp:  # one error for the whole batch
+                message = str(resp["error"].get("message", resp["error"]))
+                if transient_error_message(message):
+                    raise TransientRpcError(message)
+            if not isinstance(resp, list) or len(resp) != len(calls):
+                raise ValueError(f"{what}: endpoint does not answer JSON-RPC batches: {resp}")
+            for answer in resp:  # an endpoint error in any answer: the batch is asked again
+                error = answer.get("error")
+                if error is not None and transient_error_message(str(error.get("message"))):
+                    raise TransientRpcError(str(error.get("message")))
+            return list(resp)
+
+        return self.rpc(what, call)
 
     def send_many(self, items: list[tuple[str, Any]]) -> list[bytes | TxRejected]:
         """``send`` for many contract calls ``(action, fn)`` with two RPC round trips: one
@@ -319,7 +374,12 @@ class TxSender:
             return len(self._pending)
 
     def track_once(self) -> None:
-        """One pass over pending transactions: receipts, stuck and dropped ones."""
+        """One pass over pending transactions: receipts, then those pending longer than
+        ``stuck_after_s``: a dropped one (the endpoint no longer knows it) is sent again with
+        its nonce if it still simulates, else its nonce is filled with a no-op (so the ones
+        after it still go through and no nonce is skipped); the one at the head of the queue,
+        if still known, is replaced with higher fees. A hole below our pending transactions
+        (a reorg wiped mined ones) renumbers them from the chain's nonce."""
         with self._lock:
             if not self._pending:
                 return
@@ -330,16 +390,68 @@ class TxSender:
             self._settle_many(mined)
             if not self._pending:
                 return
-            lowest = self._pending[min(self._pending)]
-            if time.monotonic() - lowest.sent_at < self.stuck_after_s:
+            now = time.monotonic()
+            old = [
+                p for n, p in sorted(self._pending.items()) if now - p.sent_at >= self.stuck_after_s
+            ]
+            if not old:
                 return
-            if lowest.nonce == mined_nonce and self._known(lowest):
-                tx = dict(lowest.tx)  # stuck at the head of our queue: pay more
-                tx["maxFeePerGas"] = int(tx["maxFeePerGas"] * self.fee_bump) + 1
-                tx["maxPriorityFeePerGas"] = int(tx["maxPriorityFeePerGas"] * self.fee_bump) + 1
-                self._resend(lowest, tx, "replaced (stuck)")
-            else:
+            if min(self._pending) > mined_nonce:
                 self._renumber(mined_nonce)
+                return
+            known = self._known_many(old)
+            for p, is_known in zip(old, known, strict=True):
+                if not is_known:
+                    self._replace_dropped(p)
+                elif p.nonce == mined_nonce:  # stuck at the head: pay more (today's fees at least)
+                    self._resend(p, self._bumped(p.tx), "replaced (stuck)")
+
+    def _replace_dropped(self, p: PendingTx) -> None:
+        """Send the dropped transaction ``p`` again with its nonce, or a no-op in its place
+        when it no longer applies (its simulation reverts)."""
+        sim = {"from": self.address, "to": p.tx["to"], "data": p.tx["data"], "value": 0}
+        try:
+            self.rpc(p.action, lambda: self.w3.eth.estimate_gas(sim))  # type: ignore[arg-type]
+        except (ContractLogicError, Web3RPCError) as exc:
+            log.warning(
+                "tx dropped and no longer applies action=%s nonce=%d reason=%s; "
+                "filling its nonce with a no-op",
+                p.action,
+                p.nonce,
+                revert_reason(exc),
+            )
+            if self.metrics:
+                self.metrics.incr("tx", action=p.action, outcome="abandoned")
+            noop = {**p.tx, "to": self.address, "data": b"", "value": 0, "gas": 21_000}
+            p.action = "noop"
+            self._resend(p, self._bumped(noop), "no-op sent")
+            return
+        self._resend(p, self._bumped(p.tx), "resent (dropped)")
+
+    def _known_many(self, pending: list[PendingTx]) -> list[bool]:
+        """Whether the endpoint still knows each transaction (one batch)."""
+        try:
+            answers = self.rpc_batch(
+                "get_tx", [("eth_getTransactionByHash", ["0x" + p.tx_hash.hex()]) for p in pending]
+            )
+        except ValueError:
+            return [self._known(p) for p in pending]
+        return [bool(a.get("result")) for a in answers]
+
+    def _bumped(self, tx: dict[str, Any], nonce: int | None = None) -> dict[str, Any]:
+        """``tx`` with fees raised by ``fee_bump`` (a replacement must pay more than the
+        transaction it replaces) and at least the current fees (the base fee may have risen
+        since it was signed); with ``nonce`` when given."""
+        self._fees = (0.0, 0, 0)  # read the current base fee now
+        max_fee, tip = self._fee_fields()
+        out = dict(tx)
+        if nonce is not None:
+            out["nonce"] = nonce
+        out["maxPriorityFeePerGas"] = max(int(tx["maxPriorityFeePerGas"] * self.fee_bump) + 1, tip)
+        out["maxFeePerGas"] = max(
+            int(tx["maxFeePerGas"] * self.fee_bump) + 1, max_fee, out["maxPriorityFeePerGas"]
+        )
+        return out
 
     def _known(self, p: PendingTx) -> bool:
         try:
@@ -404,32 +516,33 @@ class TxSender:
 
     def _renumber(self, mined_nonce: int) -> None:
         """Our queue has a hole (a dropped transaction, or a reorg wiped mined ones): send
-        every pending transaction again from the chain's nonce, those that still apply."""
+        every pending transaction again from the chain's nonce, those that still apply.
+        Everything is simulated first: when the endpoint fails meanwhile (RpcUnavailable),
+        nothing has changed and the next pass tries again."""
         old = [self._pending[n] for n in sorted(self._pending)]
         log.warning(
             "tx queue broken at nonce=%d (pending %d): sending again", mined_nonce, len(old)
         )
-        self._pending.clear()
-        self._nonce = mined_nonce
+        applies: list[PendingTx] = []
         for p in old:
             sim = {"from": self.address, "to": p.tx["to"], "data": p.tx["data"], "value": 0}
             try:
                 self.rpc(p.action, lambda sim=sim: self.w3.eth.estimate_gas(sim))  # type: ignore[arg-type,misc]
             except (ContractLogicError, Web3RPCError) as exc:
                 log.warning(
-                    "tx dropped and no longer applies action=%s reason=%s",
+                    "tx dropped and no longer applies action=%s nonce=%d reason=%s",
                     p.action,
+                    p.nonce,
                     revert_reason(exc),
                 )
                 if self.metrics:
                     self.metrics.incr("tx", action=p.action, outcome="abandoned")
                 continue
-            max_fee, tip = self._fee_fields()
-            tx = {**p.tx, "nonce": self._nonce}
-            tx["maxFeePerGas"] = max(int(tx["maxFeePerGas"] * self.fee_bump) + 1, max_fee)
-            tx["maxPriorityFeePerGas"] = max(
-                int(tx["maxPriorityFeePerGas"] * self.fee_bump) + 1, tip
-            )
+            applies.append(p)
+        self._pending.clear()
+        self._nonce = mined_nonce
+        for p in applies:
+            tx = self._bumped(p.tx, nonce=self._nonce)
             p.nonce = self._nonce
             self._pending[p.nonce] = p
             self._nonce += 1
@@ -441,8 +554,10 @@ class TxSender:
             self.rpc(
                 p.action, lambda: self.w3.eth.send_raw_transaction(bytes(signed.raw_transaction))
             )
-        except Web3RPCError as exc:
-            log.warning("tx resend failed action=%s nonce=%d error=%s", p.action, p.nonce, exc)
+        except (Web3RPCError, RpcUnavailable) as exc:  # the next pass looks at it again
+            log.warning(
+                "tx resend failed action=%s nonce=%d error=%s", p.action, p.nonce, describe(exc)
+            )
             p.sent_at = time.monotonic()
             return
         p.history.append(p.tx_hash)

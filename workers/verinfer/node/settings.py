@@ -23,6 +23,8 @@ class NodeSettings(BaseSettings):
     poll_interval_s: float = 0.25
     max_log_range: int = 2_000  # blocks per eth_getLogs call
     reorg_window: int = 64  # block hashes kept to detect reorgs
+    rpc_timeout_s: float = 10.0  # per JSON-RPC request (a hanging endpoint fails after it)
+    rpc_max_backoff_s: float = 10.0  # longest wait of the watcher between failed polls
 
     # key: ape's encrypted keystore (``ape accounts generate/import <alias>``)
     account: str = Field(description="alias of the key in ape's keystore")

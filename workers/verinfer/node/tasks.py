@@ -15,6 +15,7 @@ from celery_batches import Batches
 
 from verinfer.node.celery_app import CHAIN_TASK, INFER_TASK, Dispatcher, make_app
 from verinfer.node.logs import setup_logging
+from verinfer.node.sender import RpcUnavailable
 from verinfer.node.settings import NodeSettings
 
 settings = NodeSettings()  # type: ignore[call-arg]
@@ -31,7 +32,8 @@ def _base() -> tuple[Any, Any, Any]:
     from verinfer.node.store import Store
 
     client = redis.Redis.from_url(settings.redis_url)
-    protocol = Protocol(connect(settings.rpc_url), settings.market, settings.court)
+    w3 = connect(settings.rpc_url, settings.rpc_timeout_s, quiet_retries=False)
+    protocol = Protocol(w3, settings.market, settings.court)
     return protocol, Store(client, settings.namespace), Metrics(client, settings.namespace)
 
 
@@ -120,17 +122,22 @@ def infer(requests: list[Any]) -> None:
     name=CHAIN_TASK,
     bind=True,
     acks_late=True,
-    autoretry_for=(ConnectionError,),
-    retry_backoff=True,
-    retry_backoff_max=60,
-    max_retries=settings.tx_retries,
+    max_retries=None,  # an endpoint outage is waited out (back-off at most 60 s)
 )
 def chain(self: Any, action: str, *args: Any) -> None:
-    """One chain action, sent by this process's TxSender."""
-    from verinfer.node.sender import RpcUnavailable
+    """One chain action, sent by this process's TxSender. When the endpoint keeps failing
+    (RpcUnavailable after the sender's own retries, or any other endpoint error) the task is
+    retried later with doubling delays (at most 60 s), one log line each time, until the
+    endpoint is back; an action that no longer applies then is skipped by its simulation."""
+    from verinfer.node.sender import describe, is_transient
 
     try:
         chain_role().run(action, *args)
-    except RpcUnavailable as exc:
-        log.warning("rpc unavailable action=%s; task retried: %s", action, exc)
-        raise self.retry(exc=exc) from exc
+    except Exception as exc:
+        if not (isinstance(exc, RpcUnavailable) or is_transient(exc)):
+            raise
+        countdown = min(2 ** (self.request.retries + 1), 60)
+        log.warning(
+            "rpc unavailable action=%s; task retried in %ds: %s", action, countdown, describe(exc)
+        )
+        raise self.retry(exc=exc, countdown=countdown) from exc

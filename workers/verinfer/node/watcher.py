@@ -23,7 +23,7 @@ from verinfer.jobs import JobRecord
 from verinfer.node.contracts import DecodedLog, Protocol
 from verinfer.node.metrics import Metrics
 from verinfer.node.policy import Policy
-from verinfer.node.sender import RPC_ERRORS
+from verinfer.node.sender import describe, is_transient
 from verinfer.node.settings import NodeSettings
 from verinfer.node.store import Store
 
@@ -63,16 +63,29 @@ class Watcher:
 
     # ---- loop ----
     def run(self, stop: threading.Event) -> None:
-        """Poll until ``stop`` is set; RPC errors are logged once per failure and retried."""
-        delay = self.s.poll_interval_s
+        """Poll until ``stop`` is set. An endpoint failure (``sender.is_transient``) is logged
+        as one line per failed poll and retried with doubling delays (at most
+        ``rpc_max_backoff_s``); the cursor stays where it was, so nothing is missed."""
+        delay, failures = self.s.poll_interval_s, 0
         while not stop.is_set():
             try:
                 caught_up = self.poll_once()
-                delay = self.s.poll_interval_s
-            except RPC_ERRORS as exc:
-                log.warning("watcher: rpc error %s; retry in %.1fs", type(exc).__name__, delay)
-                delay = min(delay * 2, 30.0)
-                caught_up = True
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                failures += 1
+                delay = min(delay * 2, self.s.rpc_max_backoff_s)
+                log.warning(
+                    "watcher: rpc error (failure %d) retry_in=%.1fs error=%s",
+                    failures,
+                    delay,
+                    describe(exc),
+                )
+                stop.wait(delay)
+                continue
+            if failures:
+                log.warning("watcher: rpc recovered after %d failures", failures)
+                delay, failures = self.s.poll_interval_s, 0
             if caught_up:
                 stop.wait(delay)
 
