@@ -99,10 +99,10 @@ def main() -> int:
     """Run the benchmark; print the JSON figures last."""
     import openai
     from verinfer.node.devchain import deploy_protocol, start_anvil
+    from verinfer.node.localnet import CLIENT_A, NODE_A, setup_net
     from verinfer.node.redis_server import start_redis
 
     from tests.gateway.conftest import start_gateway, stop_gateway
-    from tests.node.harness import CLIENT_A, NODE_A, setup_net
 
     tmp = Path(tempfile.mkdtemp(prefix="verinfer-bench-gw-"))
     anvil, rpc, _ = start_anvil(log_path=tmp / "anvil.log")

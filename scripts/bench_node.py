@@ -68,10 +68,9 @@ def main() -> int:
     from verinfer.models.manifest import MANIFEST_NAME, Manifest
     from verinfer.models.tiny import TinyConfig, tiny_model_path
     from verinfer.node.devchain import UNIT, deploy_protocol, start_anvil, transact
+    from verinfer.node.localnet import CLIENT_A, NODE_A, PRICE, Net
     from verinfer.node.metrics import Metrics
     from verinfer.node.redis_server import start_redis
-
-    from tests.node.harness import CLIENT_A, NODE_A, PRICE, Net
 
     tmp = Path(tempfile.mkdtemp(prefix="verinfer-bench-"))
     anvil, rpc, _ = start_anvil(block_time=1, log_path=tmp / "anvil.log")

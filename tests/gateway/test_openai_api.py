@@ -17,10 +17,10 @@ from schemathesis.pytest import from_fixture
 from verinfer.digest import FinishReason
 from verinfer.inputs import encode_chat_input, encode_text_input
 from verinfer.jobs import JobStatus
+from verinfer.node.localnet import CLIENT_A, PRICE, Net, NodeProcess, wait_for
 from verinfer.tokenizers_local import decode_tokens
 
 from tests.gateway.conftest import API_KEY, BROKE, Gateway, start_gateway, stop_gateway
-from tests.node.harness import CLIENT_A, PRICE, Net, NodeProcess, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 MODEL = "verinfer-tiny-llama"

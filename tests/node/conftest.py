@@ -8,10 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from verinfer.node.devchain import deploy_protocol, start_anvil
-from verinfer.node.redis_server import start_redis
-
-from tests.node.harness import Net, setup_net
+from verinfer.node.localnet import Net, local_net
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +20,7 @@ def tmp_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def net(tmp_dir: Path) -> Iterator[Net]:
-    """Anvil (automine), Redis, the protocol (60 s challenge window), staked nodes, clients."""
-    anvil, rpc_url, _ = start_anvil(log_path=tmp_dir / "anvil.log")
-    redis_proc, redis_url = start_redis(tmp_dir / "redis")
-    try:
-        yield setup_net(deploy_protocol(rpc_url), rpc_url, redis_url, tmp_dir)
-    finally:
-        redis_proc.terminate()
-        anvil.terminate()
-        redis_proc.wait(10)
-        anvil.wait(10)
+    """Anvil (automine), Redis, the protocol (60 s challenge window), staked nodes, clients;
+    node processes a test leaves running are stopped afterwards, then Redis and Anvil."""
+    with local_net(tmp_dir, chain="anvil") as dev_net:
+        yield dev_net

@@ -12,12 +12,11 @@ from verinfer.digest import FinishReason, pack_tokens, result_digest
 from verinfer.jobs import JobRecord, JobStatus
 from verinfer.node.contracts import Protocol, connect
 from verinfer.node.devchain import transact
+from verinfer.node.localnet import CLIENT_A, NODE_A, NODE_B, Net
 from verinfer.node.metrics import Metrics
 from verinfer.node.roles import ChainRole
 from verinfer.node.sender import TxSender
 from verinfer.node.store import Store
-
-from tests.node.harness import CLIENT_A, NODE_A, NODE_B, Net
 
 NS = "verinfer:test-batch:node-a"
 

@@ -1,79 +1,95 @@
-"""A cheating node is disputed by a client and slashed through the real dispute flow, with the
-verdict computed by a real node; bad input is skipped with one log line; a node killed with
-SIGKILL mid-job finishes the job after a restart."""
+"""A cheating node (a real `verinfer node run` with the dev/test setting
+VERINFER_DEV_CHEAT_WEIGHTS) serves a job, is disputed by a client and slashed through the real
+dispute flow, with the verdict computed by a real honest node; bad input is skipped with one log
+line; a node killed with SIGKILL mid-job finishes the job after a restart."""
 
 from __future__ import annotations
 
 import pytest
 import redis
-from verinfer.digest import pack_tokens, result_digest
+from verinfer.digest import result_digest
 from verinfer.engines.base import Job
 from verinfer.engines.hf import TransformersEngine
 from verinfer.jobs import JobStatus
 from verinfer.models.loader import load_model
 from verinfer.models.tiny import tiny_model_path
 from verinfer.node.devchain import transact
-
-from tests.node.harness import CHEATER, CLIENT_A, CLIENT_B, NODE_A, NODE_B, Net, wait_for
+from verinfer.node.localnet import (
+    CHEAT_SEED,
+    CHEATER,
+    CLIENT_A,
+    CLIENT_B,
+    NODE_A,
+    NODE_B,
+    Net,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def _cheat(net: Net, job_id: int) -> None:
-    """The cheater claims and publishes what another model (seed 1) says, under the id."""
-    fake = load_model(tiny_model_path(seed=1))
+def _tokens_of(net: Net, job_id: int, seed: int) -> tuple[int, ...]:
+    """What the small model built with ``seed`` answers to the job (run here, for checking)."""
+    model = load_model(tiny_model_path(seed=seed))
     record = net.record(job_id)
-    (out,) = TransformersEngine(fake).generate(
-        [Job(fake.model_id, record.sampling_params, input_data=record.input)]
+    (out,) = TransformersEngine(model).generate(
+        [Job(model.model_id, record.sampling_params, input_data=record.input)]
     )
-    digest = result_digest(
-        job_id, record.model_id, record.input, record.params, out.token_ids, out.finish_reason
-    )
-    transact(
-        net.w3,
-        net.dev.market.functions.claim_and_publish(
-            job_id,
-            record.as_struct(),
-            pack_tokens(out.token_ids),
-            len(out.token_ids),
-            int(out.finish_reason),
-            digest,
-        ),
-        net.addr(CHEATER),
-    )
+    return tuple(out.token_ids)
 
 
-def test_cheater__disputed_by_client__slashed_on_real_node_verdict(net: Net) -> None:
+def test_cheater_node__disputed_by_client__slashed_on_real_node_verdict(net: Net) -> None:
     market, court = net.dev.market.functions, net.dev.court.functions
     cheater = net.addr(CHEATER)
     stake_before = market.node_info(cheater).call()[2]
     node_a = net.node(NODE_A, "node-a", audits="false").start()
     node_b = net.node(NODE_B, "node-b", audits="false").start()
+    bad_node = net.node(CHEATER, "cheater", cheat=True, audits="false").start()
     try:
         bad = net.submit(CLIENT_B, "", input_bytes=b"\x07not a known format")
         job = net.submit(CLIENT_A, "is this answer honest?", preferred=cheater)
-        _cheat(net, job)
-        assert net.status(job) == JobStatus.PUBLISHED
-        transact(net.w3, court.dispute(job, net.record(job).as_struct()), net.addr(CLIENT_A))
+        wait_for(lambda: net.status(job) == JobStatus.PUBLISHED, 120, "the cheater's result")
+        record = net.record(job)
+        assert record.node == cheater
+        # what it published is what the other weights say, under the registered model id,
+        # with a digest that matches it (only re-execution can tell)
+        assert record.model_id == net.model_id
+        assert tuple(record.output_token_ids) == _tokens_of(net, job, CHEAT_SEED)
+        assert tuple(record.output_token_ids) != _tokens_of(net, job, 0)
+        assert record.result_digest == result_digest(
+            job,
+            net.model_id,
+            record.input,
+            record.params,
+            record.output_token_ids,
+            record.finish_reason,
+        )
+        transact(net.w3, court.dispute(job, record.as_struct()), net.addr(CLIENT_A))
         wait_for(lambda: court.dispute_info(job).call()[1] >= 3, 120, "the verifier's verdict")
         verdict = net.events("VerdictPosted", "court", job_id=job)
         assert len(verdict) == 1 and verdict[0]["args"]["valid"] is False
-        assert verdict[0]["args"]["verifier"] in (net.addr(NODE_A), net.addr(NODE_B))
+        verifier = verdict[0]["args"]["verifier"]
+        assert verifier in (net.addr(NODE_A), net.addr(NODE_B))
         net.dev.mine(seconds=4_000)
         wait_for(lambda: net.status(job) == JobStatus.SLASHED, 60, "the keeper's settle")
         wait_for(lambda: net.status(bad) == JobStatus.CANCELLED, 60, "bad job cancelled")
     finally:
         assert node_a.stop() == 0
         assert node_b.stop() == 0
+        assert bad_node.stop() == 0
     (slash,) = net.events("NodeSlashed", node=cheater)
     assert slash["args"]["amount"] == stake_before and slash["args"]["whole_stake"] is True
     assert market.node_info(cheater).call()[1] is True  # slashed flag
     settled = net.events("DisputeSettled", "court", job_id=job)
     assert len(settled) == 1 and settled[0]["args"]["valid"] is False
     assert net.events("JobClaimed", job_id=bad) == []
-    logs = node_a.log() + node_b.log()
+    honest = {net.addr(NODE_A): node_a, net.addr(NODE_B): node_b}[verifier]
+    assert f"verdict job={job} valid=False kind=verdict" in honest.log()
+    assert "DEV CHEAT MODE (VERINFER_DEV_CHEAT_WEIGHTS=" in bad_node.log()
+    assert "DEV CHEAT" not in node_a.log() + node_b.log()
+    logs = node_a.log() + node_b.log() + bad_node.log()
     assert f"skip job={bad} reason=bad input: unknown input format byte 0x07" in logs
-    assert "Traceback" not in logs
+    assert "Traceback" not in logs, logs[logs.find("Traceback") - 1500 :][:4000]
 
 
 def test_node_killed_mid_job__restarted__job_finished_no_token_lost(net: Net) -> None:

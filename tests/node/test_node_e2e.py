@@ -8,8 +8,7 @@ from collections import Counter
 import pytest
 from verinfer.jobs import JobStatus
 from verinfer.node.devchain import ZERO, transact
-
-from tests.node.harness import (
+from verinfer.node.localnet import (
     CHEATER,
     CLIENT_A,
     CLIENT_B,

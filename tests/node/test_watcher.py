@@ -12,13 +12,12 @@ import redis
 from verinfer.digest import FinishReason, pack_tokens, result_digest
 from verinfer.node.contracts import Protocol, connect
 from verinfer.node.devchain import transact
+from verinfer.node.localnet import CLIENT_A, CLIENT_B, CLIENT_C, NODE_A, Net, wait_for
 from verinfer.node.metrics import Metrics
 from verinfer.node.policy import Policy, ServedModel
 from verinfer.node.settings import NodeSettings
 from verinfer.node.store import Store
 from verinfer.node.watcher import Watcher
-
-from tests.node.harness import CLIENT_A, CLIENT_B, CLIENT_C, NODE_A, Net, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 

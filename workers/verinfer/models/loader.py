@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,22 @@ def load_model(
         max_context=int(getattr(config, "max_position_embeddings", 0) or 0),
         device=torch.device(device),
     )
+
+
+def load_impostor(weights: Path | str, claimed: Path | str) -> LoadedModel:
+    """DEV/TEST ONLY: the model in ``weights`` (checked against its own manifest) passed off as
+    the model in ``claimed``: it answers under ``claimed``'s model id. A cheating node, for the
+    demo and the dispute tests (``VERINFER_DEV_CHEAT_WEIGHTS``). Raises ModelFileError when the
+    two do not share a vocabulary (the impostor could not even produce the claimed tokens)."""
+    real = load_model(weights)
+    spec = Manifest.load(Path(claimed) / MANIFEST_NAME)
+    claimed_vocab = int(json.loads((Path(claimed) / "config.json").read_text())["vocab_size"])
+    if claimed_vocab != real.vocab_size:
+        raise ModelFileError(
+            f"cheat weights in {weights} have vocabulary {real.vocab_size}, "
+            f"the claimed model {claimed_vocab}"
+        )
+    return replace(real, manifest=spec)
 
 
 class ModelRegistry:

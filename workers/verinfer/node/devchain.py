@@ -1,17 +1,20 @@
-"""A local development chain for node tests, benchmarks and demos: Anvil on a free port,
-the protocol deployed with web3 from ape's build output (``ape compile``), funded roles, and
-keystore files for the node keys. Not used by a node in production."""
+"""A local development chain for node tests, benchmarks and demos: Anvil or a Hardhat node on a
+free port, the protocol deployed with web3 from ape's build output (``ape compile``), funded
+roles, and keystore files for the node keys. Not used by a node in production."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from eth_account import Account
 from web3 import Web3
@@ -23,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[3]
 MNEMONIC = "test test test test test test test test test test test junk"
 UNIT = 10**18
 ZERO = "0x" + "00" * 20
+CHAINS = ("anvil", "hardhat")
+ChainKind = Literal["anvil", "hardhat"]
 
 
 def dev_keys(n: int = 10) -> list[Any]:
@@ -39,10 +44,35 @@ def anvil_binary() -> str:
     return found
 
 
+def hardhat_binary() -> str:
+    """``hardhat`` in node_modules/.bin (npm ci installs it) or on PATH."""
+    found = shutil.which("hardhat", path=str(ROOT / "node_modules" / ".bin")) or shutil.which(
+        "hardhat"
+    )
+    if not found:
+        raise FileNotFoundError("hardhat not found (npm ci installs hardhat)")
+    return found
+
+
+def _wait_port(proc: subprocess.Popen, port: int, what: str, timeout_s: float) -> None:
+    """Wait until ``port`` accepts connections; kill ``proc`` and raise if it never does."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    stop_process(proc, 5, group=True)
+    raise RuntimeError(f"{what} did not start")
+
+
 def start_anvil(
     block_time: float | None = None, log_path: Path | None = None
 ) -> tuple[subprocess.Popen, str, int]:
-    """Start Anvil on a free port; returns (process, rpc url, port)."""
+    """Start Anvil on a free port (own session: a Ctrl-C at the terminal leaves it to the
+    caller to stop, after the nodes that use it); returns (process, rpc url, port)."""
     port = free_port()
     cmd = [
         anvil_binary(),
@@ -57,17 +87,57 @@ def start_anvil(
     if block_time:
         cmd += ["--block-time", str(block_time)]
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, f"http://127.0.0.1:{port}", port
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("anvil did not start")
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    _wait_port(proc, port, "anvil", 20)
+    return proc, f"http://127.0.0.1:{port}", port
+
+
+def start_hardhat(log_path: Path | None = None) -> tuple[subprocess.Popen, str, int]:
+    """Start a Hardhat node (``hardhat node`` with the repository's hardhat.config.js: chain
+    id 31337, the same test mnemonic as Anvil, automine) on a free port, in its own session, as
+    ape-hardhat does; returns (process, rpc url, port)."""
+    port = free_port()
+    cmd = [hardhat_binary(), "node", "--hostname", "127.0.0.1", "--port", str(port)]
+    cmd += ["--config", str(ROOT / "hardhat.config.js")]
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+    )
+    _wait_port(proc, port, "hardhat node", 90)
+    return proc, f"http://127.0.0.1:{port}", port
+
+
+def start_chain(kind: ChainKind, log_path: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """Start the dev chain ``kind`` (``anvil`` or ``hardhat``); returns (process, rpc url)."""
+    if kind == "anvil":
+        proc, url, _ = start_anvil(log_path=log_path)
+    elif kind == "hardhat":
+        proc, url, _ = start_hardhat(log_path=log_path)
+    else:
+        raise ValueError(f"unknown chain {kind!r} (use anvil or hardhat)")
+    return proc, url
+
+
+def stop_process(
+    proc: subprocess.Popen, timeout_s: float = 10.0, group: bool = False, signal_it: bool = True
+) -> int:
+    """SIGTERM ``proc`` (unless ``signal_it`` is false: the caller already did; a second
+    SIGTERM can hit a Python process while it exits, after its handlers are gone), wait up to
+    ``timeout_s``, then SIGKILL it. ``group``: ``proc`` leads its own process group
+    (``start_new_session``) and whatever is still in that group after it exited is killed too
+    (e.g. workers it started). Returns its exit code."""
+    if proc.poll() is None:
+        if signal_it:
+            proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    if group:
+        with contextlib.suppress(ProcessLookupError):  # nothing left in the group
+            os.killpg(proc.pid, signal.SIGKILL)
+    return int(proc.returncode)
 
 
 def _artifact(name: str) -> dict[str, Any]:

