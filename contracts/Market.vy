@@ -43,6 +43,8 @@ MAX_JOB_DURATION: constant(uint256) = 30 * 86_400
 MAX_NODES_PER_MODEL: constant(uint256) = 64
 MAX_MODELS_PER_NODE: constant(uint256) = 16
 MAX_BATCH: constant(uint256) = 32
+MAX_PUBLISH_BATCH: constant(uint256) = 16
+MAX_BATCH_OUTPUT_ABI: constant(uint256) = 2_176
 STATUS_MASK: constant(uint256) = 255
 HASH_MASK: constant(uint256) = max_value(uint256) - 255
 LOW128: constant(uint256) = 2**128 - 1
@@ -758,6 +760,49 @@ def claim_and_publish(
 
 
 @external
+def publish_many(
+    job_ids: DynArray[uint256, MAX_PUBLISH_BATCH],
+    jobs: DynArray[IMarket.Job, MAX_PUBLISH_BATCH],
+    outputs: DynArray[Bytes[MAX_BATCH_OUTPUT_ABI], MAX_PUBLISH_BATCH],
+    output_tokens: DynArray[uint32, MAX_PUBLISH_BATCH],
+    finish_reasons: DynArray[uint8, MAX_PUBLISH_BATCH],
+    result_digests: DynArray[bytes32, MAX_PUBLISH_BATCH],
+):
+    """
+    @notice Publishes several results in one transaction, claiming first each job that is
+            still open (as `claim_and_publish`) and publishing each job the caller already
+            claimed (as `publish`). Reverts if any of them cannot be.
+    @param job_ids The job ids.
+    @param jobs Their fields as last emitted, in the same order.
+    @param outputs Packed token ids or their ciphertext, at most 512 tokens each.
+    @param output_tokens Number of output tokens of each.
+    @param finish_reasons 0 stop, 1 length, of each.
+    @param result_digests The §5 digest of each.
+    """
+    n: uint256 = len(job_ids)
+    assert (
+        len(jobs) == n and len(outputs) == n and len(output_tokens) == n
+        and len(finish_reasons) == n and len(result_digests) == n
+    ), "market: length mismatch"
+    for i: uint256 in range(n, bound=MAX_PUBLISH_BATCH):
+        job_id: uint256 = job_ids[i]
+        j: IMarket.Job = jobs[i]
+        status: uint256 = self._jobs[job_id] & STATUS_MASK
+        if status == OPEN:
+            self._check_job(job_id, j, OPEN, "market: job not open")
+            j = self._claim(job_id, j)
+        else:
+            self._check_job(job_id, j, CLAIMED, "market: job not claimed")
+        j = self._publish(j, output_tokens[i], finish_reasons[i], result_digests[i])
+        self._jobs[job_id] = self._hash(j) | PUBLISHED
+        log IMarket.ResultPublished(
+            job_id=job_id, node=msg.sender, output=outputs[i], output_tokens=output_tokens[i],
+            finish_reason=finish_reasons[i], result_digest=result_digests[i],
+            published_at=j.published_at, published_block=j.published_block,
+        )
+
+
+@external
 def finalize(job_id: uint256, job: IMarket.Job):
     """
     @notice Pays a published job once its challenge window has passed; permissionless.
@@ -823,18 +868,24 @@ def cancel(job_id: uint256, job: IMarket.Job):
 @external
 def job_status(job_id: uint256) -> uint8:
     """
-    @notice The status of a job (0 none .. 8 slashed).
+    @notice The status of a job (0 none .. 8 slashed). A finalized job's word is deleted
+            (its gas refund pays for part of the finalization), so an id that was issued and
+            has no word is FINALIZED.
     @param job_id The job id.
     @return The status.
     """
-    return convert(self._jobs[job_id] & STATUS_MASK, uint8)
+    word: uint256 = self._jobs[job_id]
+    if word == 0 and job_id != 0 and job_id < self.next_job_id:
+        return convert(FINALIZED, uint8)
+    return convert(word & STATUS_MASK, uint8)
 
 
 @view
 @external
 def job_hash(job_id: uint256) -> bytes32:
     """
-    @notice The stored hash of a job's fields (low byte cleared).
+    @notice The stored hash of a job's fields (low byte cleared); zero once it is
+            finalized (the word is deleted then) or if the id was never issued.
     @param job_id The job id.
     @return The hash.
     """
@@ -1099,7 +1150,9 @@ def _pay(job_id: uint256, job: IMarket.Job, cfg: uint256):
         self.balance_of[job.client] += refund
     if fee + audit_share > 0:
         self._add_pools(fee, audit_share)
-    self._set_status(job_id, FINALIZED)
+    # terminal for good: delete the word (refund) instead of storing FINALIZED; job_status
+    # reports an issued id without a word as FINALIZED, and no transition accepts status 0
+    self._jobs[job_id] = 0
     log IMarket.JobFinalized(
         job_id=job_id, node=node, payment=earned, refund=refund, fee=fee, audit_share=audit_share
     )

@@ -1,6 +1,7 @@
 """Market: the job lifecycle of PROTOCOL §4 (submit, claim, publish, finalize, expire, cancel)."""
 
 from dataclasses import replace
+from typing import Any
 
 import ape
 import pytest
@@ -15,6 +16,7 @@ from tests.contracts.conftest import (
     INPUT,
     MAX_PAYMENT,
     MIN_STAKE,
+    MODEL_ID,
     OPEN,
     OUTPUT_TOKENS,
     PARAMS,
@@ -233,6 +235,61 @@ def test_claim_and_publish__one_transaction(market, submit, staked_node):
     assert market.node_info(staked_node).locked == job.collateral
 
 
+def _many_args(items: list[tuple[int, Any]]) -> tuple[Any, ...]:
+    """publish_many's columns for (job_id, job) pairs, with the standard output."""
+    digests = [result_digest(i, MODEL_ID, INPUT, PARAMS, OUTPUT_TOKENS, 1) for i, _ in items]
+    n = len(items)
+    return (
+        [i for i, _ in items],
+        [j.as_tuple() for _, j in items],
+        [pack(OUTPUT_TOKENS)] * n,
+        [len(OUTPUT_TOKENS)] * n,
+        [1] * n,
+        digests,
+    )
+
+
+def test_publish_many__claims_open_publishes_claimed_and_logs(
+    market, submit, claim, staked_node, chain
+):
+    open_id, open_job, _ = submit(preferred=staked_node.address)
+    claimed_id, claimed_job, _ = submit()
+    claimed_job, _ = claim(claimed_id, claimed_job, staked_node)
+    tx = market.publish_many(
+        *_many_args([(open_id, open_job), (claimed_id, claimed_job)]), sender=staked_node
+    )
+    [c] = tx.decode_logs(market.JobClaimed)
+    assert c.job_id == open_id and c.node == staked_node
+    published = tx.decode_logs(market.ResultPublished)
+    assert [p.job_id for p in published] == [open_id, claimed_id]
+    assert all(p.published_block == tx.block_number for p in published)
+    open_job = job_after_publish(job_after_claim(open_job, c), published[0])
+    claimed_job = job_after_publish(claimed_job, published[1])
+    for job_id, job in ((open_id, open_job), (claimed_id, claimed_job)):
+        assert market.job_status(job_id) == PUBLISHED
+        assert bytes(market.job_hash(job_id)) == bytes(market.hash_job(job.as_tuple()))
+    assert market.node_info(staked_node).locked == 2 * open_job.collateral
+
+
+def test_publish_many__any_bad_item__reverts_all(market, submit, claim, staked_node, keeper):
+    a_id, a_job, _ = submit(preferred=staked_node.address)
+    b_id, b_job, _ = submit()
+    args = _many_args([(a_id, a_job), (b_id, b_job)])
+    with ape.reverts("market: length mismatch"):
+        market.publish_many(args[0], args[1][:1], *args[2:], sender=staked_node)
+    wrong = (args[0], [args[1][0], replace(b_job, max_payment=1).as_tuple()], *args[2:])
+    with ape.reverts("market: job fields mismatch"):
+        market.publish_many(*wrong, sender=staked_node)
+    with ape.reverts("market: not a node"):
+        market.publish_many(*_many_args([(b_id, b_job)]), sender=keeper)
+    b_job, _ = claim(b_id, b_job, staked_node)
+    both_args = _many_args([(a_id, a_job), (b_id, b_job)])
+    market.publish_many(*both_args, sender=staked_node)
+    with ape.reverts("market: job not claimed"):
+        market.publish_many(*both_args, sender=staked_node)
+    assert market.job_status(a_id) == PUBLISHED and market.job_status(b_id) == PUBLISHED
+
+
 # ---- finalize ----
 def test_finalize__pays_node_refunds_client_and_logs(
     market, token, accounts, published_job, staked_node, funded_client, keeper, chain
@@ -255,6 +312,9 @@ def test_finalize__pays_node_refunds_client_and_logs(
         audit,
     )
     assert_conserved(market, token, accounts)
+    # the word is deleted (gas refund); the view still reports the issued id as FINALIZED
+    assert bytes(market.job_hash(job_id)) == b"\x00" * 32
+    assert market.job_status(market.next_job_id()) == 0 and market.job_status(0) == 0
     with ape.reverts("market: job not published"):
         market.finalize(job_id, job.as_tuple(), sender=keeper)
 

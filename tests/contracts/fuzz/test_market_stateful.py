@@ -12,6 +12,7 @@ Run with three tokens: a plain ERC20, a fee-on-transfer token and a no-return-va
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -476,6 +477,43 @@ class MarketMachine(RuleBasedStateMachine):
         ):
             self.books.apply_claim(js, node)
             self.books.apply_publish(js, tokens, 0, digest, now(), block())
+
+    @precondition(lambda self: self.jobs_in(OPEN, CLAIMED))
+    @rule(picks=st.lists(index, min_size=1, max_size=4, unique=True), n=index, extra=extra_tokens)
+    def publish_many(self, picks: list[int], n: int, extra: int) -> None:
+        """A node claims (where open) and publishes several jobs in one call; the first item
+        that cannot be makes the whole call revert with its reason."""
+        live, node = self.jobs_in(OPEN, CLAIMED), self.pick(self.nodes, n)
+        batch = list({id(js): js for js in (self.pick(live, i) for i in picks)}.values())
+        outputs = [self._output(js, extra) for js in batch]
+        trial = copy.deepcopy(self.books)  # later items see the locks of earlier claims
+        reason = None
+        for js, (tokens, _, digest) in zip(batch, outputs, strict=True):
+            t = trial.jobs[self.books.jobs.index(js)]
+            if t.status == OPEN:
+                reason = trial.claim_reason(t, node, now())
+                if reason is None:
+                    trial.apply_claim(t, node)
+            reason = reason or trial.publish_reason(t, node, tokens, now())
+            if reason is not None:
+                break
+            trial.apply_publish(t, tokens, 0, digest, now(), block())
+        columns = [list(c) for c in zip(*outputs, strict=True)]
+        if self.act(
+            reason,
+            node,
+            self.market.publish_many,
+            [js.job_id for js in batch],
+            [js.job for js in batch],
+            columns[1],
+            columns[0],
+            [0] * len(batch),
+            columns[2],
+        ):
+            for js, (tokens, _, digest) in zip(batch, outputs, strict=True):
+                if js.status == OPEN:
+                    self.books.apply_claim(js, node)
+                self.books.apply_publish(js, tokens, 0, digest, now(), block())
 
     # ---- keepers ----
     def _finalized(self, js: JobState) -> None:
