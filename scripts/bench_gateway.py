@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -111,9 +112,21 @@ def main() -> int:
     try:
         net = setup_net(deploy_protocol(rpc), rpc, redis_url, tmp)
         node = net.node(NODE_A, "bench-node").start()
-        gw = start_gateway(net, CLIENT_A, "bench-gw", "--max-per-request", "1")
+        settings = {k: v for k, v in os.environ.items() if k.startswith("VERINFER_GATEWAY_")}
+        gw = start_gateway(net, CLIENT_A, "bench-gw", "--max-per-request", "1", env=settings)
         observer = start_observer(rpc, net.dev.market.address, tmp / "observed.txt")
-        client = openai.OpenAI(base_url=gw.base_url, api_key=gw.key, max_retries=0)
+        stamps = threading.local()  # per client thread: when httpx sent / got the headers
+
+        def sent(_: Any) -> None:
+            stamps.sent = time.perf_counter()
+
+        def answered(_: Any) -> None:
+            stamps.answered = time.perf_counter()
+
+        http = openai.DefaultHttpxClient(event_hooks={"request": [sent], "response": [answered]})
+        client = openai.OpenAI(
+            base_url=gw.base_url, api_key=gw.key, max_retries=0, http_client=http
+        )
         client.chat.completions.create(  # warm-up: the node's first job loads its model
             model="verinfer-tiny-llama",
             messages=[{"role": "user", "content": "warm up"}],
@@ -122,6 +135,7 @@ def main() -> int:
 
         def one(i: int) -> dict[str, Any]:
             t0 = time.perf_counter()
+            t0_unix = time.time()
             try:
                 resp = client.chat.completions.create(
                     model="verinfer-tiny-llama",
@@ -133,17 +147,25 @@ def main() -> int:
             except openai.APIError as exc:
                 return {"ok": False, "error": str(exc)}
             latency = time.perf_counter() - t0
-            ext = resp.model_extra["verinfer"]
+            t1_unix = time.time()
+            exchange = stamps.answered - stamps.sent  # HTTP request sent -> response headers
+            ext = (resp.model_extra or {})["verinfer"]
             ok = bool(ext["digest_ok"]) and resp.choices[0].message.content is not None
             return {
                 "ok": ok,
                 "latency": latency,
+                "exchange": exchange,
                 "job_id": int(ext["job_id"]),
                 "sent_unix": float(ext["timing"]["sent_unix"]),
                 "gw_job_ms": float(ext["timing"]["job_ms"]),
                 "to_send_ms": float(ext["timing"]["to_send_ms"]),
                 "gateway_ms": float(ext["timing"]["gateway_ms"]),
                 "batch": int(ext["batch"]),
+                "in_ms": (ext["timing"]["arrived_unix"] - t0_unix) * 1000,
+                "out_ms": (t1_unix - ext["timing"]["responded_unix"]) * 1000,
+                "queued_ms": ext["timing"]["queued_ms"],
+                "deliver_ms": ext["timing"]["deliver_ms"],
+                "respond_ms": ext["timing"]["respond_ms"],
             }
 
         log(f"{N_REQUESTS} chat completions, concurrency {CONCURRENCY}")
@@ -158,7 +180,8 @@ def main() -> int:
                 r.update(ok=False, error=f"job {r['job_id']}: the observer saw no result")
             elif r["ok"]:
                 r["job_ms"] = (seen[r["job_id"]] - r["sent_unix"]) * 1000
-                r["overhead_ms"] = r["latency"] * 1000 - r["job_ms"]
+                r["overhead_ms"] = r["exchange"] * 1000 - r["job_ms"]
+                r["client_overhead_ms"] = r["latency"] * 1000 - r["job_ms"]
                 r["poll_lag_ms"] = r["gw_job_ms"] - r["job_ms"]
         good = [r for r in runs if r["ok"]]
         for r in runs:
@@ -174,12 +197,18 @@ def main() -> int:
             "p95_s": round(pct(lat, 0.95), 3),
             "gateway_overhead_ms_p50": round(statistics.median(over), 2),
             "gateway_overhead_ms_p95": round(pct(over, 0.95), 2),
+            "client_overhead_ms_p50": p50(good, "client_overhead_ms"),
             "gateway_internal_ms_p50": round(statistics.median(inside), 2),
             "job_ms_p50": p50(good, "job_ms"),
             # where the overhead goes: request in -> submit sent; result log available ->
             # the gateway's poll sees it
             "to_send_ms_p50": p50(good, "to_send_ms"),
             "poll_lag_ms_p50": p50(good, "poll_lag_ms"),
+            "in_ms_p50": p50(good, "in_ms"),
+            "queued_ms_p50": p50(good, "queued_ms"),
+            "deliver_ms_p50": p50(good, "deliver_ms"),
+            "respond_ms_p50": p50(good, "respond_ms"),
+            "out_ms_p50": p50(good, "out_ms"),
             "mean_batch": round(statistics.mean(r["batch"] for r in good), 2) if good else 0,
             "wall_s": round(wall, 2),
             "concurrency": CONCURRENCY,

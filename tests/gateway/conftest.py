@@ -47,16 +47,20 @@ class Gateway:
         return self.log_path.read_text(errors="replace")
 
 
-def start_gateway(dev_net: Net, account: int, name: str, *args: str) -> Gateway:
-    """Start `verinfer gateway` paying from dev account ``account``; wait until it answers."""
+def start_gateway(
+    dev_net: Net, account: int, name: str, *args: str, env: dict[str, str] | None = None
+) -> Gateway:
+    """Start `verinfer gateway` paying from dev account ``account``; wait until it answers.
+    ``env``: more environment (``VERINFER_GATEWAY_*`` settings)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VERINFER_")}
-    env.update(
+    proc_env = {k: v for k, v in os.environ.items() if not k.startswith("VERINFER_")}
+    proc_env.update(
         {
             "PYTHONPATH": str(ROOT / "workers"),
             "HF_HUB_OFFLINE": "1",
             "VERINFER_HOME": str(dev_net.tmp / name),
             "VERINFER_GATEWAY_API_KEY": API_KEY,
+            **(env or {}),
         }
     )
     log_path = dev_net.tmp / f"{name}.log"
@@ -69,7 +73,7 @@ def start_gateway(dev_net: Net, account: int, name: str, *args: str) -> Gateway:
     ]
     cmd += ["--account", f"test:{account}", "--port", str(port), *args]
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(cmd, env=proc_env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     gw = Gateway(f"http://127.0.0.1:{port}", API_KEY, account, proc, log_path)
 
     def up() -> bool:

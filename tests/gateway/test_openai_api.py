@@ -18,6 +18,7 @@ from verinfer.digest import FinishReason
 from verinfer.inputs import encode_chat_input, encode_text_input
 from verinfer.jobs import JobStatus
 from verinfer.node.localnet import CLIENT_A, PRICE, Net, NodeProcess, wait_for
+from verinfer.node.redis_server import free_port
 from verinfer.tokenizers_local import decode_tokens
 
 from tests.gateway.conftest import API_KEY, BROKE, Gateway, start_gateway, stop_gateway
@@ -147,6 +148,27 @@ def test_concurrent_requests__submitted_together__each_its_own_job(net: Net, gw:
         record = check_against_chain(net, e, a.choices[0].message.content, 5)
         assert record.input == encode_chat_input([{"role": "user", "content": f"question {i}"}])
     assert max(e["batch"] for e in exts) > 1  # some arrived together and went out together
+
+
+def test_results__pushed_over_the_websocket__said_at_start(gw: Gateway) -> None:
+    port = gw.log().split("results: ws://127.0.0.1:")[1].split()[0]
+    assert port.isdigit() and "pushes (eth_getLogs backstop every 1s)" in gw.log()
+
+
+def test_no_websocket__polls_for_results__same_checked_answer(
+    net: Net, node: NodeProcess, gw: Gateway
+) -> None:
+    dead = f"ws://127.0.0.1:{free_port()}"  # nothing listens there
+    env = {"VERINFER_GATEWAY_WS_URL": dead}
+    poll_gw = start_gateway(net, CLIENT_A, "gw-poll", "--max-per-request", "0.05", env=env)
+    try:
+        assert f"results: eth_getLogs every 0.005s (no websocket at {dead}" in poll_gw.log()
+        resp = poll_gw.openai().chat.completions.create(
+            model=MODEL, messages=CHAT, max_tokens=6, seed=21
+        )
+        check_against_chain(net, resp.model_extra["verinfer"], resp.choices[0].message.content, 6)
+    finally:
+        assert stop_gateway(poll_gw) == 0, poll_gw.log()[-3000:]
 
 
 # ---- errors ----

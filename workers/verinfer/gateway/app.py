@@ -183,7 +183,19 @@ def create_app(worker: ChainWorker, api_key: str) -> FastAPI:
         created = int(time.time())
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         model = body.model
-        total_ms = (time.perf_counter() - outcome.arrived) * 1000
+        now, now_unix = time.perf_counter(), time.time()
+        total_ms = (now - outcome.arrived) * 1000
+        timing = {  # ms figures from time.perf_counter(); *_unix: time.time()
+            "job_ms": round(outcome.job_ms, 3),  # submit sent -> result seen
+            "gateway_ms": round(total_ms - outcome.job_ms, 3),  # the rest, in the gateway
+            "to_send_ms": round((outcome.sent_at - outcome.arrived) * 1000, 3),
+            "queued_ms": round((outcome.taken_at - outcome.arrived) * 1000, 3),
+            "deliver_ms": round((outcome.delivered_at - outcome.seen_at) * 1000, 3),
+            "respond_ms": round((now - outcome.delivered_at) * 1000, 3),
+            "arrived_unix": round(now_unix - (now - outcome.arrived), 6),
+            "sent_unix": round(outcome.sent_unix, 6),
+            "responded_unix": round(now_unix, 6),
+        }
         ext = {
             "job_id": res.job_id,
             "result_digest": "0x" + res.digest.hex(),
@@ -196,12 +208,7 @@ def create_app(worker: ChainWorker, api_key: str) -> FastAPI:
             "token": worker.symbol,
             "token_ids": res.token_ids,
             "batch": outcome.batch,
-            "timing": {
-                "job_ms": round(outcome.job_ms, 3),
-                "gateway_ms": round(total_ms - outcome.job_ms, 3),
-                "sent_unix": round(outcome.sent_unix, 6),
-                "to_send_ms": round((outcome.sent_at - outcome.arrived) * 1000, 3),
-            },
+            "timing": timing,
         }
         if not body.stream:
             if chat:

@@ -18,10 +18,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_utils import keccak
 
@@ -38,15 +39,19 @@ from verinfer.client import (
 from verinfer.digest import SamplingParams
 from verinfer.gateway import errors
 from verinfer.gateway.limits import LimitError, SpendLimits
-from verinfer.gateway.rpc import EventDecoder, Rpc, RpcError
+from verinfer.gateway.rpc import EventDecoder, LogFeed, Rpc, RpcError, ws_url
 from verinfer.gateway.settings import GatewaySettings
 from verinfer.jobs import JobRecord, JobStatus
 
 log = logging.getLogger("verinfer.gateway")
 MISS_REFRESH_S = 1.0  # an unknown model name refreshes the model list at most this often
 RECEIPT_CHECK_S = 1.0  # a sent job with no JobSubmitted log yet: look at its receipt this often
+CHAIN_TIME_SLACK_S = 30  # estimated vs read chain time: a bigger gap re-encodes the deadlines
 JOB_HASH_SELECTOR = keccak(text="job_hash(uint256)")[:4]
 BALANCE_OF_SELECTOR = keccak(text="balance_of(address)")[:4]
+MODEL_NODES_SELECTOR = keccak(text="model_nodes(bytes32)")[:4]
+SERVE_PRICE_SELECTOR = keccak(text="serve_price(address,bytes32)")[:4]
+IS_ELIGIBLE_SELECTOR = keccak(text="is_eligible(address,bytes32)")[:4]
 
 
 @dataclass
@@ -61,6 +66,7 @@ class JobRequest:
     timeout_s: float
     future: Future = field(default_factory=Future)
     arrived: float = field(default_factory=time.perf_counter)
+    taken_at: float = 0.0
 
 
 @dataclass
@@ -74,6 +80,8 @@ class JobOutcome:
     arrived: float  # when the HTTP handler handed the request in
     batch: int = 1  # how many jobs were submitted together with this one
     sent_unix: float = 0.0  # time.time() when the submit transaction was sent
+    taken_at: float = 0.0  # when the submit thread took the request off its queue
+    delivered_at: float = 0.0  # when the poll thread answered the request's future
 
     @property
     def job_ms(self) -> float:
@@ -89,11 +97,13 @@ class _Pending:
     deadline: float
     tx_hash: str
     from_block: int  # the submit transaction is in this block or a later one
+    payment: int = 0  # the job's escrow
     batch: int = 1
     sent_at: float = 0.0
     sent_unix: float = 0.0
     handle: JobHandle | None = None  # once its JobSubmitted log is seen
     receipt_at: float = 0.0  # last receipt look-up
+    delivering: bool = False  # its result is held: being answered (later logs are ignored)
 
 
 class ChainWorker:
@@ -111,6 +121,16 @@ class ChainWorker:
         self._lock = threading.Lock()  # guards the pending tables
         self._by_tx: dict[str, _Pending] = {}
         self._by_job: dict[int, _Pending] = {}
+        self._fresh_from: int | None = None  # lowest first block of jobs sent since last poll
+        self._retry: list[_Pending] = []  # held results whose stored hash read failed
+        self._submitted_topic = ""
+        self._chain_time = (0, time.monotonic())  # (block timestamp, when it was read)
+        self._feed: LogFeed | None = None
+        self.results_via = ""  # how results reach the gateway (said at start-up)
+        self._send_pool = ThreadPoolExecutor(1, thread_name_prefix="gateway-send")
+        self._sending: Future | None = None  # the previous batch's send (bool: all accepted)
+        self._next_nonce: int | None = None  # after the last batch handed to the send thread
+        self._in_flight_escrow = 0  # escrow of that batch
         self._wake = threading.Event()
         self._ready = threading.Event()
         self._stop = threading.Event()
@@ -123,7 +143,7 @@ class ChainWorker:
         self.symbol = ""
         self.decimals = 18
         self.address = ""
-        self._key: str | None = None
+        self._signer: Any = None  # eth_account LocalAccount, when the key is local
         self._decoder: EventDecoder | None = None
         self._submit_types: list[str] = []
         self._submit_selector = b""
@@ -140,6 +160,7 @@ class ChainWorker:
             raise ClientError(f"gateway chain thread did not connect in {timeout:g}s")
         if self._startup_error is not None:
             raise self._startup_error
+        self._feed = self._open_feed()
         self._poller.start()
 
     def stop(self) -> None:
@@ -198,13 +219,42 @@ class ChainWorker:
         cached = self._prices.get(model_id)
         if cached is None or now - cached[0] > self.settings.price_ttl_s:
             try:
-                cached = (now, self.client.price(model_id))
+                cached = (now, self._read_price(model_id))
             except ClientError as exc:
                 raise errors.GatewayError(
                     503, str(exc), "server_error", "model_not_served", "model"
                 ) from None
             self._prices[model_id] = cached
         return cached[1]
+
+    def _read_price(self, model_id: bytes) -> int:
+        """``Client.price`` over plain JSON-RPC: the model's nodes, then every node's price and
+        eligibility in one batch (two round trips instead of ape's several per node)."""
+        assert self.rpc is not None and self.client is not None
+        market = self.client.market.address
+
+        def call(selector: bytes, types: list[str], args: list[Any]) -> tuple[str, list[Any]]:
+            data = "0x" + (selector + abi_encode(types, args)).hex()
+            return ("eth_call", [{"to": market, "data": data}, "latest"])
+
+        word = self.rpc.call(*call(MODEL_NODES_SELECTOR, ["bytes32"], [model_id]))
+        (nodes,) = abi_decode(["address[]"], bytes.fromhex(word[2:]))
+        calls: list[tuple[str, list[Any]]] = []
+        for node in nodes:
+            calls.append(call(SERVE_PRICE_SELECTOR, ["address", "bytes32"], [node, model_id]))
+            calls.append(call(IS_ELIGIBLE_SELECTOR, ["address", "bytes32"], [node, model_id]))
+        answers = self.rpc.batch(calls)
+        for answer in answers:
+            if isinstance(answer, RpcError):
+                raise answer
+        prices = [
+            int(price, 16)
+            for price, eligible in zip(answers[::2], answers[1::2], strict=True)
+            if int(eligible, 16)
+        ]
+        if not prices:
+            raise ClientError(f"no staked node serves model 0x{model_id.hex()}")
+        return max(prices)
 
     # ---- the submit thread ----
     def _run(self) -> None:
@@ -220,6 +270,7 @@ class ChainWorker:
             else:
                 log.exception("gateway submit thread stopped")
         finally:
+            self._send_pool.shutdown(wait=True)  # a batch in flight is answered first
             self._stop.set()
             self._wake.set()
             if self._poller.is_alive() and threading.current_thread() is not self._poller:
@@ -244,14 +295,21 @@ class ChainWorker:
             raise ClientError(f"the gateway needs an HTTP JSON-RPC endpoint, not {url}")
         self.rpc = Rpc(str(url))
         key = getattr(client.account, "private_key", None)
-        self._key = key if isinstance(key, str) else None
+        if isinstance(key, str):  # a local key: sign with eth_account, the key derived once
+            from eth_account import Account
+
+            self._signer = Account.from_key(key)
         market = client.market
         self._decoder = EventDecoder(
             [getattr(market, name).abi for name in (*JOB_EVENTS, "JobSubmitted")]
         )
+        self._submitted_topic = self._decoder.topic_of["JobSubmitted"]
         submit_abi = market.submit.abis[0]
         self._submit_types = [i.canonical_type for i in submit_abi.inputs]
         self._submit_selector = keccak(text=submit_abi.selector)[:4]
+        self._set_chain_time(
+            int(self.rpc.call("eth_getBlockByNumber", ["latest", False])["timestamp"], 16)
+        )
         self.models(refresh=True)
 
     def _loop(self) -> None:
@@ -282,6 +340,7 @@ class ChainWorker:
 
     def _take(self, item: Any, batch: list[JobRequest]) -> None:
         if isinstance(item, JobRequest):
+            item.taken_at = time.perf_counter()
             batch.append(item)
             return
         fn, fut = item
@@ -321,107 +380,174 @@ class ChainWorker:
         except ClientError as exc:
             outcomes = [exc] * len(accepted)
         for (req, _, ticket, _), out in zip(accepted, outcomes, strict=True):
-            if not isinstance(out, ClientError):
-                continue
-            self.limits.settle(ticket, 0)
-            msg = str(out)
-            if msg.startswith("insufficient balance"):
-                err = errors.insufficient_balance(
-                    f"{msg} (deposit more with `verinfer balance deposit`)"
-                )
-            else:
-                err = errors.job_failed(msg, "submit_failed")
+            if isinstance(out, ClientError):
+                self._refuse(req, ticket, out)
+
+    def _refuse(self, req: JobRequest, ticket: int, exc: ClientError) -> None:
+        """Answer a request whose job was not sent (its reservation is released)."""
+        assert self.limits is not None
+        self.limits.settle(ticket, 0)
+        msg = str(exc)
+        if msg.startswith("insufficient balance"):
+            err = errors.insufficient_balance(
+                f"{msg} (deposit more with `verinfer balance deposit`)"
+            )
+        else:
+            err = errors.job_failed(msg, "submit_failed")
+        if not req.future.done():
             req.future.set_exception(err)
 
     def _send(
         self, accepted: list[tuple[JobRequest, ModelInfo, int, JobSpec]]
-    ) -> list[_Pending | ClientError]:
+    ) -> list[ClientError | None]:
         """Simulate, sign and send ``specs``: two JSON-RPC round trips for the whole batch.
 
-        Each job is registered with the poll thread (by transaction hash) before it is sent,
-        so its ``JobSubmitted`` log cannot be missed. A job the prepaid balance cannot cover,
-        or whose simulation reverts, is not sent.
+        The first batch reads the fee, nonce and prepaid balance and simulates every job, with
+        deadlines from the chain time as last read plus the time since (the fresh block comes
+        in the same batch; were the two far apart, the jobs are encoded and simulated again).
+        It overlaps the previous batch's send, which the send thread still has in flight: its
+        escrow is taken off the balance read, and nonces continue from it (after a failed send
+        they are read again). Each job is registered with the poll thread (by transaction hash)
+        before it is sent, so its ``JobSubmitted`` log cannot be missed. A job the prepaid
+        balance cannot cover, or whose simulation reverts, is not sent. Returns, per job,
+        None (handed to the send thread, which answers a failed send) or the ClientError.
         """
         assert self.rpc is not None and self.client is not None
         market = self.client.market.address
         me = self.address
         specs = [a[3] for a in accepted]
         balance_call = BALANCE_OF_SELECTOR + abi_encode(["address"], [me])
+        now = self._chain_now()
+        calldata = [self._submit_data(spec, now) for spec in specs]
+        in_flight = self._in_flight_escrow  # the previous batch, maybe not yet in "pending"
         reads: list[tuple[str, list[Any]]] = [
             ("eth_getBlockByNumber", ["latest", False]),
             ("eth_maxPriorityFeePerGas", []),
             ("eth_getTransactionCount", [me, "pending"]),
             ("eth_call", [{"to": market, "data": "0x" + balance_call.hex()}, "pending"]),
         ]
-        answers = self.rpc.batch(reads)
-        for a in answers:
+        answers = self.rpc.batch(reads + [self._estimate_call(data) for data in calldata])
+        for a in answers[: len(reads)]:
             if isinstance(a, RpcError):
                 raise ClientError(f"submit failed: {a}")
-        block, tip_hex, nonce_hex, balance_hex = answers
-        now = int(block["timestamp"], 16)
+        block, tip_hex, nonce_hex, balance_hex = answers[: len(reads)]
+        estimates = answers[len(reads) :]
         latest = int(block["number"], 16)
+        self._set_chain_time(int(block["timestamp"], 16))
         base_fee = int(block.get("baseFeePerGas") or "0x0", 16)
         tip = int(tip_hex, 16)
-        nonce = int(nonce_hex, 16)
-        prepaid = int(balance_hex, 16)
-        # real deadlines need the chain's time: encode again with it
-        calldata = [
-            self._submit_selector + abi_encode(self._submit_types, spec.args(now)) for spec in specs
-        ]
-        out: list[_Pending | ClientError] = [ClientError("submit failed")] * len(specs)
+        prepaid = int(balance_hex, 16) - in_flight
+        if abs(int(block["timestamp"], 16) - now) > CHAIN_TIME_SLACK_S:  # the chain jumped
+            now = int(block["timestamp"], 16)
+            calldata = [self._submit_data(spec, now) for spec in specs]
+            estimates = self.rpc.batch([self._estimate_call(data) for data in calldata])
+        out: list[ClientError | None] = [ClientError("submit failed")] * len(specs)
         todo: list[int] = []
         for i, spec in enumerate(specs):
             if spec.max_payment > prepaid:
                 out[i] = ClientError(
                     f"insufficient balance: job escrows {spec.max_payment}, "
-                    f"prepaid balance left is {prepaid}"
+                    f"prepaid balance left is {max(prepaid, 0)}"
                 )
                 continue
             prepaid -= spec.max_payment
             todo.append(i)
-        estimates = self.rpc.batch(
-            [
-                ("eth_estimateGas", [{"from": me, "to": market, "data": "0x" + calldata[i].hex()}])
-                for i in todo
-            ]
-        )
-        raws: list[tuple[int, bytes, _Pending]] = []
-        for i, gas in zip(todo, estimates, strict=True):
-            if isinstance(gas, RpcError):
-                out[i] = ClientError(f"submit reverted: {gas}")
-                continue
-            limit = int(gas, 16)
+        gas: dict[int, int] = {}
+        for i in todo:
+            if isinstance(estimates[i], RpcError):
+                out[i] = ClientError(f"submit reverted: {estimates[i]}")
+            else:
+                gas[i] = int(estimates[i], 16)
+        nonce = self._nonce_after_previous_send(int(nonce_hex, 16))
+        batch: list[tuple[bytes, _Pending]] = []
+        for i, limit in gas.items():
             raw = self._sign(calldata[i], nonce, limit + limit // 5, 2 * base_fee + tip, tip)
             nonce += 1
-            req, model, ticket, _ = accepted[i]
+            req, model, ticket, spec = accepted[i]
             tx_hash = "0x" + keccak(raw).hex()
-            entry = _Pending(req, model, ticket, req.arrived + req.timeout_s, tx_hash, latest + 1)
-            raws.append((i, raw, entry))
-        for _, _, entry in raws:
-            entry.batch = len(raws)
-        with self._lock:
-            for _, _, entry in raws:
-                self._by_tx[entry.tx_hash] = entry
+            entry = _Pending(
+                req,
+                model,
+                ticket,
+                req.arrived + req.timeout_s,
+                tx_hash,
+                latest + 1,
+                spec.max_payment,
+            )
+            entry.batch = len(gas)
+            batch.append((raw, entry))
+            out[i] = None
+        if not batch:
+            return out
+        self._next_nonce = nonce
         sent_at, sent_unix = time.perf_counter(), time.time()
-        results = self.rpc.batch([("eth_sendRawTransaction", ["0x" + r.hex()]) for _, r, _ in raws])
-        for (i, _, entry), res in zip(raws, results, strict=True):
-            if isinstance(res, RpcError):
+        with self._lock:
+            for _, entry in batch:
+                entry.sent_at, entry.sent_unix = sent_at, sent_unix
+                self._by_tx[entry.tx_hash] = entry
+            first = latest + 1
+            self._fresh_from = first if self._fresh_from is None else min(self._fresh_from, first)
+        self._in_flight_escrow = sum(e.payment for _, e in batch)
+        self._sending = self._send_pool.submit(self._post, batch)
+        return out
+
+    def _nonce_after_previous_send(self, chain_nonce: int) -> int:
+        """The next nonce: after the previous batch's (waits for its send to finish), or the
+        chain's pending count after a failed send."""
+        if self._sending is not None:
+            ok = self._sending.result()
+            self._sending = None
+            self._in_flight_escrow = 0
+            if not ok:
+                assert self.rpc is not None
+                self._next_nonce = None
+                chain_nonce = int(
+                    self.rpc.call("eth_getTransactionCount", [self.address, "pending"]), 16
+                )
+        return chain_nonce if self._next_nonce is None else max(chain_nonce, self._next_nonce)
+
+    def _post(self, batch: list[tuple[bytes, _Pending]]) -> bool:
+        """The send thread: one JSON-RPC batch of signed submissions; a refused one is
+        forgotten and its request answered. True when every one was accepted."""
+        assert self.rpc is not None
+        try:
+            results = self.rpc.batch(
+                [("eth_sendRawTransaction", ["0x" + raw.hex()]) for raw, _ in batch]
+            )
+        except ClientError as exc:
+            results = [exc] * len(batch)
+        ok = True
+        for (_, entry), res in zip(batch, results, strict=True):
+            if isinstance(res, ClientError):
+                ok = False
                 with self._lock:
                     self._by_tx.pop(entry.tx_hash, None)
-                out[i] = ClientError(f"submit failed: {res}")
-                continue
-            entry.sent_at, entry.sent_unix = sent_at, sent_unix
-            out[i] = entry
+                self._refuse(entry.request, entry.ticket, ClientError(f"submit failed: {res}"))
         self._wake.set()
-        return out
+        return ok
+
+    def _submit_data(self, spec: JobSpec, now: int) -> bytes:
+        """Calldata of ``Market.submit`` for ``spec`` at chain time ``now``."""
+        return self._submit_selector + abi_encode(self._submit_types, spec.args(now))
+
+    def _estimate_call(self, data: bytes) -> tuple[str, list[Any]]:
+        assert self.client is not None
+        tx = {"from": self.address, "to": self.client.market.address, "data": "0x" + data.hex()}
+        return ("eth_estimateGas", [tx])
+
+    def _set_chain_time(self, timestamp: int) -> None:
+        self._chain_time = (timestamp, time.monotonic())
+
+    def _chain_now(self) -> int:
+        """The chain time as last read, plus the seconds since then."""
+        timestamp, read_at = self._chain_time
+        return timestamp + int(time.monotonic() - read_at)
 
     def _sign(self, data: bytes, nonce: int, gas: int, max_fee: int, tip: int) -> bytes:
         """The signed submit transaction (type 2), raw bytes."""
         assert self.client is not None
         market = self.client.market.address
-        if self._key is not None:
-            from eth_account import Account
-
+        if self._signer is not None:
             tx = {
                 "type": 2,
                 "chainId": self.client.chain_id,
@@ -433,7 +559,7 @@ class ChainWorker:
                 "maxFeePerGas": max_fee,
                 "maxPriorityFeePerGas": tip,
             }
-            return bytes(Account.sign_transaction(tx, self._key).raw_transaction)
+            return bytes(self._signer.sign_transaction(tx).raw_transaction)
         from ape import chain
 
         txn = chain.provider.network.ecosystem.create_transaction(
@@ -452,30 +578,75 @@ class ChainWorker:
         return bytes(signed.serialize_transaction())
 
     # ---- the poll thread ----
+    def _open_feed(self) -> LogFeed | None:
+        """The websocket log subscription, or None (then the thread polls)."""
+        assert self._decoder is not None and self.client is not None and self.rpc is not None
+        polling = f"eth_getLogs every {self.settings.poll_interval_s:g}s"
+        if not self.settings.subscribe:
+            self.results_via = polling
+            return None
+        url = self.settings.ws_url or ws_url(self.rpc.url)
+        flt = {"address": self.client.market.address, "topics": [list(self._decoder.events)]}
+        try:
+            feed = LogFeed(url, flt)
+        except ClientError as exc:
+            self.results_via = f"{polling} ({exc})"
+            return None
+        self.results_via = (
+            f"{url} pushes (eth_getLogs backstop every {self.settings.backstop_s:g}s)"
+        )
+        return feed
+
     def _poll_loop(self) -> None:
-        cursor: int | None = None
-        interval = self.settings.poll_interval_s
-        while not self._stop.is_set():
-            with self._lock:
-                busy = bool(self._by_tx)
-                first = min((p.from_block for p in self._by_tx.values()), default=None)
-            if not busy:
-                cursor = None
-                self._wake.wait(0.2)
-                self._wake.clear()
-                continue
-            assert first is not None
-            cursor = first if cursor is None else min(cursor, first)
-            try:
-                cursor = self._poll(cursor)
-            except Exception as exc:  # keep polling; a dead chain ends in each job's timeout
-                log.warning("poll failed: %s", exc)
-            self._check_deadlines()
-            self._wake.wait(interval)
-            self._wake.clear()
+        """Follow the sent jobs: pushed logs (websocket) plus an ``eth_getLogs`` backstop, or
+        ``eth_getLogs`` every ``poll_interval_s`` without a websocket."""
+        feed = self._feed
+        cursor: int | None = None  # first block the next eth_getLogs reads
+        polled = float("-inf")
+        try:
+            while not self._stop.is_set():
+                with self._lock:
+                    busy = bool(self._by_tx)
+                    fresh, self._fresh_from = self._fresh_from, None
+                if fresh is not None:
+                    cursor = fresh if cursor is None else min(cursor, fresh)
+                if feed is not None:
+                    try:
+                        pushed = feed.wait(0.1)
+                    except ClientError as exc:
+                        log.warning("%s; polling for results from now on", exc)
+                        feed = None
+                        continue
+                    if pushed:
+                        self._apply_logs(pushed, time.perf_counter())
+                if self._retry:
+                    retry, self._retry = self._retry, []
+                    self._deliver(retry, time.perf_counter())
+                if not busy:
+                    cursor = None
+                    if feed is None:
+                        self._wake.wait(0.2)
+                        self._wake.clear()
+                    continue
+                every = (
+                    self.settings.backstop_s if feed is not None else self.settings.poll_interval_s
+                )
+                if cursor is not None and time.perf_counter() - polled >= every:
+                    polled = time.perf_counter()
+                    try:
+                        cursor = self._poll(cursor)
+                    except Exception as exc:  # keep going; a dead chain ends in each timeout
+                        log.warning("poll failed: %s", exc)
+                self._check_deadlines()
+                if feed is None:
+                    self._wake.wait(self.settings.poll_interval_s)
+                    self._wake.clear()
+        finally:
+            if feed is not None:
+                feed.close()
 
     def _poll(self, cursor: int) -> int:
-        """One poll: new blocks' job logs, then the held results; returns the next cursor."""
+        """One ``eth_getLogs`` over the new blocks' job logs; returns the next cursor."""
         assert self.rpc is not None and self._decoder is not None and self.client is not None
         head = int(self.rpc.call("eth_blockNumber", []), 16)
         if head < cursor:
@@ -495,32 +666,49 @@ class ChainWorker:
             first = upto + 1
         seen_at = time.perf_counter()
         raw.sort(key=lambda r: (int(r["blockNumber"], 16), int(r["logIndex"], 16)))
+        self._apply_logs(raw, seen_at)
+        return head + 1
+
+    def _apply_logs(self, raw: list[dict[str, Any]], seen_at: float) -> None:
+        """Fold raw job logs into the pending jobs (only ours are decoded; a log seen twice,
+        pushed and polled, changes nothing); answer the jobs whose result is now held."""
+        assert self._decoder is not None and self.client is not None
         touched: list[_Pending] = []
         with self._lock:
             for entry in raw:
-                lg = self._decoder.decode(entry)
-                if lg is None:
+                topics = entry.get("topics") or []
+                if len(topics) < 2:
                     continue
-                if lg.event_name == "JobSubmitted":
-                    p = self._by_tx.get(lg.transaction_hash)
+                if topics[0] == self._submitted_topic:
+                    p = self._by_tx.get(str(entry.get("transactionHash", "")).lower())
                     if p is None or p.handle is not None:
+                        continue
+                    lg = self._decoder.decode(entry)
+                    if lg is None:
                         continue
                     record = JobRecord.from_submitted(lg)
                     p.handle = JobHandle(self.client, record, JobStatus.OPEN, lg.block_number)
                     p.handle.sent_at = p.sent_at
                     self._by_job[record.job_id] = p
                     continue
-                p = self._by_job.get(int(lg.job_id))
-                if p is not None and p.handle is not None:
+                p = self._by_job.get(int(topics[1], 16))
+                if p is None or p.handle is None or p.delivering:
+                    continue
+                lg = self._decoder.decode(entry)
+                if lg is not None:
                     p.handle.apply(lg)
                     touched.append(p)
-        done = [p for p in dict.fromkeys(touched) if p.handle and p.handle.done(finalized=False)]
+            done = [
+                p for p in dict.fromkeys(touched) if p.handle and p.handle.done(finalized=False)
+            ]
+            for p in done:
+                p.delivering = True
         if done:
             self._deliver(done, seen_at)
-        return head + 1
 
     def _deliver(self, done: list[_Pending], seen_at: float) -> None:
-        """Read the stored hashes of ``done`` (one JSON-RPC batch) and answer their requests."""
+        """Read the stored hashes of ``done`` (one JSON-RPC batch) and answer their requests;
+        a failed read is tried again on the next round."""
         assert self.rpc is not None and self.client is not None
         market = self.client.market.address
         calls: list[tuple[str, list[Any]]] = []
@@ -528,12 +716,18 @@ class ChainWorker:
             assert p.handle is not None
             data = JOB_HASH_SELECTOR + p.handle.job_id.to_bytes(32, "big")
             calls.append(("eth_call", [{"to": market, "data": "0x" + data.hex()}, "latest"]))
-        stored = self.rpc.batch(calls)
+        try:
+            stored = self.rpc.batch(calls)
+        except ClientError as exc:
+            stored = [exc] * len(done)
         for p, word in zip(done, stored, strict=True):
             assert p.handle is not None
-            if isinstance(word, RpcError):
+            if isinstance(word, ClientError) and p.request.future.done():
+                continue  # timed out meanwhile: forgotten
+            if isinstance(word, ClientError):
                 log.warning("job_hash(%s) failed: %s", p.handle.job_id, word)
-                continue  # tried again on the next poll that touches it, else times out
+                self._retry.append(p)  # until it is read or the job times out
+                continue
             res = self.client.result_of(p.handle, bytes.fromhex(word[2:]))
             self._forget(p)
             self._finish(p, res, seen_at)
@@ -613,9 +807,18 @@ class ChainWorker:
             self.limits.settle(p.ticket, res.cost)
             sent_at = p.sent_at or p.request.arrived
             outcome = JobOutcome(
-                res, p.model, sent_at, seen_at, p.request.arrived, p.batch, p.sent_unix
+                res,
+                p.model,
+                sent_at,
+                seen_at,
+                p.request.arrived,
+                p.batch,
+                p.sent_unix,
+                p.request.taken_at,
+                time.perf_counter(),
             )
-            p.request.future.set_result(outcome)
+            if not p.request.future.done():  # else timed out, or the client went away
+                p.request.future.set_result(outcome)
             return
         if res.status >= JobStatus.PUBLISHED and res.status != JobStatus.CANCELLED:
             msg, code = (
@@ -626,7 +829,8 @@ class ChainWorker:
             msg, code = f"job {res.job_id} ended {res.status.name} without a result", "job_failed"
         if res.status in (JobStatus.CANCELLED, JobStatus.EXPIRED, JobStatus.SLASHED):
             self.limits.settle(p.ticket, 0)
-        p.request.future.set_exception(errors.job_failed(msg, code))
+        if not p.request.future.done():
+            p.request.future.set_exception(errors.job_failed(msg, code))
 
     def _fail_all(self, message: str) -> None:
         err = errors.GatewayError(503, message, "server_error", "gateway_stopped")

@@ -73,7 +73,7 @@ def gateway(
     click.echo(
         f"verinfer gateway: http://{settings.host}:{settings.port}/v1 paying from "
         f"{worker.address} (limits {settings.max_payment_per_request} {worker.symbol}/request, "
-        f"{settings.max_payment_per_day} {worker.symbol}/day)",
+        f"{settings.max_payment_per_day} {worker.symbol}/day); results: {worker.results_via}",
         err=True,
     )
     config = uvicorn.Config(
@@ -82,6 +82,7 @@ def gateway(
         port=settings.port,
         log_level="warning",
         access_log=False,
+        ws="none",  # no websocket routes: skip loading uvicorn's websocket protocol
     )
     server = _Server(config)
 

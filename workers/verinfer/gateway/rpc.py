@@ -1,5 +1,6 @@
 """The gateway's hot path to the chain: plain JSON-RPC over one keep-alive HTTP session per
-thread, JSON-RPC batches, and a small log decoder for the market's job events.
+thread, JSON-RPC batches, a websocket log subscription (``LogFeed``) and a small log decoder
+for the market's job events.
 
 ape answers the same calls with several milliseconds of its own per call (pydantic models, a
 ``get_code`` before every contract call, a block fetch inside every transaction object); the
@@ -10,6 +11,7 @@ what every request does: estimate, send, poll logs, read stored job hashes.
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -104,6 +106,70 @@ def _result(answer: Any) -> Any:
     if not isinstance(answer, dict) or "result" not in answer:
         raise _error(answer)
     return answer["result"]
+
+
+class LogFeed:
+    """The market's logs as the node pushes them: one websocket ``eth_subscribe("logs")``.
+
+    Logs arrive when their block is mined, with no polling lag. ``wait`` returns what was
+    pushed; a closed connection raises ``ClientError`` (the caller falls back to polling).
+    """
+
+    def __init__(self, url: str, flt: dict[str, Any], open_timeout: float = 2.0) -> None:
+        """Connect to ``url`` (``ws://`` or ``wss://``) and subscribe to logs matching ``flt``
+        (``address``, ``topics``); ClientError when either step fails."""
+        from websockets.sync.client import connect
+
+        self.url = url
+        try:
+            self._ws = connect(url, open_timeout=open_timeout, max_size=None)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ClientError(f"no websocket at {url}: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # websockets' handshake errors (InvalidStatus, ...)
+            raise ClientError(f"no websocket at {url}: {type(exc).__name__}: {exc}") from None
+        try:
+            self._ws.send(
+                json.dumps(
+                    {"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe", "params": ["logs", flt]}
+                )
+            )
+            answer = json.loads(self._ws.recv(timeout=open_timeout))
+            self.subscription = _result(answer)
+        except (TimeoutError, ValueError, RpcError) as exc:
+            self._ws.close()
+            raise ClientError(f"eth_subscribe at {url} failed: {exc}") from None
+
+    def wait(self, timeout: float) -> list[dict[str, Any]]:
+        """The logs pushed within ``timeout`` seconds: blocks for the first message, then takes
+        every message already received (one block's logs come together). Removed logs (a
+        reorganisation) are dropped."""
+        from websockets.exceptions import ConnectionClosed
+
+        out: list[dict[str, Any]] = []
+        try:
+            message = self._ws.recv(timeout=timeout)
+            while True:
+                log = json.loads(message).get("params", {}).get("result")
+                if isinstance(log, dict) and not log.get("removed"):
+                    out.append(log)
+                message = self._ws.recv(timeout=0)
+        except TimeoutError:
+            return out
+        except ConnectionClosed as exc:
+            raise ClientError(f"websocket {self.url} closed: {exc}") from None
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._ws.close()
+
+
+def ws_url(http_url: str) -> str:
+    """The websocket URL of a JSON-RPC endpoint served on the same port (Anvil, Hardhat)."""
+    if http_url.startswith("https://"):
+        return "wss://" + http_url[len("https://") :]
+    if http_url.startswith("http://"):
+        return "ws://" + http_url[len("http://") :]
+    return http_url
 
 
 @dataclass(frozen=True)
