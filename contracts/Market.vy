@@ -44,6 +44,8 @@ MAX_NODES_PER_MODEL: constant(uint256) = 64
 MAX_MODELS_PER_NODE: constant(uint256) = 16
 MAX_BATCH: constant(uint256) = 32
 MAX_PUBLISH_BATCH: constant(uint256) = 16
+MAX_SUBMIT_BATCH: constant(uint256) = 16
+MAX_BATCH_INPUT_ABI: constant(uint256) = 2_048
 MAX_BATCH_OUTPUT_ABI: constant(uint256) = 2_176
 STATUS_MASK: constant(uint256) = 255
 HASH_MASK: constant(uint256) = max_value(uint256) - 255
@@ -647,6 +649,52 @@ def submit(
         result_deadline=result_deadline,
     )
     return job_id
+
+
+@external
+def submit_many(
+    model_ids: DynArray[bytes32, MAX_SUBMIT_BATCH],
+    inputs: DynArray[Bytes[MAX_BATCH_INPUT_ABI], MAX_SUBMIT_BATCH],
+    params: DynArray[Bytes[MAX_PARAMS_ABI], MAX_SUBMIT_BATCH],
+    max_payments: DynArray[uint256, MAX_SUBMIT_BATCH],
+    preferred_nodes: DynArray[address, MAX_SUBMIT_BATCH],
+    claim_deadlines: DynArray[uint64, MAX_SUBMIT_BATCH],
+    result_deadlines: DynArray[uint64, MAX_SUBMIT_BATCH],
+) -> DynArray[uint256, MAX_SUBMIT_BATCH]:
+    """
+    @notice Submits up to 16 jobs (inputs of at most 2,048 bytes each) in one transaction,
+            paid from the caller's prepaid balance; reverts if any of them cannot be.
+    @param model_ids Registered models, one per job.
+    @param inputs Prompt bytes (or ciphertext), one per job.
+    @param params Canonical encoded sampling parameters, one per job.
+    @param max_payments The escrow of each job.
+    @param preferred_nodes Node with an exclusive claim window, or empty, per job.
+    @param claim_deadlines Last moment to claim, per job.
+    @param result_deadlines Last moment to publish, per job.
+    @return The job ids, in order (consecutive).
+    """
+    n: uint256 = len(model_ids)
+    assert (
+        len(inputs) == n and len(params) == n and len(max_payments) == n
+        and len(preferred_nodes) == n and len(claim_deadlines) == n
+        and len(result_deadlines) == n
+    ), "market: length mismatch"
+    ids: DynArray[uint256, MAX_SUBMIT_BATCH] = []
+    for i: uint256 in range(n, bound=MAX_SUBMIT_BATCH):
+        job_id: uint256 = 0
+        job: IMarket.Job = empty(IMarket.Job)
+        job_id, job = self._submit(
+            msg.sender, model_ids[i], keccak256(inputs[i]), len(inputs[i]), params[i],
+            max_payments[i], preferred_nodes[i], claim_deadlines[i], result_deadlines[i],
+        )
+        log IMarket.JobSubmitted(
+            job_id=job_id, client=msg.sender, model_id=model_ids[i], input=inputs[i],
+            params=params[i], max_tokens=job.max_tokens, max_payment=max_payments[i],
+            preferred_node=preferred_nodes[i], submitted_at=job.submitted_at,
+            claim_deadline=claim_deadlines[i], result_deadline=result_deadlines[i],
+        )
+        ids.append(job_id)
+    return ids
 
 
 @external

@@ -83,6 +83,55 @@ def test_deposit_and_submit__one_transaction(market, token, fund, client, regist
         ({"max_payment": 1_000 * UNIT + 1}, "market: insufficient balance"),
     ],
 )
+def _submit_many_args(chain, model, inputs, payments, params=PARAMS):
+    now, n = chain.pending_timestamp, len(inputs)
+    return (
+        [model] * n,
+        inputs,
+        [params] * n,
+        payments,
+        [ZERO] * n,
+        [now + 600] * n,
+        [now + 1_200] * n,
+    )
+
+
+def test_submit_many__consecutive_ids_debits_once_each_and_logs(
+    market, funded_client, registered_model, chain
+):
+    inputs = [INPUT, b"second prompt", bytes(range(1, 256)) * 8]  # the last is 2,040 bytes
+    payments = [MAX_PAYMENT, 2 * MAX_PAYMENT, 3 * MAX_PAYMENT]
+    first = market.next_job_id()
+    tx = market.submit_many(
+        *_submit_many_args(chain, registered_model, inputs, payments), sender=funded_client
+    )
+    assert tx.return_value == [first, first + 1, first + 2]
+    assert market.next_job_id() == first + 3
+    assert market.balance_of(funded_client) == 1_000 * UNIT - 6 * MAX_PAYMENT
+    logs = tx.decode_logs(market.JobSubmitted)
+    assert [log.job_id for log in logs] == [first, first + 1, first + 2]
+    for log, data, payment in zip(logs, inputs, payments, strict=True):
+        assert bytes(log.input) == data and log.max_payment == payment
+        assert log.client == funded_client and log.submitted_at == tx.timestamp
+        job = job_from_submitted(log, data, PARAMS)
+        assert market.job_status(log.job_id) == OPEN
+        assert bytes(market.job_hash(log.job_id)) == bytes(market.hash_job(job.as_tuple()))
+
+
+def test_submit_many__any_bad_item__reverts_all(market, funded_client, registered_model, chain):
+    args = _submit_many_args(chain, registered_model, [INPUT, INPUT], [MAX_PAYMENT] * 2)
+    with ape.reverts("market: length mismatch"):
+        market.submit_many(args[0], args[1][:1], *args[2:], sender=funded_client)
+    with ape.reverts("market: unknown model"):
+        market.submit_many([registered_model, b"\x01" * 32], *args[1:], sender=funded_client)
+    with ape.reverts("market: insufficient balance"):
+        market.submit_many(*args[:3], [MAX_PAYMENT, 1_000 * UNIT], *args[4:], sender=funded_client)
+    with ape.reverts("market: empty input"):
+        market.submit_many(args[0], [INPUT, b""], *args[2:], sender=funded_client)
+    assert market.next_job_id() == 1
+    assert market.balance_of(funded_client) == 1_000 * UNIT
+
+
 def test_submit__bad_input__reverts_and_keeps_balance(
     market, submit, funded_client, kwargs, reason
 ):

@@ -307,13 +307,58 @@ class MarketMachine(RuleBasedStateMachine):
             return
         if top_up:
             self.books.balance[client] += self.books.pull(client, top_up)
+        ev = self.event(self.market, "JobSubmitted")
+        self.record_submitted(
+            ev, client, max_tokens, max_payment, preferred_node, claim_deadline, result_deadline
+        )
+
+    @rule(
+        c=index,
+        payments=st.lists(st.integers(min_value=1, max_value=200), min_size=1, max_size=4),
+        max_tokens=st.integers(min_value=1, max_value=64),
+        claim_in=st.integers(min_value=1, max_value=7_200),
+    )
+    def submit_many(self, c: int, payments: list[int], max_tokens: int, claim_in: int) -> None:
+        """A client submits several jobs in one call; the first it cannot pay for makes the
+        whole call revert."""
+        client, n = self.pick(self.clients, c), len(payments)
+        params = self.params_for(max_tokens)
+        claim_deadline, result_deadline = now() + claim_in, now() + claim_in + 600
+        reason, left = None, self.books.balance[client]
+        for payment in payments:
+            if left < payment:
+                reason = "market: insufficient balance"
+                break
+            left -= payment
+        columns = ([MODEL_ID] * n, [INPUT] * n, [params] * n, payments, [ZERO] * n)
+        deadlines = ([claim_deadline] * n, [result_deadline] * n)
+        if not self.act(reason, client, self.market.submit_many, *columns, *deadlines):
+            return
+        logs = [e for e in self.market.get_logs() if type(e).__name__ == "JobSubmitted"]
+        assert len(logs) == n, logs
+        for ev, payment in zip(logs, payments, strict=True):
+            self.record_submitted(
+                ev, client, max_tokens, payment, ZERO, claim_deadline, result_deadline
+            )
+
+    def record_submitted(
+        self,
+        ev: Any,
+        client: str,
+        max_tokens: int,
+        max_payment: int,
+        preferred_node: str,
+        claim_deadline: int,
+        result_deadline: int,
+    ) -> None:
+        """Book a submitted job; check its event and the stored hash."""
         self.books.balance[client] -= max_payment
         job_id = len(self.books.jobs) + 1
         job = Job(
             client=client,
             model_id=MODEL_ID,
             input_hash=keccak(INPUT),
-            params_hash=keccak(params),
+            params_hash=keccak(self.params_for(max_tokens)),
             max_tokens=max_tokens,
             max_payment=max_payment,
             preferred_node=preferred_node,
@@ -322,7 +367,6 @@ class MarketMachine(RuleBasedStateMachine):
             result_deadline=result_deadline,
         )
         self.books.jobs.append(JobState(job_id, job))
-        ev = self.event(self.market, "JobSubmitted")
         assert (ev.job_id, ev.client, ev.max_payment, ev.max_tokens) == (
             job_id,
             client,
