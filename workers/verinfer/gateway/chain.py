@@ -39,7 +39,7 @@ from verinfer.client import (
 from verinfer.digest import SamplingParams
 from verinfer.gateway import errors
 from verinfer.gateway.limits import LimitError, SpendLimits
-from verinfer.gateway.rpc import EventDecoder, LogFeed, Rpc, RpcError, ws_url
+from verinfer.gateway.rpc import EventDecoder, LogFeed, Rpc, RpcError, TxSigner, ws_url
 from verinfer.gateway.settings import GatewaySettings
 from verinfer.jobs import JobRecord, JobStatus
 
@@ -126,6 +126,7 @@ class ChainWorker:
         self._submitted_topic = ""
         self._chain_time = (0, time.monotonic())  # (block timestamp, when it was read)
         self._feed: LogFeed | None = None
+        self._access_lists = True  # simulate with eth_createAccessList (off if unsupported)
         self.results_via = ""  # how results reach the gateway (said at start-up)
         self._send_pool = ThreadPoolExecutor(1, thread_name_prefix="gateway-send")
         self._sending: Future | None = None  # the previous batch's send (bool: all accepted)
@@ -143,7 +144,7 @@ class ChainWorker:
         self.symbol = ""
         self.decimals = 18
         self.address = ""
-        self._signer: Any = None  # eth_account LocalAccount, when the key is local
+        self._signer: TxSigner | None = None  # when the account's key is local
         self._decoder: EventDecoder | None = None
         self._submit_types: list[str] = []
         self._submit_selector = b""
@@ -295,10 +296,10 @@ class ChainWorker:
             raise ClientError(f"the gateway needs an HTTP JSON-RPC endpoint, not {url}")
         self.rpc = Rpc(str(url))
         key = getattr(client.account, "private_key", None)
-        if isinstance(key, str):  # a local key: sign with eth_account, the key derived once
-            from eth_account import Account
-
-            self._signer = Account.from_key(key)
+        if isinstance(key, str):  # a local key: signed here (else by the ape account)
+            self._signer = TxSigner(key, client.chain_id)
+            if self._signer.address != client.address:
+                raise ClientError("the account's key does not match its address")
         market = client.market
         self._decoder = EventDecoder(
             [getattr(market, name).abi for name in (*JOB_EVENTS, "JobSubmitted")]
@@ -310,6 +311,7 @@ class ChainWorker:
         self._set_chain_time(
             int(self.rpc.call("eth_getBlockByNumber", ["latest", False])["timestamp"], 16)
         )
+        self._access_lists = self._supports_access_lists()
         self.models(refresh=True)
 
     def _loop(self) -> None:
@@ -454,14 +456,17 @@ class ChainWorker:
             todo.append(i)
         gas: dict[int, int] = {}
         for i in todo:
-            if isinstance(estimates[i], RpcError):
-                out[i] = ClientError(f"submit reverted: {estimates[i]}")
+            answer = estimates[i]
+            if isinstance(answer, dict) and answer.get("error"):  # geth: a revert in the answer
+                answer = RpcError(str(answer["error"]))
+            if isinstance(answer, RpcError):
+                out[i] = ClientError(f"submit reverted: {answer}")
             else:
-                gas[i] = int(estimates[i], 16)
+                gas[i] = self._gas_limit(answer)
         nonce = self._nonce_after_previous_send(int(nonce_hex, 16))
         batch: list[tuple[bytes, _Pending]] = []
         for i, limit in gas.items():
-            raw = self._sign(calldata[i], nonce, limit + limit // 5, 2 * base_fee + tip, tip)
+            raw = self._sign(calldata[i], nonce, limit, 2 * base_fee + tip, tip)
             nonce += 1
             req, model, ticket, spec = accepted[i]
             tx_hash = "0x" + keccak(raw).hex()
@@ -526,14 +531,35 @@ class ChainWorker:
         self._wake.set()
         return ok
 
+    def _supports_access_lists(self) -> bool:
+        """Whether the node answers ``eth_createAccessList`` (a plain transfer as probe)."""
+        assert self.rpc is not None
+        try:
+            answer = self.rpc.call(
+                "eth_createAccessList", [{"from": self.address, "to": self.address}, "latest"]
+            )
+        except ClientError:
+            return False
+        return isinstance(answer, dict) and "gasUsed" in answer
+
     def _submit_data(self, spec: JobSpec, now: int) -> bytes:
         """Calldata of ``Market.submit`` for ``spec`` at chain time ``now``."""
         return self._submit_selector + abi_encode(self._submit_types, spec.args(now))
 
     def _estimate_call(self, data: bytes) -> tuple[str, list[Any]]:
+        """The simulation of one submission: ``eth_createAccessList`` (one execution, with the
+        gas it used) where the node has it, else ``eth_estimateGas`` (a search over several)."""
         assert self.client is not None
         tx = {"from": self.address, "to": self.client.market.address, "data": "0x" + data.hex()}
+        if self._access_lists:
+            return ("eth_createAccessList", [tx, "pending"])
         return ("eth_estimateGas", [tx])
+
+    def _gas_limit(self, answer: Any) -> int:
+        """Gas limit from a simulation's answer: its gas plus a quarter (an access list makes
+        the measured run ~100 gas per touched slot cheaper; refunds are capped at a fifth)."""
+        used = int(answer["gasUsed"], 16) if isinstance(answer, dict) else int(answer, 16)
+        return used + used // 4
 
     def _set_chain_time(self, timestamp: int) -> None:
         self._chain_time = (timestamp, time.monotonic())
@@ -548,18 +574,7 @@ class ChainWorker:
         assert self.client is not None
         market = self.client.market.address
         if self._signer is not None:
-            tx = {
-                "type": 2,
-                "chainId": self.client.chain_id,
-                "nonce": nonce,
-                "to": market,
-                "value": 0,
-                "data": data,
-                "gas": gas,
-                "maxFeePerGas": max_fee,
-                "maxPriorityFeePerGas": tip,
-            }
-            return bytes(self._signer.sign_transaction(tx).raw_transaction)
+            return self._signer.sign(market, data, nonce, gas, max_fee, tip)
         from ape import chain
 
         txn = chain.provider.network.ecosystem.create_transaction(

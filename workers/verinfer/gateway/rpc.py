@@ -18,8 +18,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import requests
+import rlp
 from eth_abi import decode as abi_decode
-from eth_utils import keccak, to_checksum_address
+from eth_keys import keys
+from eth_utils import keccak, to_canonical_address, to_checksum_address
 
 from verinfer.chain_errors import ClientError
 
@@ -106,6 +108,30 @@ def _result(answer: Any) -> Any:
     if not isinstance(answer, dict) or "result" not in answer:
         raise _error(answer)
     return answer["result"]
+
+
+class TxSigner:
+    """Signs the gateway's submissions: EIP-1559 (type 2) transactions with no value and no
+    access list, built with ``rlp`` and signed with ``eth_keys`` (coincurve) directly. The raw
+    bytes are exactly ``eth_account``'s, in a third of its time (it validates and formats a
+    dict per call)."""
+
+    def __init__(self, private_key: str | bytes, chain_id: int) -> None:
+        """``private_key``: 32 bytes or their hex."""
+        raw = (
+            bytes.fromhex(private_key.removeprefix("0x"))
+            if isinstance(private_key, str)
+            else private_key
+        )
+        self._key = keys.PrivateKey(raw)
+        self.address = self._key.public_key.to_checksum_address()
+        self.chain_id = chain_id
+
+    def sign(self, to: str, data: bytes, nonce: int, gas: int, max_fee: int, tip: int) -> bytes:
+        """The signed transaction calling ``to`` with ``data``, raw bytes."""
+        fields = [self.chain_id, nonce, tip, max_fee, gas, to_canonical_address(to), 0, data, []]
+        sig = self._key.sign_msg_hash(keccak(b"\x02" + rlp.encode(fields)))
+        return b"\x02" + rlp.encode([*fields, sig.v, sig.r, sig.s])
 
 
 class LogFeed:
