@@ -47,7 +47,13 @@ MAX_TOKENS = 16
 UNIT = 10**18
 
 
+STARTED = time.monotonic()
+
+
 def log(msg: str = "") -> None:
+    """Print a line for people; phase headers (``== ...``) get the seconds since the start."""
+    if msg.startswith("== "):
+        msg = f"== [{time.monotonic() - STARTED:5.1f}s] {msg[3:]}"
     print(msg, flush=True)
 
 
@@ -64,7 +70,6 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     from verinfer.node.localnet import local_net
 
-    started = time.monotonic()
     logs = ROOT / ".verinfer" / f"demo-{chain}"
     shutil.rmtree(logs, ignore_errors=True)
     result: dict[str, Any] = {"jobs": 0, "finalized": 0, "disputes": 0, "slashed": 0}
@@ -83,7 +88,7 @@ def main() -> int:
         result["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         code = 1
     result["chain"] = chain
-    result["wall_s"] = round(time.monotonic() - started, 1)
+    result["wall_s"] = round(time.monotonic() - STARTED, 1)
     print(json.dumps(result), flush=True)
     return code
 

@@ -17,7 +17,6 @@ from verinfer.node.watcher import Dispatch
 
 log = logging.getLogger("verinfer.node.keeper")
 AUDIT_DELAY_BLOCKS = 2
-WITHDRAW_EVERY_S = 30.0
 
 
 class Keeper:
@@ -71,7 +70,7 @@ class Keeper:
         self._each("expire", now, 64, self._when(JobStatus.CLAIMED, "expire"))
         self._each("cancel", now, 64, self._when(JobStatus.OPEN, "cancel"))
         self._each("settle", now, 64, self._when(JobStatus.VERIFYING, "settle"))
-        if time.monotonic() - self._last_withdraw > WITHDRAW_EVERY_S:
+        if time.monotonic() - self._last_withdraw > self.s.withdraw_every_s:
             if self.p.market.functions.claimable(self.me).call() > self.s.withdraw_min:
                 self.dispatch("chain", "withdraw", [])
             self._last_withdraw = time.monotonic()

@@ -169,6 +169,7 @@ class Net:
                 "VERINFER_REDIS_URL": self.redis_url,
                 "VERINFER_POLL_INTERVAL_S": "0.2",
                 "VERINFER_KEEPER_INTERVAL_S": "0.5",
+                "VERINFER_WITHDRAW_EVERY_S": "1",
                 "VERINFER_TORCH_THREADS": "1",
                 "VERINFER_TX_STUCK_AFTER_S": "5",
                 "VERINFER_EST_JOB_S": "0.5",

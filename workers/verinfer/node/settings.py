@@ -46,7 +46,13 @@ class NodeSettings(BaseSettings):
     batch_size: int = 16  # jobs per engine call at most
     batch_wait_s: float = 0.05  # how long a batch waits for company
     visibility_timeout_s: int = 3_600  # must exceed the longest job (Celery redelivers after it)
-    torch_threads: int = 0  # 0: torch's default
+    # intra-op threads of each inference worker; 0: auto, the CPU cores this process may use
+    # minus one (at least 1), shared by the inference workers, so that the watcher, the keeper
+    # and the sender keep a core (see ``engine_threads``)
+    torch_threads: int = Field(default=0, ge=0)
+    # inference worker processes `verinfer node run` starts (each loads the models and forms
+    # its own batches; on a GPU host: one per GPU with CUDA_VISIBLE_DEVICES, or extra hosts)
+    infer_workers: int = 1
     # niceness added to the supervisor (watcher, keeper) and the chain worker: on a CPU host
     # the engine's threads then get the cores first (0: off)
     support_nice: int = Field(default=10, ge=0, le=19)
@@ -62,6 +68,7 @@ class NodeSettings(BaseSettings):
     keeper_interval_s: float = 1.0
     finalize_batch: int = 32
     withdraw_min: int = 0  # withdraw claimable earnings above this (wei)
+    withdraw_every_s: float = 30.0  # how often the keeper checks for earnings to withdraw
     audits: bool = True  # start audits that the randomness selects
     expire_others: bool = True  # expire/cancel dead jobs of any node
 
@@ -82,12 +89,25 @@ class NodeSettings(BaseSettings):
 
         return str(to_checksum_address(value))
 
-    @field_validator("capacity", "batch_size", "finalize_batch")
+    @field_validator("capacity", "batch_size", "finalize_batch", "infer_workers")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value < 1:
             raise ValueError("must be at least 1")
         return value
+
+    def engine_threads(self) -> int:
+        """Torch threads of one inference worker: ``torch_threads``, or when it is 0 the usable
+        CPU cores minus one, split among ``infer_workers`` (at least 1). On a small CPU host a
+        torch thread per core stalls whenever the node's other processes run: every decode
+        step waits for its slowest thread (docs/operations.md, bench-node)."""
+        if self.torch_threads:
+            return self.torch_threads
+        import os
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+        cores = cores or os.cpu_count() or 1
+        return max(1, (cores - 1) // self.infer_workers)
 
     @property
     def namespace(self) -> str:
