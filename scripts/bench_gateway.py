@@ -150,22 +150,24 @@ def main() -> int:
             t1_unix = time.time()
             exchange = stamps.answered - stamps.sent  # HTTP request sent -> response headers
             ext = (resp.model_extra or {})["verinfer"]
+            timing = ext["timing"]
             ok = bool(ext["digest_ok"]) and resp.choices[0].message.content is not None
+            nan = float("nan")  # a breakdown figure an older gateway does not give
             return {
                 "ok": ok,
                 "latency": latency,
                 "exchange": exchange,
                 "job_id": int(ext["job_id"]),
-                "sent_unix": float(ext["timing"]["sent_unix"]),
-                "gw_job_ms": float(ext["timing"]["job_ms"]),
-                "to_send_ms": float(ext["timing"]["to_send_ms"]),
-                "gateway_ms": float(ext["timing"]["gateway_ms"]),
+                "sent_unix": float(timing["sent_unix"]),
+                "gw_job_ms": float(timing["job_ms"]),
+                "to_send_ms": float(timing["to_send_ms"]),
+                "gateway_ms": float(timing["gateway_ms"]),
                 "batch": int(ext["batch"]),
-                "in_ms": (ext["timing"]["arrived_unix"] - t0_unix) * 1000,
-                "out_ms": (t1_unix - ext["timing"]["responded_unix"]) * 1000,
-                "queued_ms": ext["timing"]["queued_ms"],
-                "deliver_ms": ext["timing"]["deliver_ms"],
-                "respond_ms": ext["timing"]["respond_ms"],
+                "in_ms": (timing.get("arrived_unix", nan) - t0_unix) * 1000,
+                "out_ms": (t1_unix - timing.get("responded_unix", nan)) * 1000,
+                "queued_ms": timing.get("queued_ms", nan),
+                "deliver_ms": timing.get("deliver_ms", nan),
+                "respond_ms": timing.get("respond_ms", nan),
             }
 
         log(f"{N_REQUESTS} chat completions, concurrency {CONCURRENCY}")

@@ -131,8 +131,9 @@ def create_app(worker: ChainWorker, api_key: str) -> FastAPI:
     async def _run(
         body: Any, data: bytes, max_tokens: int, request: Request
     ) -> tuple[JobOutcome, int]:
-        """Hand the job to the chain threads; count its prompt tokens meanwhile (off the
-        event loop). Returns the held outcome and the prompt token count."""
+        """Hand the job to the chain threads; count its prompt tokens while it runs (in a
+        worker thread, once its transaction is sent). Returns the held outcome and the prompt
+        token count."""
         timeout = settings.job_timeout_s
         raw = request.headers.get(TIMEOUT_HEADER)
         if raw is not None:
@@ -151,12 +152,15 @@ def create_app(worker: ChainWorker, api_key: str) -> FastAPI:
         job = JobRequest(body.model, data, max_tokens, temperature, seed, timeout)
         pending = asyncio.wrap_future(worker.submit(job))
         model_id = worker.cached_model_id(body.model)
-        counting = (
-            asyncio.ensure_future(asyncio.to_thread(counter.count, model_id, data))
-            if model_id is not None
-            else None
-        )
+        counting: asyncio.Future[int] | None = None
         try:
+            if model_id is not None:  # count once the job is on its way, not while the submit
+                sent = asyncio.wrap_future(job.sent)  # thread prepares it (same interpreter)
+                await asyncio.wait({sent, pending}, return_when=asyncio.FIRST_COMPLETED)
+                if not pending.done():
+                    counting = asyncio.ensure_future(
+                        asyncio.to_thread(counter.count, model_id, data)
+                    )
             outcome: JobOutcome = await pending
         except BaseException:
             if counting is not None:

@@ -65,6 +65,7 @@ class JobRequest:
     seed: int
     timeout_s: float
     future: Future = field(default_factory=Future)
+    sent: Future = field(default_factory=Future)  # set once its transaction is handed to send
     arrived: float = field(default_factory=time.perf_counter)
     taken_at: float = 0.0
 
@@ -494,6 +495,8 @@ class ChainWorker:
             self._fresh_from = first if self._fresh_from is None else min(self._fresh_from, first)
         self._in_flight_escrow = sum(e.payment for _, e in batch)
         self._sending = self._send_pool.submit(self._post, batch)
+        for _, entry in batch:
+            entry.request.sent.set_result(None)
         return out
 
     def _nonce_after_previous_send(self, chain_nonce: int) -> int:
