@@ -90,3 +90,112 @@ def test_batch_of_claim_and_publish__one_rejected_with_reason__rest_sent_once(
     assert role.do_batch(items[:2]) == [None, None]  # a redelivered task sends nothing again
     assert metrics.get("tx", action="claim_and_publish", outcome="sent") == 2
     assert len(net.events("ResultPublished", job_id=jobs[0])) == 1
+
+
+def _role(net: Net, ns: str, stuck_after_s: float = 15.0) -> tuple[ChainRole, Store, Metrics]:
+    client = redis.Redis.from_url(net.redis_url)
+    store, metrics = Store(client, ns), Metrics(client, ns)
+    protocol = Protocol(connect(net.rpc_url), net.dev.market.address, net.dev.court.address)
+    sender = TxSender(protocol.w3, net.keys[NODE_A], metrics, stuck_after_s=stuck_after_s)
+    return ChainRole(protocol, sender, store, metrics), store, metrics
+
+
+def _ready(net: Net, store: Store, job_id: int) -> bytes:
+    """Store the job and an output for it as the inference worker would; returns the digest."""
+    (sub,) = net.events("JobSubmitted", job_id=job_id)
+    record = JobRecord.from_submitted(sub["args"])
+    store.put_job(record)
+    store.inflight_add(job_id)
+    out, digest = _output(record, (5, 6, job_id % 7))
+    store.put_output(job_id, out)
+    return digest
+
+
+def test_batch_of_results__one_publish_many_transaction__claims_open_publishes_claimed(
+    net: Net,
+) -> None:
+    jobs = [net.submit(CLIENT_A, f"many {i}", max_tokens=3, seed=i) for i in range(3)]
+    claimed = jobs[2]  # this node claimed it already (before its sender starts): a plain publish
+    (sub,) = net.events("JobSubmitted", job_id=claimed)
+    receipt = transact(
+        net.w3,
+        net.dev.market.functions.claim(claimed, JobRecord.from_submitted(sub["args"]).as_struct()),
+        net.addr(NODE_A),
+    )
+    role, store, metrics = _role(net, NS + ":many")
+    digests = {j: _ready(net, store, j) for j in jobs}
+    record = store.get_job(claimed)
+    assert record is not None
+    (ev,) = net.dev.market.events.JobClaimed().process_receipt(receipt)
+    record.apply_claimed(ev["args"])
+    store.put_job(record)
+    items = [["claim_and_publish", j, f"JobSubmitted:{j}:k:0"] for j in jobs[:2]]
+    items.append(["publish", claimed, f"JobClaimed:{claimed}:k:0"])
+
+    hashes = role.do_batch(items)
+
+    assert hashes[0] is not None and hashes == [hashes[0]] * 3  # one transaction for all three
+    for job_id in jobs:
+        (pub,) = net.events("ResultPublished", job_id=job_id)
+        assert pub["args"]["node"] == net.addr(NODE_A)
+        assert pub["args"]["result_digest"] == digests[job_id]
+        assert pub["transactionHash"] == hashes[0]
+        assert net.status(job_id) == JobStatus.PUBLISHED
+    assert [e["transactionHash"] for j in jobs[:2] for e in net.events("JobClaimed", job_id=j)] == [
+        hashes[0]
+    ] * 2
+    assert all(store.is_done(f"{a}:{j}:{k}") for a, j, k in items)
+    assert metrics.get("tx", action="publish_many", outcome="sent") == 1
+    assert metrics.get("tx", action="claim_and_publish", outcome="sent") == 0
+    role.sender.track_once()
+    assert metrics.get("tx", action="publish_many", outcome="mined") == 1
+
+
+def test_dropped_publish_many__one_job_taken_meanwhile__noop_then_the_rest_one_by_one(
+    net: Net, caplog: pytest.LogCaptureFixture
+) -> None:
+    role, store, metrics = _role(net, NS + ":dropped", stuck_after_s=0.0)
+    jobs = [net.submit(CLIENT_A, f"dropped {i}", max_tokens=3, seed=i) for i in range(3)]
+    digests = {j: _ready(net, store, j) for j in jobs}
+    me = net.addr(NODE_A)
+    first_nonce = net.w3.eth.get_transaction_count(me)
+    items = [["claim_and_publish", j, f"JobSubmitted:{j}:k:0"] for j in jobs]
+    net.w3.provider.make_request("evm_setAutomine", [False])
+    try:
+        (batch_hash, *_) = role.do_batch(items)
+        assert batch_hash is not None
+        dropped = net.w3.provider.make_request("anvil_dropTransaction", ["0x" + batch_hash.hex()])
+        assert "error" not in dropped, dropped
+        taken = jobs[1]  # another node claims one job while ours is gone
+        net.dev.market.functions.claim(taken, store.get_job(taken).as_struct()).transact(  # type: ignore[union-attr]
+            {"from": net.addr(NODE_B)}
+        )
+        net.w3.provider.make_request("evm_mine", [])
+        assert net.status(taken) == JobStatus.CLAIMED
+
+        with caplog.at_level(logging.INFO, logger="verinfer.node"):
+            role.sender.track_once()
+        net.w3.provider.make_request("evm_mine", [])
+    finally:
+        net.w3.provider.make_request("evm_setAutomine", [True])
+
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(
+        m.startswith(f"tx dropped and no longer applies action=publish_many nonce={first_nonce}")
+        for m in messages
+    ), messages
+    assert "skip action=claim_and_publish reason=market: job not open (dropped batch)" in messages
+    for job_id in (jobs[0], jobs[2]):
+        (pub,) = net.events("ResultPublished", job_id=job_id)
+        assert pub["args"]["node"] == me and pub["args"]["result_digest"] == digests[job_id]
+    assert net.events("ResultPublished", job_id=taken) == []
+    (claim,) = net.events("JobClaimed", job_id=taken)
+    assert claim["args"]["node"] == net.addr(NODE_B)
+    # gap-free nonces: the no-op in the batch's place, then the two single sends
+    assert net.w3.eth.get_transaction_count(me) == first_nonce + 3
+    txs = [net.w3.eth.get_transaction(h) for h in net.w3.eth.get_block("latest")["transactions"]]
+    mine = sorted((t for t in txs if t["from"] == me), key=lambda t: t["nonce"])
+    assert [t["nonce"] for t in mine] == [first_nonce, first_nonce + 1, first_nonce + 2]
+    assert mine[0]["to"] == me and mine[0]["input"] in (b"", "0x")  # the no-op
+    assert metrics.get("tx", action="publish_many", outcome="abandoned") == 1
+    assert metrics.get("tx", action="claim_and_publish", outcome="sent") == 2

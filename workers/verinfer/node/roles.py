@@ -19,6 +19,9 @@ from verinfer.node.watcher import Dispatch
 
 log = logging.getLogger("verinfer.node")
 
+PUBLISH_BATCH = 16  # Market.publish_many: at most 16 results ...
+BATCH_OUTPUT_BYTES = 2_176  # ... of at most 2,176 output bytes (512 tokens + overhead) each
+
 
 class ChainRole:
     """Turns chain actions into transactions through the node's single TxSender."""
@@ -66,6 +69,7 @@ class ChainRole:
         records = self.store.get_jobs(ids)
         outputs = self.store.get_outputs(ids)
         calls: list[tuple[str, Any]] = []
+        rows: list[tuple[int, tuple, tuple]] = []
         todo: list[int] = []
         for n, i in enumerate(bulk):
             action, job_id = str(items[i][0]), ids[n]
@@ -85,8 +89,9 @@ class ChainRole:
             )
             method = self.market.publish if action == "publish" else self.market.claim_and_publish
             calls.append((action, method(job_id, record.as_struct(), *result)))
+            rows.append((job_id, record.as_struct(), result))
             todo.append(n)
-        sent = self.sender.send_many(calls)
+        sent = self._send_results(calls, rows)
         marked: list[str] = []
         for n, outcome in zip(todo, sent, strict=True):
             action = str(items[bulk[n]][0])
@@ -98,6 +103,48 @@ class ChainRole:
         if marked:
             self.store.mark_done_many(marked)
         return results
+
+    def _send_results(
+        self, calls: list[tuple[str, Any]], rows: list[tuple[int, tuple, tuple]]
+    ) -> list[bytes | TxRejected]:
+        """Send publish / claim_and_publish ``calls`` (``rows``: job id, struct and result of
+        each). Groups of 2 to 16 results of at most 512 tokens go out as one ``publish_many``
+        transaction, which claims the open ones and publishes all; a group whose simulation
+        reverts (one item no longer applies: the whole call would revert) and every other call
+        go out one transaction each, so that the rest still goes through. Per call: the
+        transaction hash, or the TxRejected of a call that was not sent."""
+        out: list[bytes | TxRejected | None] = [None] * len(calls)
+        fits = [i for i, row in enumerate(rows) if len(row[2][0]) <= BATCH_OUTPUT_BYTES]
+        singles = [i for i in range(len(calls)) if i not in set(fits)]
+        for start in range(0, len(fits), PUBLISH_BATCH):
+            group = fits[start : start + PUBLISH_BATCH]
+            if len(group) < 2:
+                singles += group
+                continue
+            results = [list(column) for column in zip(*(rows[i][2] for i in group), strict=True)]
+            batch = self.market.publish_many(
+                [rows[i][0] for i in group], [rows[i][1] for i in group], *results
+            )
+            (sent,) = self.sender.send_many(
+                [("publish_many", batch)], parts=[calls[i] for i in group]
+            )
+            if isinstance(sent, TxRejected):
+                log.info(
+                    "publish_many of %d jobs rejected (%s): sending them one by one",
+                    len(group),
+                    sent.reason,
+                )
+                singles += group
+            else:
+                for i in group:
+                    out[i] = sent
+        singles.sort()
+        sent_singly = self.sender.send_many([calls[i] for i in singles])
+        for i, outcome in zip(singles, sent_singly, strict=True):
+            out[i] = outcome
+        done = [o for o in out if o is not None]
+        assert len(done) == len(calls), "every call is in a group or sent singly"
+        return done
 
     def _skip(self, action: str, job_id: int, reason: str) -> None:
         log.info("skip action=%s args=%s reason=%s", action, [job_id], reason)

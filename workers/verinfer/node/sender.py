@@ -95,6 +95,9 @@ class PendingTx:
     sent_at: float
     replaced: int = 0
     history: list[bytes] = field(default_factory=list)  # earlier hashes of this nonce
+    # a batch call's single calls (publish_many: one publish per job), sent one by one if
+    # the batch is dropped and no longer applies as a whole
+    parts: list[tuple[str, Any]] | None = None
 
 
 def revert_reason(exc: BaseException | str) -> str:
@@ -247,14 +250,20 @@ class TxSender:
 
         return self.rpc(what, call)
 
-    def send_many(self, items: list[tuple[str, Any]]) -> list[bytes | TxRejected]:
+    def send_many(
+        self, items: list[tuple[str, Any]], parts: list[tuple[str, Any]] | None = None
+    ) -> list[bytes | TxRejected]:
         """``send`` for many contract calls ``(action, fn)`` with two RPC round trips: one
         batch of simulations, then one batch of signed transactions (consecutive nonces).
 
         Returns, per item, the transaction hash or the TxRejected of a call that would revert
         (nothing sent for it). A transaction the endpoint refuses after signing stays pending
-        as if dropped, so the tracker sends it (and those after it) again.
+        as if dropped, so the tracker sends it (and those after it) again. ``parts``: for one
+        batch call (``items`` of length 1), its single calls, which the tracker sends one by
+        one if the batch is dropped and no longer applies as a whole.
         """
+        if parts is not None and len(items) != 1:
+            raise ValueError("parts go with exactly one batch call")
         if not items:
             return []
         txs = [
@@ -295,6 +304,7 @@ class TxSender:
                     bytes(signed.raw_transaction),
                     time.monotonic(),
                 )
+                p.parts = parts
                 self._pending[p.nonce] = p
                 self._nonce += 1
                 sent.append(p)
@@ -423,8 +433,13 @@ class TxSender:
             if self.metrics:
                 self.metrics.incr("tx", action=p.action, outcome="abandoned")
             noop = {**p.tx, "to": self.address, "data": b"", "value": 0, "gas": 21_000}
-            p.action = "noop"
+            p.action, parts, p.parts = "noop", p.parts, None
             self._resend(p, self._bumped(noop), "no-op sent")
+            if parts:  # a batch: what still applies goes out one by one, after the no-op
+                log.warning("sending the %d calls of the dropped batch one by one", len(parts))
+                for (action, _), outcome in zip(parts, self.send_many(parts), strict=True):
+                    if isinstance(outcome, TxRejected):
+                        log.info("skip action=%s reason=%s (dropped batch)", action, outcome.reason)
             return
         self._resend(p, self._bumped(p.tx), "resent (dropped)")
 
