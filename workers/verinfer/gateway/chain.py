@@ -1,14 +1,16 @@
-"""The gateway's chain side: a submit thread and a poll thread.
+"""The gateway's chain side: a submit thread, a send thread and a poll thread.
 
-The submit thread owns the ape connection (start-up, models, prices) and sends jobs: requests
-that arrive within ``batch_window_ms`` of each other are simulated together (one JSON-RPC
-batch with the fee, nonce and balance reads), signed with consecutive nonces and sent in one
-more batch; no receipt is awaited. The poll thread follows every sent job from ONE
-``eth_getLogs`` per new head over all the market's job events: a ``JobSubmitted`` log is
-matched to its transaction hash (that gives the job id), later logs to job ids; a published
-result's stored hash is read for all of a poll's results in one JSON-RPC batch and compared
-with the hash computed locally. Both threads use plain JSON-RPC (``gateway.rpc``), not ape,
-on this hot path. HTTP handlers hand in a ``JobRequest`` and await its future.
+The submit thread owns the ape connection (start-up, the model list) and prepares jobs: what
+queued while it was busy (plus ``batch_window_ms``) is one batch, whose fee, nonce and balance
+reads and simulations go out in one JSON-RPC batch; the jobs are signed with consecutive
+nonces and handed to the send thread, which sends them in one more batch (no receipt is
+awaited) while the submit thread prepares the next batch. The poll thread follows every sent
+job from the market's job logs, pushed over a websocket subscription (``eth_getLogs`` as
+backstop, or polling without a websocket): a ``JobSubmitted`` log is matched to its
+transaction hash (that gives the job id), later logs to job ids; the stored hashes of the
+results that came together are read in one JSON-RPC batch and compared with the hash
+computed locally. The hot path is plain JSON-RPC (``gateway.rpc``), not ape. HTTP handlers
+hand in a ``JobRequest`` and await its future.
 """
 
 from __future__ import annotations
@@ -166,7 +168,7 @@ class ChainWorker:
         self._poller.start()
 
     def stop(self) -> None:
-        """Stop both threads; pending requests fail with a 503."""
+        """Stop the chain threads; pending requests fail with a 503."""
         self._stop.set()
         self._wake.set()
         if self._poller.is_alive():

@@ -1,23 +1,25 @@
-"""The gateway's hot path to the chain: plain JSON-RPC over one keep-alive HTTP session per
-thread, JSON-RPC batches, a websocket log subscription (``LogFeed``) and a small log decoder
-for the market's job events.
+"""The gateway's hot path to the chain: plain JSON-RPC over one keep-alive HTTP connection per
+thread, JSON-RPC batches, its own transaction signer, a websocket log subscription
+(``LogFeed``) and a small log decoder for the market's job events.
 
 ape answers the same calls with several milliseconds of its own per call (pydantic models, a
 ``get_code`` before every contract call, a block fetch inside every transaction object); the
-gateway keeps ape for start-up and the rare reads (models, prices) and uses this module for
-what every request does: estimate, send, poll logs, read stored job hashes.
+gateway keeps ape for start-up and the model list and uses this module for what every
+request does: simulate, sign, send, follow logs, read stored job hashes (and node prices).
 """
 
 from __future__ import annotations
 
+import base64
+import http.client
 import itertools
 import json
 import threading
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
-import requests
 import rlp
 from eth_abi import decode as abi_decode
 from eth_keys import keys
@@ -35,29 +37,58 @@ class RpcError(ClientError):
 
 
 class Rpc:
-    """JSON-RPC client of one HTTP endpoint; each thread gets its own session."""
+    """JSON-RPC client of one HTTP endpoint: one keep-alive ``http.client`` connection per
+    thread (a call costs ~0.1 ms of Python here, ~0.3 ms through ``requests``)."""
 
     def __init__(self, url: str, timeout: float = 30.0) -> None:
         self.url = url
         self.timeout = timeout
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ClientError(f"not an HTTP JSON-RPC endpoint: {url}")
+        self._https = parts.scheme == "https"
+        self._host, self._port = parts.hostname, parts.port
+        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._headers = {"Content-Type": "application/json"}
+        if parts.username is not None:
+            token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            self._headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
         self._local = threading.local()
         self._ids = itertools.count(1)
 
-    def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            session.trust_env = False  # no proxy lookup from the environment per request
-            self._local.session = session
-        return session
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = cls(self._host, self._port, timeout=self.timeout)
+            self._local.conn = conn
+        return conn
 
     def _post(self, payload: Any) -> Any:
-        try:
-            resp = self._session().post(self.url, json=payload, timeout=self.timeout)
-            resp.raise_for_status()
-            return resp.json()
-        except requests.RequestException as exc:
-            raise ClientError(f"chain unreachable at {self.url}: {type(exc).__name__}") from None
+        body = json.dumps(payload).encode()
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                conn.request("POST", self._path, body, self._headers)
+                resp = conn.getresponse()
+                data = resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                self._local.conn = None
+                # the server closed an idle keep-alive connection: nothing was processed
+                stale = isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError))
+                if attempt == 1 and stale:
+                    continue
+                raise ClientError(
+                    f"chain unreachable at {self.url}: {type(exc).__name__}"
+                ) from None
+            if resp.status != 200:
+                raise ClientError(f"chain unreachable at {self.url}: HTTP {resp.status}")
+            try:
+                return json.loads(data)
+            except ValueError:
+                raise ClientError(f"chain at {self.url} answered no JSON") from None
+        raise AssertionError("unreachable")
 
     def call(self, method: str, params: list[Any]) -> Any:
         """One request; its result, or RpcError."""
