@@ -7,10 +7,12 @@ output tokens at its best batch size on a 2-core CPU. The node runs it with
 claim_mode=run-first: open jobs are run first and claimed+published in one transaction.
 
 Figures:
-* raw_engine_jobs_per_s: the engine alone (same process setup as the node's inference
-  worker: THREADS torch threads) on all the bench prompts, at each batch size of BATCHES,
-  measured before the node starts; the best batch is the node's VERINFER_BATCH_SIZE. It is
-  measured again at that batch after the node stopped and the higher figure counts.
+* raw_engine_jobs_per_s: the engine alone in one process with THREADS torch threads (all
+  the cores) on all the bench prompts, at each batch size of BATCHES, measured before the
+  node starts; the best batch is the node's VERINFER_BATCH_SIZE. It is measured again at that
+  batch after the node stopped and the higher figure counts. The node runs with its default
+  engine threads (the cores minus one: 1 here) and one inference worker (BENCH_NODE_THREADS,
+  BENCH_INFER_WORKERS change that).
 * pipeline_jobs_per_s: jobs / (client holding the last checked result - the node seeing the
   first job). The 200 submissions are signed up front and sent with consecutive nonces
   (raw web3), so the window measures the node, not the client.
@@ -45,6 +47,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 N_JOBS = int(os.environ.get("BENCH_JOBS", "200"))
 MAX_TOKENS = 64
 THREADS = 2
+# the node's inference workers: INFER_WORKERS processes (VERINFER_INFER_WORKERS) of
+# NODE_THREADS torch threads each (VERINFER_TORCH_THREADS; 0: the node's default, the cores
+# minus one), on the same cores as the raw engine
+INFER_WORKERS = int(os.environ.get("BENCH_INFER_WORKERS", "1"))
+NODE_THREADS = int(os.environ.get("BENCH_NODE_THREADS", "0"))
 BATCHES = (8, 16, 32)
 BENCH_CONFIG = dict(
     hidden_size=256,
@@ -71,6 +78,7 @@ def main() -> int:
     from verinfer.node.localnet import CLIENT_A, NODE_A, PRICE, Net
     from verinfer.node.metrics import Metrics
     from verinfer.node.redis_server import start_redis
+    from verinfer.node.store import Store
 
     tmp = Path(tempfile.mkdtemp(prefix="verinfer-bench-"))
     anvil, rpc, _ = start_anvil(block_time=1, log_path=tmp / "anvil.log")
@@ -98,14 +106,18 @@ def main() -> int:
             "bench-node",
             claim_mode="run-first",
             batch_size=best_batch,
-            torch_threads=THREADS,
+            torch_threads=NODE_THREADS,
+            infer_workers=INFER_WORKERS,
             capacity=1000,
             est_job_s="0.05",
             log_level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         ).start()
         ns = node.env["VERINFER_MARKET"][-8:].lower()
         metrics = Metrics(redis.Redis.from_url(redis_url), f"verinfer:{ns}:bench-node")
-        log(f"== warming the node up (engine batch {best_batch})")
+        log(
+            f"== warming the node up (engine batch {best_batch}, {INFER_WORKERS} inference "
+            f"workers x {NODE_THREADS or 'default'} torch threads)"
+        )
         w3, market = dev.w3, dev.market
         client = net.keys[CLIENT_A]
 
@@ -134,6 +146,11 @@ def main() -> int:
             )
             return bytes(client.sign_transaction(tx).raw_transaction)
 
+        store = Store(redis.Redis.from_url(redis_url), f"verinfer:{ns}:bench-node")
+        deadline = time.monotonic() + 300  # every inference worker has loaded the model
+        while sum(w.startswith("infer@") for w in store.workers()) < INFER_WORKERS:
+            assert node.running and time.monotonic() < deadline, node.log()[-2000:]
+            time.sleep(0.2)
         warm = net.submit(CLIENT_A, "warm up", max_tokens=4)
         deadline = time.monotonic() + 300
         while net.status(warm) < JobStatus.PUBLISHED and time.monotonic() < deadline:

@@ -76,6 +76,7 @@ def status() -> None:
         "cursor": store.cursor(),
         "inflight": store.inflight_count(),
         "queues": {role: client.llen(s.queue(role)) for role in ("chain", "infer")},
+        "workers": store.workers(),
         "due": {q: store.due_size(q) for q in ("finalize", "audit", "expire", "cancel", "settle")},
         "metrics": Metrics(client, s.namespace).snapshot(),
     }

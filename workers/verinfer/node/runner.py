@@ -88,11 +88,13 @@ class NodeRunner:
             log.warning("restored %d tasks held by a worker that did not stop", restored)
         env = {**os.environ, **self._env()}
         for role in self.roles:
-            self.procs[role] = subprocess.Popen(
-                worker_command(s, role, f"{role}-{os.getpid()}"),
-                env=env,
-                preexec_fn=self._lower_priority if role == "chain" else None,
-            )
+            for i in range(s.infer_workers if role == "infer" else 1):
+                key = role if i == 0 else f"{role}-{i}"
+                self.procs[key] = subprocess.Popen(
+                    worker_command(s, role, f"{key}-{os.getpid()}"),
+                    env=env,
+                    preexec_fn=self._lower_priority if role == "chain" else None,
+                )
         self._lower_priority()  # before the watcher/keeper threads exist: they inherit it
         dispatch = Dispatcher(make_app(s), s)
         self.watcher = Watcher(

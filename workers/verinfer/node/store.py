@@ -7,6 +7,7 @@ share one Redis. Job records are the chain's view of a job (``JobRecord``) as JS
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import fields
 from typing import Any
 
@@ -194,3 +195,17 @@ class Store:
     def due_size(self, queue: str) -> int:
         """How many members wait on ``queue``."""
         return int(self.r.zcard(self.key("due", queue)))
+
+    # ---- workers: Celery worker processes of this node that are up (role ready) ----
+    def worker_up(self, name: str) -> None:
+        """Record that worker ``name`` (``role@host:pid``) is ready."""
+        self.r.hset(self.key("workers"), name, time.time())
+
+    def worker_down(self, name: str) -> None:
+        """Forget worker ``name`` (it stopped)."""
+        self.r.hdel(self.key("workers"), name)
+
+    def workers(self) -> dict[str, float]:
+        """Workers up, with the time each became ready."""
+        raw = self.r.hgetall(self.key("workers"))
+        return {k.decode(): float(v) for k, v in raw.items()}

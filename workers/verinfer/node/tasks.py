@@ -8,6 +8,8 @@ node's only TxSender; an inference worker loads the served models (manifests che
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from typing import Any
 
 from celery import signals
@@ -73,8 +75,7 @@ def infer_role() -> Any:
         from verinfer.models.loader import ModelRegistry, load_impostor, load_model
         from verinfer.node.roles import InferRole
 
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
+        torch.set_num_threads(settings.engine_threads())
         _, store, metrics = _base()
         cheat = settings.dev_cheat_weights
         if cheat is None:
@@ -84,7 +85,11 @@ def infer_role() -> Any:
             log.warning("DEV CHEAT: serving the weights of %s under the served model ids", cheat)
         engine = TransformersEngine(registry, max_batch_size=settings.batch_size)
         _roles["infer"] = InferRole(engine, registry, store, metrics, Dispatcher(app, settings))
-        log.info("engine ready models=%s", [f"0x{m.hex()[:12]}" for m in registry.ids()])
+        log.info(
+            "engine ready models=%s torch_threads=%d",
+            [f"0x{m.hex()[:12]}" for m in registry.ids()],
+            torch.get_num_threads(),
+        )
     return _roles["infer"]
 
 
@@ -95,13 +100,16 @@ def _on_setup_logging(**_: Any) -> None:
     setup_logging(settings.log_level)
 
 
+def _worker_name(role: str) -> str:
+    return f"{role}@{socket.gethostname()}:{os.getpid()}"
+
+
 @signals.worker_ready.connect
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     queues = {q.name for q in sender.task_consumer.queues} if sender is not None else set()
-    if settings.queue("chain") in queues:
-        chain_role()
-    if settings.queue("infer") in queues:
-        infer_role()
+    for role, build in (("chain", chain_role), ("infer", infer_role)):
+        if settings.queue(role) in queues:  # type: ignore[arg-type]
+            build().store.worker_up(_worker_name(role))  # `verinfer node status` lists it
 
 
 @signals.worker_shutting_down.connect
@@ -109,6 +117,8 @@ def _on_shutdown(**_: Any) -> None:
     role = _roles.get("chain")
     if role is not None:
         role.sender.stop(drain_s=10.0)
+    for name, built in _roles.items():
+        built.store.worker_down(_worker_name(name))
 
 
 @app.task(
