@@ -212,6 +212,8 @@ def create_app(worker: ChainWorker, api_key: str) -> FastAPI:
             "token": worker.symbol,
             "token_ids": res.token_ids,
             "batch": outcome.batch,
+            "submit_tx": outcome.tx_hash,
+            "tx_jobs": outcome.tx_jobs,
             "timing": timing,
         }
         if not body.stream:

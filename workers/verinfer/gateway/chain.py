@@ -3,13 +3,15 @@
 The submit thread owns the ape connection (start-up, the model list) and prepares jobs: what
 queued while it was busy (plus ``batch_window_ms``) is one batch, whose fee, nonce and balance
 reads and simulations go out in one JSON-RPC batch; the jobs are signed with consecutive
-nonces and handed to the send thread, which sends them in one more batch (no receipt is
-awaited) while the submit thread prepares the next batch. The poll thread follows every sent
-job from the market's job logs, pushed over a websocket subscription (``eth_getLogs`` as
-backstop, or polling without a websocket): a ``JobSubmitted`` log is matched to its
-transaction hash (that gives the job id), later logs to job ids; the stored hashes of the
-results that came together are read in one JSON-RPC batch and compared with the hash
-computed locally. The hot path is plain JSON-RPC (``gateway.rpc``), not ape. HTTP handlers
+nonces (the jobs with inputs of at most 2,048 bytes as one ``Market.submit_many`` per 2..16 of
+them, others and a lone job as one ``submit`` each) and handed to the send thread, which sends
+them in one more batch (no receipt is awaited) while the submit thread prepares the next
+batch. The poll thread follows every sent job from the market's job logs, pushed over a
+websocket subscription (``eth_getLogs`` as backstop, or polling without a websocket): a
+``JobSubmitted`` log is matched to its transaction hash and its place in that transaction
+(that gives the job id), later logs to job ids; the stored hashes of the results that came
+together are read in one JSON-RPC batch and compared with the hash computed locally. The hot
+path is plain JSON-RPC (``gateway.rpc``), not ape. HTTP handlers
 hand in a ``JobRequest`` and await its future.
 """
 
@@ -54,6 +56,8 @@ BALANCE_OF_SELECTOR = keccak(text="balance_of(address)")[:4]
 MODEL_NODES_SELECTOR = keccak(text="model_nodes(bytes32)")[:4]
 SERVE_PRICE_SELECTOR = keccak(text="serve_price(address,bytes32)")[:4]
 IS_ELIGIBLE_SELECTOR = keccak(text="is_eligible(address,bytes32)")[:4]
+GROUP_MAX_JOBS = 16  # Market.submit_many: at most 16 jobs ...
+GROUP_MAX_INPUT = 2_048  # ... of at most 2,048 input bytes each (larger ones use submit)
 
 
 @dataclass
@@ -82,6 +86,8 @@ class JobOutcome:
     seen_at: float
     arrived: float  # when the HTTP handler handed the request in
     batch: int = 1  # how many jobs were submitted together with this one
+    tx_hash: str = ""  # its submit (or submit_many) transaction
+    tx_jobs: int = 1  # how many jobs that transaction submitted
     sent_unix: float = 0.0  # time.time() when the submit transaction was sent
     taken_at: float = 0.0  # when the submit thread took the request off its queue
     delivered_at: float = 0.0  # when the poll thread answered the request's future
@@ -102,6 +108,7 @@ class _Pending:
     from_block: int  # the submit transaction is in this block or a later one
     payment: int = 0  # the job's escrow
     batch: int = 1
+    tx_jobs: int = 1  # jobs in its transaction (2..16: one submit_many)
     sent_at: float = 0.0
     sent_unix: float = 0.0
     handle: JobHandle | None = None  # once its JobSubmitted log is seen
@@ -122,7 +129,7 @@ class ChainWorker:
         self._connect = connect
         self._queue: queue.Queue[JobRequest | tuple[Callable[[Any], Any], Future]] = queue.Queue()
         self._lock = threading.Lock()  # guards the pending tables
-        self._by_tx: dict[str, _Pending] = {}
+        self._by_tx: dict[str, list[_Pending]] = {}  # a submit_many's jobs share one hash
         self._by_job: dict[int, _Pending] = {}
         self._fresh_from: int | None = None  # lowest first block of jobs sent since last poll
         self._retry: list[_Pending] = []  # held results whose stored hash read failed
@@ -151,6 +158,8 @@ class ChainWorker:
         self._decoder: EventDecoder | None = None
         self._submit_types: list[str] = []
         self._submit_selector = b""
+        self._many_types: list[str] = []
+        self._many_selector = b""
         self._models: list[ModelInfo] = []
         self._models_at = float("-inf")
         self._miss_at = float("-inf")
@@ -311,6 +320,9 @@ class ChainWorker:
         submit_abi = market.submit.abis[0]
         self._submit_types = [i.canonical_type for i in submit_abi.inputs]
         self._submit_selector = keccak(text=submit_abi.selector)[:4]
+        many_abi = market.submit_many.abis[0]
+        self._many_types = [i.canonical_type for i in many_abi.inputs]
+        self._many_selector = keccak(text=many_abi.selector)[:4]
         self._set_chain_time(
             int(self.rpc.call("eth_getBlockByNumber", ["latest", False])["timestamp"], 16)
         )
@@ -414,7 +426,9 @@ class ChainWorker:
         escrow is taken off the balance read, and nonces continue from it (after a failed send
         they are read again). Each job is registered with the poll thread (by transaction hash)
         before it is sent, so its ``JobSubmitted`` log cannot be missed. A job the prepaid
-        balance cannot cover, or whose simulation reverts, is not sent. Returns, per job,
+        balance cannot cover, or whose simulation reverts, is not sent; the others go out as
+        one ``submit_many`` per 2..16 jobs of inputs up to 2,048 bytes (gas limit: the sum of
+        their own simulations' limits) and one ``submit`` per other job. Returns, per job,
         None (handed to the send thread, which answers a failed send) or the ClientError.
         """
         assert self.rpc is not None and self.client is not None
@@ -467,38 +481,48 @@ class ChainWorker:
             else:
                 gas[i] = self._gas_limit(answer)
         nonce = self._nonce_after_previous_send(int(nonce_hex, 16))
-        batch: list[tuple[bytes, _Pending]] = []
-        for i, limit in gas.items():
-            raw = self._sign(calldata[i], nonce, limit, 2 * base_fee + tip, tip)
+        batch: list[tuple[bytes, list[_Pending]]] = []
+        for group in _groups([i for i in gas if len(specs[i].input) <= GROUP_MAX_INPUT], gas):
+            if len(group) == 1:  # a lone job: submit (88k gas as a group of one, 75k alone)
+                data = calldata[group[0]]
+            else:
+                data = self._submit_many_data([specs[i] for i in group], now)
+            limit = sum(gas[i] for i in group)  # singles' sum: above the group's (tested)
+            raw = self._sign(data, nonce, limit, 2 * base_fee + tip, tip)
             nonce += 1
-            req, model, ticket, spec = accepted[i]
             tx_hash = "0x" + keccak(raw).hex()
-            entry = _Pending(
-                req,
-                model,
-                ticket,
-                req.arrived + req.timeout_s,
-                tx_hash,
-                latest + 1,
-                spec.max_payment,
-            )
-            entry.batch = len(gas)
-            batch.append((raw, entry))
-            out[i] = None
+            entries: list[_Pending] = []
+            for i in group:
+                req, model, ticket, spec = accepted[i]
+                entry = _Pending(
+                    req,
+                    model,
+                    ticket,
+                    req.arrived + req.timeout_s,
+                    tx_hash,
+                    latest + 1,
+                    spec.max_payment,
+                )
+                entry.batch, entry.tx_jobs = len(gas), len(group)
+                entries.append(entry)
+                out[i] = None
+            batch.append((raw, entries))
         if not batch:
             return out
         self._next_nonce = nonce
         sent_at, sent_unix = time.perf_counter(), time.time()
         with self._lock:
-            for _, entry in batch:
-                entry.sent_at, entry.sent_unix = sent_at, sent_unix
-                self._by_tx[entry.tx_hash] = entry
+            for _, entries in batch:
+                for entry in entries:
+                    entry.sent_at, entry.sent_unix = sent_at, sent_unix
+                self._by_tx[entries[0].tx_hash] = entries
             first = latest + 1
             self._fresh_from = first if self._fresh_from is None else min(self._fresh_from, first)
-        self._in_flight_escrow = sum(e.payment for _, e in batch)
+        self._in_flight_escrow = sum(e.payment for _, entries in batch for e in entries)
         self._sending = self._send_pool.submit(self._post, batch)
-        for _, entry in batch:
-            entry.request.sent.set_result(None)
+        for _, entries in batch:
+            for entry in entries:
+                entry.request.sent.set_result(None)
         return out
 
     def _nonce_after_previous_send(self, chain_nonce: int) -> int:
@@ -516,9 +540,10 @@ class ChainWorker:
                 )
         return chain_nonce if self._next_nonce is None else max(chain_nonce, self._next_nonce)
 
-    def _post(self, batch: list[tuple[bytes, _Pending]]) -> bool:
+    def _post(self, batch: list[tuple[bytes, list[_Pending]]]) -> bool:
         """The send thread: one JSON-RPC batch of signed submissions; a refused one is
-        forgotten and its request answered. True when every one was accepted."""
+        forgotten and its requests (all of a submit_many's) answered. True when every one was
+        accepted."""
         assert self.rpc is not None
         try:
             results = self.rpc.batch(
@@ -527,12 +552,13 @@ class ChainWorker:
         except ClientError as exc:
             results = [exc] * len(batch)
         ok = True
-        for (_, entry), res in zip(batch, results, strict=True):
+        for (_, entries), res in zip(batch, results, strict=True):
             if isinstance(res, ClientError):
                 ok = False
                 with self._lock:
-                    self._by_tx.pop(entry.tx_hash, None)
-                self._refuse(entry.request, entry.ticket, ClientError(f"submit failed: {res}"))
+                    self._by_tx.pop(entries[0].tx_hash, None)
+                for entry in entries:
+                    self._refuse(entry.request, entry.ticket, ClientError(f"submit failed: {res}"))
         self._wake.set()
         return ok
 
@@ -550,6 +576,12 @@ class ChainWorker:
     def _submit_data(self, spec: JobSpec, now: int) -> bytes:
         """Calldata of ``Market.submit`` for ``spec`` at chain time ``now``."""
         return self._submit_selector + abi_encode(self._submit_types, spec.args(now))
+
+    def _submit_many_data(self, specs: list[JobSpec], now: int) -> bytes:
+        """Calldata of ``Market.submit_many`` for ``specs`` (2..16) at chain time ``now``: the
+        arguments of each job's ``submit``, as parallel arrays."""
+        columns = [list(col) for col in zip(*(spec.args(now) for spec in specs), strict=True)]
+        return self._many_selector + abi_encode(self._many_types, columns)
 
     def _estimate_call(self, data: bytes) -> tuple[str, list[Any]]:
         """The simulation of one submission: ``eth_createAccessList`` (one execution, with the
@@ -700,16 +732,12 @@ class ChainWorker:
                 if len(topics) < 2:
                     continue
                 if topics[0] == self._submitted_topic:
-                    p = self._by_tx.get(str(entry.get("transactionHash", "")).lower())
-                    if p is None or p.handle is not None:
+                    group = self._by_tx.get(str(entry.get("transactionHash", "")).lower())
+                    if group is None or all(p.handle is not None for p in group):
                         continue
                     lg = self._decoder.decode(entry)
-                    if lg is None:
-                        continue
-                    record = JobRecord.from_submitted(lg)
-                    p.handle = JobHandle(self.client, record, JobStatus.OPEN, lg.block_number)
-                    p.handle.sent_at = p.sent_at
-                    self._by_job[record.job_id] = p
+                    if lg is not None:
+                        self._attach(group, lg)
                     continue
                 p = self._by_job.get(int(topics[1], 16))
                 if p is None or p.handle is None or p.delivering:
@@ -725,6 +753,27 @@ class ChainWorker:
                 p.delivering = True
         if done:
             self._deliver(done, seen_at)
+
+    def _attach(self, group: list[_Pending], lg: Any) -> None:
+        """Give a ``JobSubmitted`` log of ``group``'s transaction its job (under the lock): the
+        first job without one whose model, input and escrow it shows. A submit_many logs its
+        jobs in order, and logs come in order (a log seen twice is known by its job id), so
+        the n-th log goes to the n-th job."""
+        assert self.client is not None
+        if int(lg.job_id) in self._by_job:
+            return
+        for p in group:
+            if (
+                p.handle is None
+                and p.payment == lg.max_payment
+                and p.model.model_id == bytes(lg.model_id)
+                and p.request.input == bytes(lg.input)
+            ):
+                record = JobRecord.from_submitted(lg)
+                p.handle = JobHandle(self.client, record, JobStatus.OPEN, lg.block_number)
+                p.handle.sent_at = p.sent_at
+                self._by_job[record.job_id] = p
+                return
 
     def _deliver(self, done: list[_Pending], seen_at: float) -> None:
         """Read the stored hashes of ``done`` (one JSON-RPC batch) and answer their requests;
@@ -754,7 +803,11 @@ class ChainWorker:
 
     def _forget(self, p: _Pending) -> None:
         with self._lock:
-            self._by_tx.pop(p.tx_hash, None)
+            group = self._by_tx.get(p.tx_hash)
+            if group is not None and p in group:
+                group.remove(p)
+                if not group:
+                    del self._by_tx[p.tx_hash]
             if p.handle is not None:
                 self._by_job.pop(p.handle.job_id, None)
 
@@ -762,16 +815,21 @@ class ChainWorker:
         """Time out late jobs; look at the receipt of a job whose log has not come."""
         now = time.perf_counter()
         with self._lock:
-            entries = list(self._by_tx.values())
-        for p in entries:
-            if (
+            groups = [(tx, list(group)) for tx, group in self._by_tx.items()]
+        entries: list[_Pending] = []
+        for tx_hash, group in groups:
+            if any(
                 p.handle is None
                 and p.sent_at
                 and (now >= p.deadline or now - max(p.sent_at, p.receipt_at) >= RECEIPT_CHECK_S)
+                for p in group
             ):
-                p.receipt_at = now
-                if self._check_receipt(p):
+                for p in group:
+                    p.receipt_at = now
+                if self._check_receipt(tx_hash, group):
                     continue
+            entries += group
+        for p in entries:
             if now < p.deadline or p.request.future.done():
                 continue
             self._forget(p)
@@ -790,35 +848,36 @@ class ChainWorker:
                 )
             )
 
-    def _check_receipt(self, p: _Pending) -> bool:
-        """Take the job id from the receipt (True when the job failed and is answered)."""
+    def _check_receipt(self, tx_hash: str, group: list[_Pending]) -> bool:
+        """Take the job ids of ``group`` (the jobs of transaction ``tx_hash``) from its receipt,
+        in log order; True when the transaction reverted (then all its requests are answered
+        and their reservations released)."""
         assert self.rpc is not None and self._decoder is not None and self.client is not None
         try:
-            receipt = self.rpc.call("eth_getTransactionReceipt", [p.tx_hash])
+            receipt = self.rpc.call("eth_getTransactionReceipt", [tx_hash])
         except ClientError as exc:
-            log.warning("receipt of %s: %s", p.tx_hash, exc)
+            log.warning("receipt of %s: %s", tx_hash, exc)
             return False
         if receipt is None:
             return False
         if int(receipt["status"], 16) != 1:
-            self._forget(p)
             assert self.limits is not None
-            self.limits.settle(p.ticket, 0)
-            p.request.future.set_exception(
-                errors.job_failed(
-                    f"submit reverted: transaction {p.tx_hash} failed", "submit_failed"
-                )
-            )
+            what = "submit" if len(group) == 1 else f"submit_many of {len(group)} jobs"
+            for p in group:
+                self._forget(p)
+                self.limits.settle(p.ticket, 0)
+                if not p.request.future.done():
+                    p.request.future.set_exception(
+                        errors.job_failed(
+                            f"{what} reverted: transaction {tx_hash} failed", "submit_failed"
+                        )
+                    )
             return True
         for entry in receipt["logs"]:
             lg = self._decoder.decode(entry)
             if lg is not None and lg.event_name == "JobSubmitted":
                 with self._lock:
-                    if p.handle is None:
-                        record = JobRecord.from_submitted(lg)
-                        p.handle = JobHandle(self.client, record, JobStatus.OPEN, lg.block_number)
-                        p.handle.sent_at = p.sent_at
-                        self._by_job[record.job_id] = p
+                    self._attach(group, lg)
         return False
 
     def _finish(self, p: _Pending, res: Result, seen_at: float) -> None:
@@ -833,6 +892,8 @@ class ChainWorker:
                 seen_at,
                 p.request.arrived,
                 p.batch,
+                p.tx_hash,
+                p.tx_jobs,
                 p.sent_unix,
                 p.request.taken_at,
                 time.perf_counter(),
@@ -855,7 +916,7 @@ class ChainWorker:
     def _fail_all(self, message: str) -> None:
         err = errors.GatewayError(503, message, "server_error", "gateway_stopped")
         with self._lock:
-            entries = list(self._by_tx.values())
+            entries = [p for group in self._by_tx.values() for p in group]
             self._by_tx.clear()
             self._by_job.clear()
         for p in entries:
@@ -869,6 +930,18 @@ class ChainWorker:
             fut = item.future if isinstance(item, JobRequest) else item[1]
             if not fut.done():
                 fut.set_exception(err)
+
+
+def _groups(eligible: list[int], gas: dict[int, int]) -> list[list[int]]:
+    """The transactions of a batch, as lists of job indexes in order: the ``eligible`` jobs
+    (inputs of at most 2,048 bytes) in as few even groups of at most 16 as there can be, every
+    other job of ``gas`` alone."""
+    n = len(eligible)
+    count = -(-n // GROUP_MAX_JOBS)  # ceil
+    groups = [eligible[k * n // count : (k + 1) * n // count] for k in range(count)]
+    grouped = set(eligible)
+    groups += [[i] for i in gas if i not in grouped]
+    return sorted(groups, key=lambda g: g[0])
 
 
 def _match(models: list[ModelInfo], name: str) -> list[ModelInfo]:
