@@ -162,7 +162,8 @@ def test_submit_many__gas_below_the_sum_of_single_submits(net: Net, gw: Gateway)
         )
         singles += fn.estimate_gas({"from": net.addr(CLIENT_B)})
     assert receipt["gasUsed"] < singles < tx["gas"]
-    print(f"submit_many of {n}: {receipt['gasUsed']} gas used, singles {singles}, limit {tx['gas']}")
+    used, limit = receipt["gasUsed"], tx["gas"]
+    print(f"submit_many of {n}: {used} gas used, singles {singles}, limit {limit}")
 
 
 def test_lone_request__plain_submit(net: Net, gw: Gateway) -> None:
