@@ -107,6 +107,7 @@ class _Pending:
     tx_hash: str
     from_block: int  # the submit transaction is in this block or a later one
     payment: int = 0  # the job's escrow
+    params: bytes = b""  # its encoded sampling parameters
     batch: int = 1
     tx_jobs: int = 1  # jobs in its transaction (2..16: one submit_many)
     sent_at: float = 0.0
@@ -130,6 +131,7 @@ class ChainWorker:
         self._queue: queue.Queue[JobRequest | tuple[Callable[[Any], Any], Future]] = queue.Queue()
         self._lock = threading.Lock()  # guards the pending tables
         self._by_tx: dict[str, list[_Pending]] = {}  # a submit_many's jobs share one hash
+        self._tx_jobs: dict[str, set[int]] = {}  # job ids a pending transaction's logs gave
         self._by_job: dict[int, _Pending] = {}
         self._fresh_from: int | None = None  # lowest first block of jobs sent since last poll
         self._retry: list[_Pending] = []  # held results whose stored hash read failed
@@ -504,6 +506,7 @@ class ChainWorker:
                     spec.max_payment,
                 )
                 entry.batch, entry.tx_jobs = len(gas), len(group)
+                entry.params = spec.params.encode()
                 entries.append(entry)
                 out[i] = None
             batch.append((raw, entries))
@@ -557,6 +560,7 @@ class ChainWorker:
                 ok = False
                 with self._lock:
                     self._by_tx.pop(entries[0].tx_hash, None)
+                    self._tx_jobs.pop(entries[0].tx_hash, None)
                 for entry in entries:
                     self._refuse(entry.request, entry.ticket, ClientError(f"submit failed: {res}"))
         self._wake.set()
@@ -756,11 +760,12 @@ class ChainWorker:
 
     def _attach(self, group: list[_Pending], lg: Any) -> None:
         """Give a ``JobSubmitted`` log of ``group``'s transaction its job (under the lock): the
-        first job without one whose model, input and escrow it shows. A submit_many logs its
-        jobs in order, and logs come in order (a log seen twice is known by its job id), so
-        the n-th log goes to the n-th job."""
+        first job without one whose model, input, params and escrow it shows. A submit_many logs its
+        jobs in order, and logs come in order (a log seen twice is known by its job id, also
+        once its job is answered), so the n-th log goes to the n-th job."""
         assert self.client is not None
-        if int(lg.job_id) in self._by_job:
+        seen = self._tx_jobs.setdefault(group[0].tx_hash, set())
+        if int(lg.job_id) in seen:
             return
         for p in group:
             if (
@@ -768,7 +773,9 @@ class ChainWorker:
                 and p.payment == lg.max_payment
                 and p.model.model_id == bytes(lg.model_id)
                 and p.request.input == bytes(lg.input)
+                and p.params == bytes(lg.params)
             ):
+                seen.add(int(lg.job_id))
                 record = JobRecord.from_submitted(lg)
                 p.handle = JobHandle(self.client, record, JobStatus.OPEN, lg.block_number)
                 p.handle.sent_at = p.sent_at
@@ -808,6 +815,7 @@ class ChainWorker:
                 group.remove(p)
                 if not group:
                     del self._by_tx[p.tx_hash]
+                    self._tx_jobs.pop(p.tx_hash, None)
             if p.handle is not None:
                 self._by_job.pop(p.handle.job_id, None)
 
@@ -918,6 +926,7 @@ class ChainWorker:
         with self._lock:
             entries = [p for group in self._by_tx.values() for p in group]
             self._by_tx.clear()
+            self._tx_jobs.clear()
             self._by_job.clear()
         for p in entries:
             if not p.request.future.done():
