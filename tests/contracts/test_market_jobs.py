@@ -68,21 +68,6 @@ def test_deposit_and_submit__one_transaction(market, token, fund, client, regist
     assert market.job_status(sub.job_id) == OPEN
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "reason"),
-    [
-        ({"max_payment": 0}, "market: zero payment"),
-        ({"input_data": b""}, "market: empty input"),
-        ({"input_data": b"x" * 8_001}, "market: input too large"),
-        ({"params": PARAMS[:160]}, "market: bad params"),
-        ({"params": encode_params(SamplingParams(max_tokens=0))}, "market: bad max tokens"),
-        ({"params": encode_params(SamplingParams(max_tokens=2_049))}, "market: bad max tokens"),
-        ({"claim_in": 0}, "market: claim deadline in past"),
-        ({"claim_in": 100, "result_in": 100}, "market: result deadline before claim deadline"),
-        ({"result_in": 30 * 86_400 + 1}, "market: deadline too far"),
-        ({"max_payment": 1_000 * UNIT + 1}, "market: insufficient balance"),
-    ],
-)
 def _submit_many_args(chain, model, inputs, payments, params=PARAMS):
     now, n = chain.pending_timestamp, len(inputs)
     return (
@@ -132,6 +117,21 @@ def test_submit_many__any_bad_item__reverts_all(market, funded_client, registere
     assert market.balance_of(funded_client) == 1_000 * UNIT
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"max_payment": 0}, "market: zero payment"),
+        ({"input_data": b""}, "market: empty input"),
+        ({"input_data": b"x" * 8_001}, "market: input too large"),
+        ({"params": PARAMS[:160]}, "market: bad params"),
+        ({"params": encode_params(SamplingParams(max_tokens=0))}, "market: bad max tokens"),
+        ({"params": encode_params(SamplingParams(max_tokens=2_049))}, "market: bad max tokens"),
+        ({"claim_in": 0}, "market: claim deadline in past"),
+        ({"claim_in": 100, "result_in": 100}, "market: result deadline before claim deadline"),
+        ({"result_in": 30 * 86_400 + 1}, "market: deadline too far"),
+        ({"max_payment": 1_000 * UNIT + 1}, "market: insufficient balance"),
+    ],
+)
 def test_submit__bad_input__reverts_and_keeps_balance(
     market, submit, funded_client, kwargs, reason
 ):

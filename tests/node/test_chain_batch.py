@@ -135,6 +135,8 @@ def test_batch_of_results__one_publish_many_transaction__claims_open_publishes_c
     hashes = role.do_batch(items)
 
     assert hashes[0] is not None and hashes == [hashes[0]] * 3  # one transaction for all three
+    mined = net.w3.eth.wait_for_transaction_receipt(hashes[0], timeout=60, poll_latency=0.1)
+    assert mined["status"] == 1, mined
     for job_id in jobs:
         (pub,) = net.events("ResultPublished", job_id=job_id)
         assert pub["args"]["node"] == net.addr(NODE_A)
