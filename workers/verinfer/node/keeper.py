@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from verinfer.jobs import JobStatus
 from verinfer.node.contracts import Protocol
-from verinfer.node.sender import describe, is_transient
+from verinfer.node.sender import Backoff
 from verinfer.node.settings import NodeSettings
 from verinfer.node.store import Store
 from verinfer.node.watcher import Dispatch
@@ -37,25 +37,14 @@ class Keeper:
         (``sender.is_transient``) is one log line, and the next tick waits twice as long as
         the last (at most ``rpc_max_backoff_s``); due work taken from Redis in the failed tick
         is put back first."""
-        delay, failures = self.s.keeper_interval_s, 0
-        while not stop.wait(delay):
+        backoff = Backoff("keeper", self.s.keeper_interval_s, self.s.rpc_max_backoff_s, log)
+        while not stop.wait(backoff.delay):
             try:
                 self.tick()
             except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                failures += 1
-                delay = min(delay * 2, self.s.rpc_max_backoff_s)
-                log.warning(
-                    "keeper: rpc error (failure %d) retry_in=%.1fs error=%s",
-                    failures,
-                    delay,
-                    describe(exc),
-                )
+                backoff.failed(exc)
                 continue
-            if failures:
-                log.warning("keeper: rpc recovered after %d failures", failures)
-                delay, failures = self.s.keeper_interval_s, 0
+            backoff.succeeded()
 
     def _status(self, job_id: int) -> JobStatus:
         return JobStatus(self.p.market.functions.job_status(job_id).call())

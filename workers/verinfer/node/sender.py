@@ -66,6 +66,40 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
 
 
+class Backoff:
+    """The delay of a polling loop that meets endpoint failures: doubled after each one (at
+    most ``cap_s``), with one warning line per failure and one when the endpoint is back."""
+
+    def __init__(
+        self, name: str, base_s: float, cap_s: float, logger: logging.Logger | None = None
+    ) -> None:
+        self.name, self.base_s, self.cap_s = name, base_s, cap_s
+        self.delay, self.failures = base_s, 0
+        self.log = logger or log
+
+    def failed(self, exc: BaseException) -> float:
+        """Count ``exc`` and return the delay before the next try; re-raise it if it is not
+        the endpoint failing (``is_transient``)."""
+        if not is_transient(exc):
+            raise exc
+        self.failures += 1
+        self.delay = min(self.delay * 2, self.cap_s)
+        self.log.warning(
+            "%s: rpc error (failure %d) retry_in=%.1fs error=%s",
+            self.name,
+            self.failures,
+            self.delay,
+            describe(exc),
+        )
+        return self.delay
+
+    def succeeded(self) -> None:
+        """Back to the base delay (one line if there were failures)."""
+        if self.failures:
+            self.log.warning("%s: rpc recovered after %d failures", self.name, self.failures)
+            self.delay, self.failures = self.base_s, 0
+
+
 class TransientRpcError(RuntimeError):
     """A JSON-RPC answer that carries an endpoint error (in a batch answer, say)."""
 

@@ -23,7 +23,7 @@ from verinfer.jobs import JobRecord
 from verinfer.node.contracts import DecodedLog, Protocol
 from verinfer.node.metrics import Metrics
 from verinfer.node.policy import Policy
-from verinfer.node.sender import describe, is_transient
+from verinfer.node.sender import Backoff
 from verinfer.node.settings import NodeSettings
 from verinfer.node.store import Store
 
@@ -66,28 +66,16 @@ class Watcher:
         """Poll until ``stop`` is set. An endpoint failure (``sender.is_transient``) is logged
         as one line per failed poll and retried with doubling delays (at most
         ``rpc_max_backoff_s``); the cursor stays where it was, so nothing is missed."""
-        delay, failures = self.s.poll_interval_s, 0
+        backoff = Backoff("watcher", self.s.poll_interval_s, self.s.rpc_max_backoff_s, log)
         while not stop.is_set():
             try:
                 caught_up = self.poll_once()
             except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                failures += 1
-                delay = min(delay * 2, self.s.rpc_max_backoff_s)
-                log.warning(
-                    "watcher: rpc error (failure %d) retry_in=%.1fs error=%s",
-                    failures,
-                    delay,
-                    describe(exc),
-                )
-                stop.wait(delay)
+                stop.wait(backoff.failed(exc))
                 continue
-            if failures:
-                log.warning("watcher: rpc recovered after %d failures", failures)
-                delay, failures = self.s.poll_interval_s, 0
+            backoff.succeeded()
             if caught_up:
-                stop.wait(delay)
+                stop.wait(backoff.delay)
 
     def poll_once(self) -> bool:
         """Handle the next range of confirmed blocks; True when caught up with the head."""
