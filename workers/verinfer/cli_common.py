@@ -105,6 +105,26 @@ class Conn:
         return f"{text} {self.symbol}"
 
 
+def connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --network/--market/--account/--chain-id (each also read from $VERINFER_<NAME>), the
+    arguments of ``connect``."""
+    options = [
+        click.option("--network", envvar="VERINFER_NETWORK", help="ape network choice."),
+        click.option("--market", envvar="VERINFER_MARKET", help="Market contract address."),
+        click.option(
+            "--account",
+            envvar="VERINFER_ACCOUNT",
+            help="ape keystore alias (passphrase in $VERINFER_PASSPHRASE) or test:N on local.",
+        ),
+        click.option(
+            "--chain-id", envvar="VERINFER_CHAIN_ID", type=int, help="Expected chain id (checked)."
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 def chain_options(fn: Callable[..., Any] | None = None, *, default_account: str = "test:1") -> Any:
     """Add --network/--market/--account/--chain-id/--json; pass ``conn`` (connected).
 
@@ -114,16 +134,7 @@ def chain_options(fn: Callable[..., Any] | None = None, *, default_account: str 
         return functools.partial(chain_options, default_account=default_account)
 
     @click.option("--json", "as_json", is_flag=True, help="Print JSON (for agents and scripts).")
-    @click.option("--network", envvar="VERINFER_NETWORK", help="ape network choice.")
-    @click.option("--market", envvar="VERINFER_MARKET", help="Market contract address.")
-    @click.option(
-        "--account",
-        envvar="VERINFER_ACCOUNT",
-        help="ape keystore alias (passphrase in $VERINFER_PASSPHRASE) or test:N on local.",
-    )
-    @click.option(
-        "--chain-id", envvar="VERINFER_CHAIN_ID", type=int, help="Expected chain id (checked)."
-    )
+    @connection_options
     @functools.wraps(fn)
     def wrapper(
         network: str | None,

@@ -11,20 +11,13 @@ from typing import Any
 
 import click
 
-from verinfer.cli_common import verinfer_home
+from verinfer.cli_common import connection_options, verinfer_home
 
 KEY_FILE = "gateway.key"
 
 
 @click.command("gateway")
-@click.option("--network", envvar="VERINFER_NETWORK", help="ape network choice.")
-@click.option("--market", envvar="VERINFER_MARKET", help="Market contract address.")
-@click.option(
-    "--account",
-    envvar="VERINFER_ACCOUNT",
-    help="ape keystore alias (passphrase in $VERINFER_PASSPHRASE) or test:N on local.",
-)
-@click.option("--chain-id", envvar="VERINFER_CHAIN_ID", type=int, help="Expected chain id.")
+@connection_options
 @click.option("--host", help="Listen address [default: 127.0.0.1].")
 @click.option("--port", type=int, help="Listen port [default: 8765].")
 @click.option("--max-per-request", help="Most a request may escrow, in whole tokens [default: 1].")

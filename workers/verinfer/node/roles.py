@@ -88,8 +88,9 @@ class ChainRole:
                 bytes.fromhex(out["digest"]),
             )
             method = self.market.publish if action == "publish" else self.market.claim_and_publish
-            calls.append((action, method(job_id, record.as_struct(), *result)))
-            rows.append((job_id, record.as_struct(), result))
+            struct = record.as_struct()
+            calls.append((action, method(job_id, struct, *result)))
+            rows.append((job_id, struct, result))
             todo.append(n)
         sent = self._send_results(calls, rows)
         marked: list[str] = []
@@ -115,7 +116,7 @@ class ChainRole:
         transaction hash, or the TxRejected of a call that was not sent."""
         out: list[bytes | TxRejected | None] = [None] * len(calls)
         fits = [i for i, row in enumerate(rows) if len(row[2][0]) <= BATCH_OUTPUT_BYTES]
-        singles = [i for i in range(len(calls)) if i not in set(fits)]
+        singles = [i for i, row in enumerate(rows) if len(row[2][0]) > BATCH_OUTPUT_BYTES]
         for start in range(0, len(fits), PUBLISH_BATCH):
             group = fits[start : start + PUBLISH_BATCH]
             if len(group) < 2:
