@@ -5,6 +5,8 @@ line; a node killed with SIGKILL mid-job finishes the job after a restart."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import redis
 from verinfer.digest import result_digest
@@ -101,13 +103,22 @@ def test_node_killed_mid_job__restarted__job_finished_no_token_lost(net: Net) ->
         wait_for(lambda: net.status(first) == JobStatus.PUBLISHED, 120, "node up")
         job = net.submit(CLIENT_B, "a longer answer please", max_tokens=800)
         wait_for(lambda: net.status(job) == JobStatus.CLAIMED, 30, "claim")
-        held = f"verinfer:{net.dev.market.address[-8:].lower()}:node-a:unacked_index"
+        ns = f"verinfer:{net.dev.market.address[-8:].lower()}:node-a"
         broker = redis.Redis.from_url(net.redis_url)
-        wait_for(lambda: broker.zcard(held) > 0, 30, "a worker holding the job")
+
+        def infer_held() -> bool:  # the inference worker holds the job's message (unacked)
+            return any(json.loads(v)[2] == f"{ns}:infer" for v in broker.hvals(f"{ns}:unacked"))
+
+        wait_for(infer_held, 30, "the inference worker holding the job")
         node.kill()  # SIGKILL to the supervisor and its workers, mid-job
         assert net.status(job) == JobStatus.CLAIMED
         node.start()
-        wait_for(lambda: net.status(job) == JobStatus.PUBLISHED, 120, "the job after restart")
+        wait_for(
+            lambda: net.status(job) == JobStatus.PUBLISHED,
+            120,
+            "the job after restart",
+            context=lambda: node.log()[-6000:],
+        )
         net.dev.mine(seconds=120)
         wait_for(lambda: net.status(job) == JobStatus.FINALIZED, 60, "finalized")
     finally:

@@ -63,14 +63,20 @@ def restore_unacked(settings: NodeSettings) -> int:
     """Put the messages that a killed worker of this node held back on their queues.
 
     Call it only when no worker of this node runs (``verinfer node run`` does, at start);
-    returns how many were waiting.
+    returns how many were put back.
     """
     app = make_app(settings)
-    app.conf.broker_transport_options = transport_options(settings, visibility_timeout=0)
+    options = transport_options(settings, visibility_timeout=0)
+    app.conf.broker_transport_options = options
     with app.connection_for_write() as conn:
         channel: Any = conn.default_channel
         client = channel.client
-        waiting = int(client.zcard(f"{settings.namespace}:unacked_index"))
-        if waiting:
-            channel.qos.restore_visible(num=max(waiting, 1))
-    return waiting
+        held = int(client.zcard(options["unacked_index_key"]))
+        if not held:
+            return 0
+        # a worker killed inside kombu's periodic restore leaves its mutex for 5 minutes, and
+        # restore_visible skips silently while it is held; no worker of this node runs now,
+        # so the mutex is stale
+        client.delete(options["unacked_mutex_key"])
+        channel.qos.restore_visible(num=held)
+        return held - int(client.zcard(options["unacked_index_key"]))

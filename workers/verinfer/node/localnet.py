@@ -53,15 +53,23 @@ OWNER, CLIENT_A, CLIENT_B, CLIENT_C, NODE_A, NODE_B, CHEATER, KEEPER = range(8)
 CHEAT_SEED = 1  # the cheater's weights: the small model built with another seed
 
 
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    """Poll ``pred`` until it returns something truthy; AssertionError after ``timeout``."""
+def wait_for(
+    pred: Callable[[], Any],
+    timeout: float,
+    what: str,
+    every: float = 0.2,
+    context: Callable[[], str] | None = None,
+) -> Any:
+    """Poll ``pred`` until it returns something truthy; AssertionError after ``timeout``,
+    with what ``context()`` returns then (a node's log, say) appended to its message."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = pred()
         if value:
             return value
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    extra = f"\n{context()}" if context is not None else ""
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
 
 
 def tiny_model() -> tuple[Path, Manifest]:
