@@ -851,25 +851,28 @@ def publish_many(
 
 
 @external
-def finalize(job_id: uint256, job: IMarket.Job):
+def finalize(job_id: uint256, settlement: IMarket.Settlement):
     """
     @notice Pays a published job once its challenge window has passed; permissionless.
     @param job_id The job id.
-    @param job The job's fields as last emitted.
+    @param settlement The job's Settlement (its payment fields and the hash of the rest;
+           `settlement_of` computes it from the Job).
     """
-    self._finalize(job_id, job)
+    self._finalize(job_id, settlement)
 
 
 @external
-def finalize_many(job_ids: DynArray[uint256, MAX_BATCH], jobs: DynArray[IMarket.Job, MAX_BATCH]):
+def finalize_many(
+    job_ids: DynArray[uint256, MAX_BATCH], settlements: DynArray[IMarket.Settlement, MAX_BATCH]
+):
     """
     @notice Finalizes several jobs in one transaction; reverts if any cannot be.
     @param job_ids The job ids.
-    @param jobs Their fields, in the same order.
+    @param settlements Their Settlements, in the same order.
     """
-    assert len(job_ids) == len(jobs), "market: length mismatch"
+    assert len(job_ids) == len(settlements), "market: length mismatch"
     for i: uint256 in range(len(job_ids), bound=MAX_BATCH):
-        self._finalize(job_ids[i], jobs[i])
+        self._finalize(job_ids[i], settlements[i])
 
 
 @external
@@ -944,11 +947,22 @@ def job_hash(job_id: uint256) -> bytes32:
 @external
 def hash_job(job: IMarket.Job) -> bytes32:
     """
-    @notice keccak256(abi_encode(job)) with the low byte cleared, as stored.
+    @notice keccak256(abi_encode(settlement_of(job))) with the low byte cleared, as stored.
     @param job The job fields.
     @return The hash.
     """
     return convert(self._hash(job), bytes32)
+
+
+@pure
+@external
+def settlement_of(job: IMarket.Job) -> IMarket.Settlement:
+    """
+    @notice The Settlement that finalize takes for a job.
+    @param job The job fields.
+    @return The job's payment fields and the hash of the rest.
+    """
+    return self._settlement(job)
 
 
 # ---- court hooks ----
@@ -996,7 +1010,7 @@ def court_resolve(job_id: uint256, job: IMarket.Job, valid: bool) -> uint256:
     self._only_court()
     self._check_job(job_id, job, VERIFYING, "market: job not verifying")
     if valid:
-        self._pay(job_id, job, self._cfg)
+        self._pay(job_id, self._settlement(job), self._cfg)
         return 0
     self.balance_of[job.client] += job.max_payment
     slashed: uint256 = self._slash(job.node, max_value(uint256), job_id)
@@ -1064,17 +1078,81 @@ def court_pay_from_audit_pool(account: address, amount: uint256) -> uint256:
 # ---- internal: jobs ----
 @pure
 @internal
+def _rest_hash(job: IMarket.Job) -> bytes32:
+    """The hash of the job's fields that are not in its Settlement."""
+    return keccak256(
+        abi_encode(
+            job.model_id,
+            job.input_hash,
+            job.params_hash,
+            job.max_tokens,
+            job.preferred_node,
+            job.submitted_at,
+            job.claim_deadline,
+            job.result_deadline,
+            job.finish_reason,
+            job.result_digest,
+            job.published_block,
+        )
+    )
+
+
+@pure
+@internal
+def _settlement(job: IMarket.Job) -> IMarket.Settlement:
+    return IMarket.Settlement(
+        client=job.client,
+        max_payment=job.max_payment,
+        node=job.node,
+        price_per_token=job.price_per_token,
+        collateral=job.collateral,
+        output_tokens=job.output_tokens,
+        published_at=job.published_at,
+        rest_hash=self._rest_hash(job),
+    )
+
+
+@pure
+@internal
+def _hash_settlement(settlement: IMarket.Settlement) -> uint256:
+    return convert(keccak256(abi_encode(settlement)), uint256) & HASH_MASK
+
+
+@pure
+@internal
 def _hash(job: IMarket.Job) -> uint256:
-    return convert(keccak256(abi_encode(job)), uint256) & HASH_MASK
+    """Two-level: the hash of the job's Settlement (payment fields + hash of the rest);
+    `_hash_settlement(_settlement(job))`, without building the struct."""
+    return convert(
+        keccak256(
+            abi_encode(
+                job.client,
+                job.max_payment,
+                job.node,
+                job.price_per_token,
+                job.collateral,
+                job.output_tokens,
+                job.published_at,
+                self._rest_hash(job),
+            )
+        ),
+        uint256,
+    ) & HASH_MASK
+
+
+@view
+@internal
+def _check_word(job_id: uint256, hash: uint256, status: uint256, reason: String[32]):
+    word: uint256 = self._jobs[job_id]
+    if word & STATUS_MASK != status:
+        raise reason
+    assert word & HASH_MASK == hash, "market: job fields mismatch"
 
 
 @view
 @internal
 def _check_job(job_id: uint256, job: IMarket.Job, status: uint256, reason: String[32]):
-    word: uint256 = self._jobs[job_id]
-    if word & STATUS_MASK != status:
-        raise reason
-    assert word & HASH_MASK == self._hash(job), "market: job fields mismatch"
+    self._check_word(job_id, self._hash(job), status, reason)
 
 
 @internal
@@ -1175,15 +1253,15 @@ def _publish(
 
 
 @internal
-def _finalize(job_id: uint256, job: IMarket.Job):
-    self._check_job(job_id, job, PUBLISHED, "market: job not published")
+def _finalize(job_id: uint256, job: IMarket.Settlement):
+    self._check_word(job_id, self._hash_settlement(job), PUBLISHED, "market: job not published")
     cfg: uint256 = self._cfg
     assert block.timestamp > convert(job.published_at, uint256) + self._field(cfg, SH_CHALLENGE, 24), "market: challenge window open"
     self._pay(job_id, job, cfg)
 
 
 @internal
-def _pay(job_id: uint256, job: IMarket.Job, cfg: uint256):
+def _pay(job_id: uint256, job: IMarket.Settlement, cfg: uint256):
     """Pays a job whose result stands: node earns, client gets the rest back."""
     price: uint256 = min(convert(job.output_tokens, uint256) * job.price_per_token, job.max_payment)
     fee: uint256 = price * self._field(cfg, SH_FEE, 16) // MAX_BPS

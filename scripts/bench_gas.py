@@ -114,7 +114,7 @@ def happy_path(b: Bench) -> dict[str, int]:
     claim = b.claim(job)
     publish = b.publish(job)
     b.pass_time(b.market.challenge_window() + 1)
-    finalize = b.market.finalize(job.job_id, job.as_struct(), sender=b.client).gas_used
+    finalize = b.market.finalize(job.job_id, job.as_settlement(), sender=b.client).gas_used
     assert b.status(job) == 5, "happy path job not finalized"
     return {"submit": submit, "claim": claim, "publish": publish, "finalize": finalize}
 
@@ -161,7 +161,7 @@ def batched_path(b: Bench, one_tx: bool, submit_many: bool = False) -> int:
             total += b.claim_and_publish(job)
     b.pass_time(b.market.challenge_window() + 1)
     tx = b.market.finalize_many(
-        [j.job_id for j in jobs], [j.as_struct() for j in jobs], sender=b.client
+        [j.job_id for j in jobs], [j.as_settlement() for j in jobs], sender=b.client
     )
     total += tx.gas_used
     assert all(b.status(j) == 5 for j in jobs), "batched jobs not finalized"

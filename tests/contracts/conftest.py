@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from eth_utils import keccak
 from verinfer.digest import SamplingParams, encode_params, model_id, result_digest
+from verinfer.jobs import settlement_of
 
 UNIT = 10**18
 MIN_STAKE = 1_000 * UNIT
@@ -59,6 +60,10 @@ class Job:
     def as_tuple(self) -> tuple[Any, ...]:
         """The struct as ape expects it for a tuple argument."""
         return tuple(getattr(self, f.name) for f in fields(self))
+
+    def as_settlement(self) -> tuple[Any, ...]:
+        """The `IMarket.Settlement` that finalize takes."""
+        return settlement_of(self)
 
 
 def job_from_submitted(log: Any, input_data: bytes, params: bytes) -> Job:

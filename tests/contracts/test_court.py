@@ -125,7 +125,7 @@ def test_finalize__while_verifying__reverts(market, opened, keeper, chain):
     job_id, job, _, _ = opened
     chain.pending_timestamp = job.published_at + 3_601
     with ape.reverts("market: job not published"):
-        market.finalize(job_id, job.as_tuple(), sender=keeper)
+        market.finalize(job_id, job.as_settlement(), sender=keeper)
 
 
 # ---- verifier ----

@@ -5,8 +5,10 @@ from typing import Any
 
 import ape
 import pytest
+from eth_abi import encode
 from eth_utils import keccak
 from verinfer.digest import SamplingParams, encode_params, result_digest
+from verinfer.jobs import SETTLEMENT_FIELDS, SETTLEMENT_TYPE
 
 from tests.contracts.conftest import (
     CANCELLED,
@@ -346,7 +348,7 @@ def test_finalize__pays_node_refunds_client_and_logs(
     job_id, job = published_job
     assert_conserved(market, token, accounts, live_escrow=MAX_PAYMENT)
     chain.pending_timestamp = job.published_at + 3_601
-    tx = market.finalize(job_id, job.as_tuple(), sender=keeper)
+    tx = market.finalize(job_id, job.as_settlement(), sender=keeper)
     fee, audit = PAYMENT * 100 // 10_000, PAYMENT * 200 // 10_000
     assert market.job_status(job_id) == FINALIZED
     assert market.claimable(staked_node) == PAYMENT - fee - audit
@@ -365,7 +367,7 @@ def test_finalize__pays_node_refunds_client_and_logs(
     assert bytes(market.job_hash(job_id)) == b"\x00" * 32
     assert market.job_status(market.next_job_id()) == 0 and market.job_status(0) == 0
     with ape.reverts("market: job not published"):
-        market.finalize(job_id, job.as_tuple(), sender=keeper)
+        market.finalize(job_id, job.as_settlement(), sender=keeper)
 
 
 def test_finalize__price_is_capped_at_max_payment(
@@ -376,16 +378,52 @@ def test_finalize__price_is_capped_at_max_payment(
     job, _ = claim(job_id, job, node_op)
     job, _ = publish(job_id, job, node_op)
     chain.pending_timestamp = job.published_at + 3_601
-    tx = market.finalize(job_id, job.as_tuple(), sender=node_op)
+    tx = market.finalize(job_id, job.as_settlement(), sender=node_op)
     [log] = tx.decode_logs(market.JobFinalized)
     assert log.refund == 0 and log.payment + log.fee + log.audit_share == MAX_PAYMENT
     assert market.balance_of(funded_client) == 1_000 * UNIT - MAX_PAYMENT
 
 
+SETTLEMENT_NAMES = (*SETTLEMENT_FIELDS, "rest_hash")
+
+
+def test_settlement_of__matches_local_and_hashes_to_the_stored_word(market, published_job):
+    job_id, job = published_job
+    settlement = market.settlement_of(job.as_tuple())
+    assert tuple(settlement)[:7] == job.as_settlement()[:7]
+    assert bytes(settlement.rest_hash) == job.as_settlement()[7]
+    stored = bytes(market.job_hash(job_id))
+    assert stored == bytes(market.hash_job(job.as_tuple()))
+    assert stored == keccak(encode([SETTLEMENT_TYPE], [job.as_settlement()]))[:31] + b"\x00"
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("client", "attacker"),
+        ("node", "attacker"),
+        ("price_per_token", 10**18),
+        ("output_tokens", 1),
+        ("published_at", 0),
+        ("rest_hash", b"\x01" * 32),
+    ],
+)
+def test_finalize__tampered_settlement__reverts(market, published_job, keeper, chain, field, value):
+    job_id, job = published_job
+    chain.pending_timestamp = job.published_at + 3_601
+    settlement = dict(zip(SETTLEMENT_NAMES, job.as_settlement(), strict=True))
+    settlement[field] = keeper.address if value == "attacker" else value
+    with ape.reverts("market: job fields mismatch"):
+        market.finalize(job_id, tuple(settlement.values()), sender=keeper)
+    with ape.reverts("market: job fields mismatch"):
+        market.finalize_many([job_id], [tuple(settlement.values())], sender=keeper)
+    assert market.job_status(job_id) == PUBLISHED
+
+
 def test_finalize__too_early__reverts(market, published_job, keeper):
     job_id, job = published_job
     with ape.reverts("market: challenge window open"):
-        market.finalize(job_id, job.as_tuple(), sender=keeper)
+        market.finalize(job_id, job.as_settlement(), sender=keeper)
 
 
 def test_finalize_many__finalizes_each(market, submit, claim, publish, staked_node, keeper, chain):
@@ -395,7 +433,7 @@ def test_finalize_many__finalizes_each(market, submit, claim, publish, staked_no
         job, _ = claim(job_id, job, staked_node)
         job, _ = publish(job_id, job, staked_node)
         ids.append(job_id)
-        jobs.append(job.as_tuple())
+        jobs.append(job.as_settlement())
     chain.pending_timestamp += 3_601
     tx = market.finalize_many(ids, jobs, sender=keeper)
     assert [log.job_id for log in tx.decode_logs(market.JobFinalized)] == ids
@@ -409,7 +447,7 @@ def test_withdraw_fees__credits_fee_recipient(
 ):
     job_id, job = published_job
     chain.pending_timestamp = job.published_at + 3_601
-    market.finalize(job_id, job.as_tuple(), sender=owner)
+    market.finalize(job_id, job.as_settlement(), sender=owner)
     fee = market.protocol_fees()
     tx = market.withdraw_fees(sender=owner)
     assert market.protocol_fees() == 0 and market.claimable(fee_recipient) == fee

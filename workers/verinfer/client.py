@@ -616,7 +616,7 @@ class Client:
         if handle.status != JobStatus.PUBLISHED:
             raise ClientError(f"job {handle.job_id} is {handle.status.name}, not PUBLISHED")
         with guard("finalize"):
-            self.market.finalize(handle.job_id, handle.record.as_struct(), sender=self.account)
+            self.market.finalize(handle.job_id, handle.record.as_settlement(), sender=self.account)
         return self.job(handle.job_id).result()
 
     # ---- logs ----

@@ -2,7 +2,9 @@
 
 The market stores only a hash of each job (PROTOCOL §4); every transition takes the job's
 fields back as calldata. `JobRecord` collects those fields from `JobSubmitted`,
-`JobClaimed` and `ResultPublished` and hands them back as the `IMarket.Job` struct.
+`JobClaimed` and `ResultPublished` and hands them back as the `IMarket.Job` struct, or as
+the shorter `IMarket.Settlement` that `finalize` takes (the payment fields plus one hash of
+the other eleven; its keccak256 is the job's stored hash).
 """
 
 from __future__ import annotations
@@ -15,11 +17,40 @@ from verinfer.digest import SamplingParams, result_digest, unpack_tokens
 
 ZERO_ADDRESS = "0x" + "00" * 20
 ZERO_BYTES32 = b"\x00" * 32
-# IMarket.Job as one ABI tuple type (contracts/interfaces/IMarket.vyi, field order)
-STRUCT_TYPE = (
-    "(address,bytes32,bytes32,bytes32,uint32,uint256,address,uint64,uint64,uint64,"
-    "address,uint256,uint256,uint32,uint8,bytes32,uint64,uint64)"
+# IMarket.Settlement, and the fields of a Job hashed into its rest_hash, with their ABI types
+SETTLEMENT_FIELDS = (
+    "client",
+    "max_payment",
+    "node",
+    "price_per_token",
+    "collateral",
+    "output_tokens",
+    "published_at",
 )
+SETTLEMENT_TYPE = "(address,uint256,address,uint256,uint256,uint32,uint64,bytes32)"
+REST_FIELDS = (
+    ("model_id", "bytes32"),
+    ("input_hash", "bytes32"),
+    ("params_hash", "bytes32"),
+    ("max_tokens", "uint32"),
+    ("preferred_node", "address"),
+    ("submitted_at", "uint64"),
+    ("claim_deadline", "uint64"),
+    ("result_deadline", "uint64"),
+    ("finish_reason", "uint8"),
+    ("result_digest", "bytes32"),
+    ("published_block", "uint64"),
+)
+
+
+def settlement_of(job: Any) -> tuple:
+    """`Market.settlement_of(job)`, computed locally for anything with the `IMarket.Job`
+    field names as attributes: the payment fields, then keccak256 of the abi-encoded rest."""
+    from eth_abi import encode
+    from eth_utils import keccak
+
+    rest = keccak(encode([t for _, t in REST_FIELDS], [getattr(job, f) for f, _ in REST_FIELDS]))
+    return (*(getattr(job, f) for f in SETTLEMENT_FIELDS), rest)
 
 
 class JobStatus(IntEnum):
@@ -126,13 +157,17 @@ class JobRecord:
         """The `IMarket.Job` struct, as the tuple ape and web3 encode."""
         return tuple(getattr(self, name) for name in self.STRUCT_FIELDS)
 
+    def as_settlement(self) -> tuple:
+        """The `IMarket.Settlement` struct that `finalize` takes (`Market.settlement_of`)."""
+        return settlement_of(self)
+
     def struct_hash(self) -> bytes:
-        """keccak256(abi_encode(Job)) with the low byte cleared: `Market.hash_job`, computed
-        locally (the struct is static, so its encoding is its words in field order)."""
+        """keccak256(abi_encode(Settlement)) with the low byte cleared: `Market.hash_job`,
+        computed locally (static structs: their encoding is their words in field order)."""
         from eth_abi import encode
         from eth_utils import keccak
 
-        digest = keccak(encode([STRUCT_TYPE], [self.as_struct()]))
+        digest = keccak(encode([SETTLEMENT_TYPE], [settlement_of(self)]))
         return digest[:31] + b"\x00"
 
     @property

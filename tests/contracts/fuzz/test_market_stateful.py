@@ -28,6 +28,7 @@ from hypothesis.stateful import (
     rule,
 )
 from verinfer.digest import SamplingParams, encode_params, model_id
+from verinfer.jobs import settlement_of
 
 from .deployers import deployer
 from .model import (
@@ -577,7 +578,7 @@ class MarketMachine(RuleBasedStateMachine):
 
     def do_finalize(self, js: JobState) -> None:
         reason = self.books.finalize_reason(js, now())
-        if self.act(reason, self.keeper, self.market.finalize, js.job_id, js.job):
+        if self.act(reason, self.keeper, self.market.finalize, js.job_id, settlement_of(js.job)):
             self._finalized(js)
 
     @precondition(lambda self: self.jobs_in(PUBLISHED))
@@ -588,8 +589,8 @@ class MarketMachine(RuleBasedStateMachine):
         batch = list({id(js): js for js in (self.pick(published, i) for i in picks)}.values())
         reasons = [self.books.finalize_reason(js, now()) for js in batch]
         reason = next((r for r in reasons if r is not None), None)
-        ids, jobs = [js.job_id for js in batch], [js.job for js in batch]
-        if self.act(reason, self.keeper, self.market.finalize_many, ids, jobs):
+        ids, settlements = [js.job_id for js in batch], [settlement_of(js.job) for js in batch]
+        if self.act(reason, self.keeper, self.market.finalize_many, ids, settlements):
             for js in batch:
                 self._finalized(js)
 

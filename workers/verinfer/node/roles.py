@@ -214,7 +214,7 @@ class ChainRole:
         ]
         if not live:
             return None
-        fn = self.market.finalize_many([r.job_id for r in live], [r.as_struct() for r in live])
+        fn = self.market.finalize_many([r.job_id for r in live], [r.as_settlement() for r in live])
         return self.sender.send("finalize", fn)
 
     def do_start_audit(self, job_id: int) -> bytes | None:
