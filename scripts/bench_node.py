@@ -8,12 +8,15 @@ measured: raw 20-21 jobs/s), the scale issue 4 asks for. The node runs it with
 claim_mode=run-first: open jobs are run first and claimed+published in one transaction.
 
 Figures:
-* raw_engine_jobs_per_s: the engine alone in one process with THREADS torch threads (all
-  the cores) on all the bench prompts, at each batch size of BATCHES, measured before the
-  node starts; the best batch is the node's VERINFER_BATCH_SIZE. It is measured again at that
-  batch after the node stopped and the higher figure counts. The node runs with its default
-  engine threads (the cores minus one: 1 here) and one inference worker (BENCH_NODE_THREADS,
-  BENCH_INFER_WORKERS change that).
+* raw_engine_jobs_per_s: the engine alone on all the bench prompts, the best of two layouts:
+  one process with THREADS torch threads (all the cores), at each batch size of BATCHES (the
+  best batch is the node's VERINFER_BATCH_SIZE), and the node's own layout at that batch (its
+  inference workers as that many processes of its torch threads each, the prompts dealt
+  among them, all started together; `raw_jobs_per_s_by_layout` gives both). Both are measured
+  before the node starts and again after it stopped; the highest figure counts. The node
+  runs with its defaults: two inference workers of one torch thread each here (the cores
+  minus one, split between the workers and rounded up); BENCH_INFER_WORKERS and
+  BENCH_NODE_THREADS change that.
 * pipeline_jobs_per_s: jobs / (client holding the last checked result - the node seeing the
   first job). The 200 submissions are signed up front and sent with consecutive nonces
   (raw web3), so the window measures the node, not the client.
@@ -39,19 +42,25 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "workers"))
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from verinfer.node.settings import NodeSettings  # noqa: E402  (after the path set-up)
+
 N_JOBS = int(os.environ.get("BENCH_JOBS", "200"))
 MAX_TOKENS = 64
 THREADS = 2
-# the node's inference workers: INFER_WORKERS processes (VERINFER_INFER_WORKERS) of
-# NODE_THREADS torch threads each (VERINFER_TORCH_THREADS; 0: the node's default, the cores
-# minus one), on the same cores as the raw engine
-INFER_WORKERS = int(os.environ.get("BENCH_INFER_WORKERS", "1"))
+# the node's inference workers: INFER_WORKERS processes (VERINFER_INFER_WORKERS; by default
+# the node's default, 2) of NODE_THREADS torch threads each (VERINFER_TORCH_THREADS; 0: the
+# node's default, the cores minus one split among the workers, rounded up: 1 here), on the
+# same cores as the raw engine
+INFER_WORKERS = int(
+    os.environ.get("BENCH_INFER_WORKERS", NodeSettings.model_fields["infer_workers"].default)
+)
 NODE_THREADS = int(os.environ.get("BENCH_NODE_THREADS", "0"))
 BATCHES = (8, 16, 32)
 BENCH_CONFIG = dict(
@@ -102,6 +111,11 @@ def main() -> int:
         log("== raw engine on the same prompts")
         prompts = [f"Job {i}: explain how open models are served." for i in range(N_JOBS)]
         raw_rate, best_batch = raw_engine(path, prompts, BATCHES)
+        # the node's own layout too (its workers x their threads): raw is the best of both
+        layout = (INFER_WORKERS, NODE_THREADS or node_threads_default())
+        raw_rates = {f"1x{THREADS}": raw_rate}
+        if layout != (1, THREADS):
+            raw_rates[f"{layout[0]}x{layout[1]}"] = raw_layout(path, prompts, best_batch, *layout)
         node = net.node(
             NODE_A,
             "bench-node",
@@ -117,7 +131,7 @@ def main() -> int:
         metrics = Metrics(redis.Redis.from_url(redis_url), f"verinfer:{ns}:bench-node")
         log(
             f"== warming the node up (engine batch {best_batch}, {INFER_WORKERS} inference "
-            f"workers x {NODE_THREADS or 'default'} torch threads)"
+            f"workers x {layout[1]} torch threads)"
         )
         w3, market = dev.w3, dev.market
         client = net.keys[CLIENT_A]
@@ -252,7 +266,13 @@ def main() -> int:
         node.stop()
         node = None
         log("== raw engine again (after the flood), same prompts")
-        raw_rate = max(raw_rate, raw_engine(path, prompts, (best_batch,))[0])
+        raw_rates[f"1x{THREADS}"] = max(
+            raw_rates[f"1x{THREADS}"], raw_engine(path, prompts, (best_batch,))[0]
+        )
+        if layout != (1, THREADS):
+            key = f"{layout[0]}x{layout[1]}"
+            raw_rates[key] = max(raw_rates[key], raw_layout(path, prompts, best_batch, *layout))
+        raw_rate = max(raw_rates.values())
         lat = sorted(got[j] - sent[j] for j in got)
         result = {
             "jobs": N_JOBS,
@@ -264,6 +284,8 @@ def main() -> int:
             "p50_submit_to_result_s": round(statistics.median(lat), 2),
             "p95_submit_to_result_s": round(lat[int(0.95 * (len(lat) - 1))], 2),
             "node_peak_rss_mb": round(peak[0]),
+            "raw_jobs_per_s_by_layout": {k: round(v, 2) for k, v in raw_rates.items()},
+            "node_layout": f"{layout[0]} inference workers x {layout[1]} torch threads",
         }
     finally:
         if node is not None:
@@ -278,28 +300,24 @@ def main() -> int:
     return 0
 
 
+def node_threads_default() -> int:
+    """The torch threads of each of the node's INFER_WORKERS workers when it picks them."""
+    address = "0x" + "11" * 20
+    return NodeSettings(
+        market=address, court=address, account="bench", infer_workers=INFER_WORKERS
+    ).engine_threads()  # type: ignore[call-arg]
+
+
 def raw_engine(path: Path, prompts: list[str], batches: tuple[int, ...]) -> tuple[float, int]:
     """Jobs per second of the engine alone on all ``prompts`` (same jobs, same threads) at its
     best batch size among ``batches``; returns (rate, batch)."""
     import torch
-    from verinfer.digest import SamplingParams
-    from verinfer.engines.base import Job
     from verinfer.engines.hf import TransformersEngine
-    from verinfer.inputs import encode_text_input
     from verinfer.models.loader import load_model
 
     torch.set_num_threads(THREADS)
     model = load_model(path)
-    jobs = [
-        Job(
-            model.model_id,
-            SamplingParams(
-                max_tokens=MAX_TOKENS, temperature_milli=700, seed=i, stop_token_ids=(2**31,)
-            ),
-            input_data=encode_text_input(p),
-        )
-        for i, p in enumerate(prompts)
-    ]
+    jobs = _jobs(model.model_id, list(enumerate(prompts)))
     best, best_batch = 0.0, batches[0]
     for batch in batches:
         engine = TransformersEngine(model, max_batch_size=batch)
@@ -311,6 +329,66 @@ def raw_engine(path: Path, prompts: list[str], batches: tuple[int, ...]) -> tupl
         if rate > best:
             best, best_batch = rate, batch
     return best, best_batch
+
+
+def _raw_worker(
+    path: Path, prompts: list[tuple[int, str]], batch: int, threads: int, start: Any, out: Any
+) -> None:
+    """One process of `raw_layout`: load, warm up, wait for the others, time its share."""
+    import torch
+    from verinfer.engines.hf import TransformersEngine
+    from verinfer.models.loader import load_model
+
+    torch.set_num_threads(threads)
+    model = load_model(path)
+    jobs = _jobs(model.model_id, prompts)
+    engine = TransformersEngine(model, max_batch_size=batch)
+    engine.generate(jobs[:batch])
+    start.wait()
+    engine.generate(jobs)
+    out.put(time.perf_counter())
+
+
+def raw_layout(path: Path, prompts: list[str], batch: int, procs: int, threads: int) -> float:
+    """Jobs per second of the engine alone run the way the node runs it: ``procs`` processes
+    of ``threads`` torch threads each, the prompts dealt round-robin, all started together;
+    the rate is all jobs over the time until the last process finishes."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Barrier(procs + 1), ctx.Queue()
+    numbered = list(enumerate(prompts))
+    workers = [
+        ctx.Process(target=_raw_worker, args=(path, numbered[k::procs], batch, threads, start, out))
+        for k in range(procs)
+    ]
+    for w in workers:
+        w.start()
+    start.wait(timeout=600)
+    t0 = time.perf_counter()
+    finished = [out.get(timeout=600) for _ in workers]
+    for w in workers:
+        w.join()
+    rate = len(prompts) / (max(finished) - t0)
+    log(f"   {procs} processes x {threads} threads, batch {batch}: {rate:.1f} jobs/s")
+    return rate
+
+
+def _jobs(model_id: bytes, prompts: list[tuple[int, str]]) -> list[Any]:
+    from verinfer.digest import SamplingParams
+    from verinfer.engines.base import Job
+    from verinfer.inputs import encode_text_input
+
+    return [
+        Job(
+            model_id,
+            SamplingParams(
+                max_tokens=MAX_TOKENS, temperature_milli=700, seed=i, stop_token_ids=(2**31,)
+            ),
+            input_data=encode_text_input(p),
+        )
+        for i, p in prompts
+    ]
 
 
 if __name__ == "__main__":

@@ -1,10 +1,40 @@
 """Inference engines behind one interface (``Engine.generate(jobs) -> list[JobResult]``).
 
 ``TransformersEngine`` is the default; ``verinfer.engines.vllm_engine.VllmEngine`` is the
-optional GPU engine (``pip install 'verinfer[vllm]'``), imported lazily.
+optional GPU engine (``pip install 'verinfer[vllm]'``), imported lazily. The names below are
+imported on first use (PEP 562): ``verinfer.engines.base`` alone does not import torch.
 """
 
-from verinfer.engines.base import Engine, Job, JobError, JobResult
-from verinfer.engines.hf import TransformersEngine, generate_batch
+from __future__ import annotations
 
-__all__ = ["Engine", "Job", "JobError", "JobResult", "TransformersEngine", "generate_batch"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_WHERE = {
+    "Engine": "base",
+    "Job": "base",
+    "JobError": "base",
+    "JobResult": "base",
+    "TransformersEngine": "hf",
+    "generate_batch": "hf",
+}
+
+__all__ = [
+    "Engine",
+    "Job",
+    "JobError",
+    "JobResult",
+    "TransformersEngine",
+    "generate_batch",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+
+
+if TYPE_CHECKING:
+    from verinfer.engines.base import Engine, Job, JobError, JobResult
+    from verinfer.engines.hf import TransformersEngine, generate_batch

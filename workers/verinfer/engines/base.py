@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from verinfer.digest import FinishReason, SamplingParams
 from verinfer.inputs import InputFormatError, tokenize_input
-from verinfer.models.loader import LoadedModel
+
+if TYPE_CHECKING:  # the loader imports torch; this module does not need it
+    from verinfer.models.loader import LoadedModel
 
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 

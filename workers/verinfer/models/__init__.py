@@ -1,20 +1,30 @@
-"""Models: manifests, the deterministic tiny model and the checked loader."""
+"""Models: manifests, the deterministic tiny model and the checked loader.
 
-from verinfer.models.loader import (
-    LoadedModel,
-    ModelRegistry,
-    UnknownModelError,
-    load_model,
-    resolve_model_path,
-)
-from verinfer.models.manifest import (
-    MANIFEST_NAME,
-    Manifest,
-    ModelFileError,
-    build_manifest,
-    check_files,
-)
-from verinfer.models.tiny import TinyConfig, build_tiny_model, tiny_model_path
+The names below are imported on first use (PEP 562), so that importing ``verinfer.models``
+(or a light module of it, like ``manifest``) does not import torch: the node's supervisor and
+chain worker never load a model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_WHERE = {
+    "LoadedModel": "loader",
+    "ModelRegistry": "loader",
+    "UnknownModelError": "loader",
+    "load_model": "loader",
+    "resolve_model_path": "loader",
+    "MANIFEST_NAME": "manifest",
+    "Manifest": "manifest",
+    "ModelFileError": "manifest",
+    "build_manifest": "manifest",
+    "check_files": "manifest",
+    "TinyConfig": "tiny",
+    "build_tiny_model": "tiny",
+    "tiny_model_path": "tiny",
+}
 
 __all__ = [
     "MANIFEST_NAME",
@@ -31,3 +41,27 @@ __all__ = [
     "resolve_model_path",
     "tiny_model_path",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+
+
+if TYPE_CHECKING:
+    from verinfer.models.loader import (
+        LoadedModel,
+        ModelRegistry,
+        UnknownModelError,
+        load_model,
+        resolve_model_path,
+    )
+    from verinfer.models.manifest import (
+        MANIFEST_NAME,
+        Manifest,
+        ModelFileError,
+        build_manifest,
+        check_files,
+    )
+    from verinfer.models.tiny import TinyConfig, build_tiny_model, tiny_model_path

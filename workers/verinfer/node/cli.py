@@ -35,12 +35,20 @@ def _settings():  # type: ignore[no-untyped-def]
 )
 def run(roles: tuple[str, ...]) -> None:
     """Watch the chain, serve jobs, verify when picked, keep, until SIGINT/SIGTERM."""
+    import os
+
+    # the supervisor runs no model: transformers, which it uses for the tokenizers of the
+    # input checks, need not import torch here (~300 MB); the workers get the environment
+    # as it was
+    worker_env = dict(os.environ)
+    os.environ.setdefault("USE_TORCH", "0")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no "PyTorch not found" line
     from verinfer.node.logs import setup_logging
     from verinfer.node.runner import NodeRunner
 
     settings = _settings()
     setup_logging(settings.log_level)
-    runner = NodeRunner(settings, roles or ("chain", "infer"))
+    runner = NodeRunner(settings, roles or ("chain", "infer"), worker_env=worker_env)
     try:
         runner.start()
     except Exception as exc:

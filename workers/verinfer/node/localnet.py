@@ -179,6 +179,7 @@ class Net:
                 "VERINFER_KEEPER_INTERVAL_S": "0.5",
                 "VERINFER_WITHDRAW_EVERY_S": "1",
                 "VERINFER_TORCH_THREADS": "1",
+                "VERINFER_INFER_WORKERS": "1",  # several nodes share this machine's cores
                 "VERINFER_TX_STUCK_AFTER_S": "5",
                 "VERINFER_EST_JOB_S": "0.5",
                 "VERINFER_LOG_LEVEL": "INFO",

@@ -32,7 +32,7 @@ log = logging.getLogger("verinfer.node")
 
 def worker_command(settings: NodeSettings, role: str, name: str) -> list[str]:
     """The ``celery worker`` command line of a node worker for ``role`` (chain or infer)."""
-    prefetch = 1 if role == "chain" else 2 * settings.batch_size
+    prefetch = 1 if role == "chain" else settings.batch_size
     return [
         sys.executable,
         "-m",
@@ -61,9 +61,16 @@ def worker_command(settings: NodeSettings, role: str, name: str) -> list[str]:
 class NodeRunner:
     """Starts, watches and stops every part of one node."""
 
-    def __init__(self, settings: NodeSettings, roles: tuple[str, ...] = ("chain", "infer")) -> None:
+    def __init__(
+        self,
+        settings: NodeSettings,
+        roles: tuple[str, ...] = ("chain", "infer"),
+        worker_env: dict[str, str] | None = None,
+    ) -> None:
+        """``worker_env``: the environment the workers start from (default: this process's)."""
         self.s = settings
         self.roles = roles
+        self.worker_env = worker_env
         self.stop_event = threading.Event()
         self.procs: dict[str, subprocess.Popen] = {}
         self.threads: list[threading.Thread] = []
@@ -86,7 +93,7 @@ class NodeRunner:
         restored = restore_unacked(s)
         if restored:
             log.warning("restored %d tasks held by a worker that did not stop", restored)
-        env = {**os.environ, **self._env()}
+        env = {**(self.worker_env or os.environ), **self._env()}
         for role in self.roles:
             for i in range(s.infer_workers if role == "infer" else 1):
                 key = role if i == 0 else f"{role}-{i}"

@@ -44,15 +44,16 @@ class NodeSettings(BaseSettings):
     # pipeline
     redis_url: str = "redis://127.0.0.1:6379/0"
     batch_size: int = 16  # jobs per engine call at most
-    batch_wait_s: float = 0.05  # how long a batch waits for company
+    batch_wait_s: float = 0.05  # a batch goes when no job came for this long (or it is full)
+    batch_max_wait_s: float = 0.25  # ... or when its first job has waited this long
     visibility_timeout_s: int = 3_600  # must exceed the longest job (Celery redelivers after it)
-    # intra-op threads of each inference worker; 0: auto, the CPU cores this process may use
-    # minus one (at least 1), shared by the inference workers, so that the watcher, the keeper
-    # and the sender keep a core (see ``engine_threads``)
+    # intra-op threads of each inference worker; 0: auto (see ``engine_threads``)
     torch_threads: int = Field(default=0, ge=0)
-    # inference worker processes `verinfer node run` starts (each loads the models and forms
-    # its own batches; on a GPU host: one per GPU with CUDA_VISIBLE_DEVICES, or extra hosts)
-    infer_workers: int = 1
+    # inference worker processes `verinfer node run` starts. Each loads the models and forms
+    # its own batches; two take turns, one decoding while the other hands its results on and
+    # fetches its next batch (docs/operations.md, bench-node). On a GPU host: one per GPU with
+    # CUDA_VISIBLE_DEVICES, or extra hosts.
+    infer_workers: int = 2
     # niceness added to the supervisor (watcher, keeper) and the chain worker: on a CPU host
     # the engine's threads then get the cores first (0: off)
     support_nice: int = Field(default=10, ge=0, le=19)
@@ -98,8 +99,10 @@ class NodeSettings(BaseSettings):
 
     def engine_threads(self) -> int:
         """Torch threads of one inference worker: ``torch_threads``, or when it is 0 the usable
-        CPU cores minus one, split among ``infer_workers`` (at least 1). On a small CPU host a
-        torch thread per core stalls whenever the node's other processes run: every decode
+        CPU cores minus one, split among ``infer_workers`` and rounded up (at least 1): one
+        worker leaves a core to the watcher, keeper and sender; two workers, which decode in
+        turns, share all of them (2 cores: 1 thread each). On a small CPU host a torch thread
+        per core for one worker stalls whenever the node's other processes run: every decode
         step waits for its slowest thread (docs/operations.md, bench-node)."""
         if self.torch_threads:
             return self.torch_threads
@@ -107,7 +110,7 @@ class NodeSettings(BaseSettings):
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
         cores = cores or os.cpu_count() or 1
-        return max(1, (cores - 1) // self.infer_workers)
+        return max(1, -(-(cores - 1) // self.infer_workers))
 
     @property
     def namespace(self) -> str:

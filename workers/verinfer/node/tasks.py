@@ -13,8 +13,8 @@ import socket
 from typing import Any
 
 from celery import signals
-from celery_batches import Batches
 
+from verinfer.node.batching import EngineBatches
 from verinfer.node.celery_app import CHAIN_TASK, INFER_TASK, Dispatcher, make_app
 from verinfer.node.logs import setup_logging
 from verinfer.node.sender import RpcUnavailable
@@ -123,13 +123,16 @@ def _on_shutdown(**_: Any) -> None:
 
 @app.task(
     name=INFER_TASK,
-    base=Batches,
+    base=EngineBatches,
     flush_every=settings.batch_size,
-    flush_interval=settings.batch_wait_s,
+    flush_interval=settings.batch_wait_s / 4,  # timer ticks; the rule is EngineBatches.due
+    gap=settings.batch_wait_s,
+    max_wait=settings.batch_max_wait_s,
     acks_late=True,
 )
 def infer(requests: list[Any]) -> None:
-    """One batch of inference calls (celery-batches collects them)."""
+    """One batch of inference calls (celery-batches collects them, `EngineBatches` decides
+    when the batch goes)."""
     infer_role().run_batch([r.args for r in requests])
 
 
