@@ -15,18 +15,6 @@ from verinfer.node.celery_app import make_app, restore_unacked, transport_option
 from verinfer.node.localnet import ROOT, Net
 from verinfer.node.settings import NodeSettings
 
-
-def _settings(net: Net, account: str) -> NodeSettings:
-    return NodeSettings(
-        rpc_url=net.rpc_url,
-        market=net.dev.market.address,
-        court=net.dev.court.address,
-        account=account,
-        redis_url=net.redis_url,
-        models=[net.model_path],
-    )  # type: ignore[call-arg]
-
-
 HOLDER = """
 import sys, time
 from verinfer.node.celery_app import make_app
@@ -61,7 +49,7 @@ def _hold_and_die(settings: NodeSettings, body: str) -> None:
 
 @pytest.mark.parametrize("stale_mutex", [False, True], ids=["plain", "stale-mutex"])
 def test_restore_unacked__held_message__back_on_queue(net: Net, stale_mutex: bool) -> None:
-    settings = _settings(net, f"restore-{stale_mutex}")
+    settings = net.node_settings(f"restore-{stale_mutex}")
     options = transport_options(settings)
     r = redis.Redis.from_url(net.redis_url)
     _hold_and_die(settings, "job-7")

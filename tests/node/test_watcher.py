@@ -15,7 +15,6 @@ from verinfer.node.devchain import transact
 from verinfer.node.localnet import CLIENT_A, CLIENT_B, CLIENT_C, NODE_A, Net, wait_for
 from verinfer.node.metrics import Metrics
 from verinfer.node.policy import Policy, ServedModel
-from verinfer.node.settings import NodeSettings
 from verinfer.node.store import Store
 from verinfer.node.watcher import Watcher
 
@@ -37,15 +36,7 @@ class Recorder:
 
 
 def _watcher(net: Net, account: str, recorder: Recorder, **extra: Any) -> Watcher:
-    settings = NodeSettings(
-        rpc_url=net.rpc_url,
-        market=net.dev.market.address,
-        court=net.dev.court.address,
-        account=account,
-        redis_url=net.redis_url,
-        models=[net.model_path],
-        **extra,
-    )  # type: ignore[call-arg]
+    settings = net.node_settings(account, **extra)
     client = redis.Redis.from_url(net.redis_url)
     protocol = Protocol(connect(net.rpc_url), settings.market, settings.court)
     policy = Policy({net.model_id: ServedModel.from_path(net.model_path)}, 0, 10_000, 0.1, 1.0)

@@ -7,8 +7,9 @@ imported on first use (PEP 562): ``verinfer.engines.base`` alone does not import
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from verinfer.lazy import lazy_attributes
 
 _WHERE = {
     "Engine": "base",
@@ -28,11 +29,7 @@ __all__ = [
     "generate_batch",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+__getattr__ = lazy_attributes(__name__, _WHERE)
 
 
 if TYPE_CHECKING:

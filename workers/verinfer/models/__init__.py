@@ -7,8 +7,9 @@ chain worker never load a model.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from verinfer.lazy import lazy_attributes
 
 _WHERE = {
     "LoadedModel": "loader",
@@ -42,11 +43,7 @@ __all__ = [
     "tiny_model_path",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+__getattr__ = lazy_attributes(__name__, _WHERE)
 
 
 if TYPE_CHECKING:

@@ -190,6 +190,21 @@ class Net:
         env.update({f"VERINFER_{k.upper()}": str(v) for k, v in extra.items()})
         return env
 
+    def node_settings(self, account: str, **extra: Any) -> Any:
+        """`NodeSettings` of a node of this net (``account``: its keystore alias), for code
+        that runs parts of a node in the calling process."""
+        from verinfer.node.settings import NodeSettings
+
+        return NodeSettings(
+            rpc_url=self.rpc_url,
+            market=self.dev.market.address,
+            court=self.dev.court.address,
+            account=account,
+            redis_url=self.redis_url,
+            models=[self.model_path],
+            **extra,
+        )
+
     def node(self, index: int, name: str, cheat: bool = False, **extra: Any) -> NodeProcess:
         """A node process (not started yet); ``stop_nodes`` stops it if it still runs."""
         env = self.node_env(index, name, cheat, **extra)
