@@ -201,3 +201,52 @@ def test_dropped_publish_many__one_job_taken_meanwhile__noop_then_the_rest_one_b
     assert mine[0]["to"] == me and mine[0]["input"] in (b"", "0x")  # the no-op
     assert metrics.get("tx", action="publish_many", outcome="abandoned") == 1
     assert metrics.get("tx", action="claim_and_publish", outcome="sent") == 2
+
+
+def test_queue_hole_below_a_batch_that_no_longer_applies__renumbered__the_rest_one_by_one(
+    net: Net, caplog: pytest.LogCaptureFixture
+) -> None:
+    role, store, metrics = _role(net, NS + ":renumber", stuck_after_s=0.0)
+    jobs = [net.submit(CLIENT_A, f"renumber {i}", max_tokens=3, seed=i) for i in range(3)]
+    digests = {j: _ready(net, store, j) for j in jobs}
+    me = net.addr(NODE_A)
+    first_nonce = net.w3.eth.get_transaction_count(me)
+    items = [["claim_and_publish", j, f"JobSubmitted:{j}:k:0"] for j in jobs]
+    net.w3.provider.make_request("evm_setAutomine", [False])
+    try:
+        role.sender._nonce += 1  # a hole below the batch, as if the tx at first_nonce was lost
+        (batch_hash, *_) = role.do_batch(items)
+        assert batch_hash is not None
+        # the endpoint lost it too (anvil_dropTransaction does not reach a queued transaction)
+        dropped = net.w3.provider.make_request("anvil_dropAllTransactions", [])
+        assert "error" not in dropped, dropped
+        taken = jobs[1]  # another node claims one job meanwhile: the batch no longer applies
+        net.dev.market.functions.claim(taken, store.get_job(taken).as_struct()).transact(  # type: ignore[union-attr]
+            {"from": net.addr(NODE_B)}
+        )
+        net.w3.provider.make_request("evm_mine", [])
+        assert net.status(taken) == JobStatus.CLAIMED
+
+        with caplog.at_level(logging.INFO, logger="verinfer.node"):
+            role.sender.track_once()
+        net.w3.provider.make_request("evm_mine", [])
+    finally:
+        net.w3.provider.make_request("evm_setAutomine", [True])
+
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"tx queue broken at nonce={first_nonce} (pending 1): sending again" in messages
+    assert any(
+        m.startswith(
+            f"tx dropped and no longer applies action=publish_many nonce={first_nonce + 1}"
+        )
+        for m in messages
+    ), messages
+    assert "skip action=claim_and_publish reason=market: job not open (dropped batch)" in messages
+    for job_id in (jobs[0], jobs[2]):
+        (pub,) = net.events("ResultPublished", job_id=job_id)
+        assert pub["args"]["node"] == me and pub["args"]["result_digest"] == digests[job_id]
+    assert net.events("ResultPublished", job_id=taken) == []
+    # renumbered from the chain's nonce: the two single sends fill first_nonce and the next
+    assert net.w3.eth.get_transaction_count(me) == first_nonce + 2
+    assert metrics.get("tx", action="publish_many", outcome="abandoned") == 1
+    assert metrics.get("tx", action="claim_and_publish", outcome="sent") == 2

@@ -450,32 +450,45 @@ class TxSender:
                 elif p.nonce == mined_nonce:  # stuck at the head: pay more (today's fees at least)
                     self._resend(p, self._bumped(p.tx), "replaced (stuck)")
 
-    def _replace_dropped(self, p: PendingTx) -> None:
-        """Send the dropped transaction ``p`` again with its nonce, or a no-op in its place
-        when it no longer applies (its simulation reverts)."""
+    def _still_applies(self, p: PendingTx, then: str = "") -> bool:
+        """Simulate the dropped transaction ``p`` again; when it reverts, log it (with
+        ``then``, what happens next), count it as abandoned and return False."""
         sim = {"from": self.address, "to": p.tx["to"], "data": p.tx["data"], "value": 0}
         try:
             self.rpc(p.action, lambda: self.w3.eth.estimate_gas(sim))  # type: ignore[arg-type]
         except (ContractLogicError, Web3RPCError) as exc:
             log.warning(
-                "tx dropped and no longer applies action=%s nonce=%d reason=%s; "
-                "filling its nonce with a no-op",
+                "tx dropped and no longer applies action=%s nonce=%d reason=%s%s",
                 p.action,
                 p.nonce,
                 revert_reason(exc),
+                then,
             )
             if self.metrics:
                 self.metrics.incr("tx", action=p.action, outcome="abandoned")
+            return False
+        return True
+
+    def _replace_dropped(self, p: PendingTx) -> None:
+        """Send the dropped transaction ``p`` again with its nonce, or a no-op in its place
+        when it no longer applies (its simulation reverts)."""
+        if not self._still_applies(p, "; filling its nonce with a no-op"):
             noop = {**p.tx, "to": self.address, "data": b"", "value": 0, "gas": 21_000}
             p.action, parts, p.parts = "noop", p.parts, None
             self._resend(p, self._bumped(noop), "no-op sent")
-            if parts:  # a batch: what still applies goes out one by one, after the no-op
-                log.warning("sending the %d calls of the dropped batch one by one", len(parts))
-                for (action, _), outcome in zip(parts, self.send_many(parts), strict=True):
-                    if isinstance(outcome, TxRejected):
-                        log.info("skip action=%s reason=%s (dropped batch)", action, outcome.reason)
+            self._send_parts(parts)  # after the no-op
             return
         self._resend(p, self._bumped(p.tx), "resent (dropped)")
+
+    def _send_parts(self, parts: list[tuple[str, Any]] | None) -> None:
+        """The calls of a dropped batch that no longer applies as a whole: each that still
+        applies goes out on its own (the others are skipped with one line each)."""
+        if not parts:
+            return
+        log.warning("sending the %d calls of the dropped batch one by one", len(parts))
+        for (action, _), outcome in zip(parts, self.send_many(parts), strict=True):
+            if isinstance(outcome, TxRejected):
+                log.info("skip action=%s reason=%s (dropped batch)", action, outcome.reason)
 
     def _known_many(self, pending: list[PendingTx]) -> list[bool]:
         """Whether the endpoint still knows each transaction (one batch)."""
@@ -565,7 +578,8 @@ class TxSender:
 
     def _renumber(self, mined_nonce: int) -> None:
         """Our queue has a hole (a dropped transaction, or a reorg wiped mined ones): send
-        every pending transaction again from the chain's nonce, those that still apply.
+        every pending transaction again from the chain's nonce, those that still apply, then
+        the calls of a batch that no longer applies as a whole, one by one.
         Everything is simulated first: when the endpoint fails meanwhile (RpcUnavailable),
         nothing has changed and the next pass tries again."""
         old = [self._pending[n] for n in sorted(self._pending)]
@@ -573,21 +587,12 @@ class TxSender:
             "tx queue broken at nonce=%d (pending %d): sending again", mined_nonce, len(old)
         )
         applies: list[PendingTx] = []
+        split: list[list[tuple[str, Any]]] = []  # batches that no longer apply as a whole
         for p in old:
-            sim = {"from": self.address, "to": p.tx["to"], "data": p.tx["data"], "value": 0}
-            try:
-                self.rpc(p.action, lambda sim=sim: self.w3.eth.estimate_gas(sim))  # type: ignore[arg-type,misc]
-            except (ContractLogicError, Web3RPCError) as exc:
-                log.warning(
-                    "tx dropped and no longer applies action=%s nonce=%d reason=%s",
-                    p.action,
-                    p.nonce,
-                    revert_reason(exc),
-                )
-                if self.metrics:
-                    self.metrics.incr("tx", action=p.action, outcome="abandoned")
-                continue
-            applies.append(p)
+            if self._still_applies(p):
+                applies.append(p)
+            elif p.parts:
+                split.append(p.parts)
         self._pending.clear()
         self._nonce = mined_nonce
         for p in applies:
@@ -596,6 +601,8 @@ class TxSender:
             self._pending[p.nonce] = p
             self._nonce += 1
             self._resend(p, tx, "resent")
+        for parts in split:
+            self._send_parts(parts)
 
     def _resend(self, p: PendingTx, tx: dict[str, Any], why: str) -> None:
         signed = self.account.sign_transaction(tx)
