@@ -9,8 +9,10 @@
         of PROTOCOL.md §2-§4, in one contract so that the hot path (submit, claim,
         publish, finalize) makes no cross-contract call. Disputes, audits and appeals
         (§7) live in the court contract, which settles through the `court_*` hooks.
-        Per job, storage holds one word: keccak256(abi_encode(Job)) with its low byte
-        replaced by the status. Callers pass the Job struct back and the market checks it.
+        Per job, storage holds one word: keccak256(abi_encode(Settlement)) (the payment
+        fields plus the hash of the rest, see IMarket) with its low byte replaced by the
+        status. Callers pass the Job struct (finalize: the Settlement) back and the market
+        checks it.
         The owner sets parameters within hard-coded bounds and can never move escrow,
         stake, balances, bonds or claimable credits.
 """

@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT / "workers"))
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from verinfer.node.settings import NodeSettings  # noqa: E402  (after the path set-up)
+from verinfer.node.settings import NodeSettings, auto_engine_threads  # noqa: E402
 
 N_JOBS = int(os.environ.get("BENCH_JOBS", "200"))
 MAX_TOKENS = 64
@@ -112,7 +112,7 @@ def main() -> int:
         prompts = [f"Job {i}: explain how open models are served." for i in range(N_JOBS)]
         raw_rate, best_batch = raw_engine(path, prompts, BATCHES)
         # the node's own layout too (its workers x their threads): raw is the best of both
-        layout = (INFER_WORKERS, NODE_THREADS or node_threads_default())
+        layout = (INFER_WORKERS, NODE_THREADS or auto_engine_threads(INFER_WORKERS))
         raw_rates = {f"1x{THREADS}": raw_rate}
         if layout != (1, THREADS):
             raw_rates[f"{layout[0]}x{layout[1]}"] = raw_layout(path, prompts, best_batch, *layout)
@@ -298,14 +298,6 @@ def main() -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result))
     return 0
-
-
-def node_threads_default() -> int:
-    """The torch threads of each of the node's INFER_WORKERS workers when it picks them."""
-    address = "0x" + "11" * 20
-    return NodeSettings(
-        market=address, court=address, account="bench", infer_workers=INFER_WORKERS
-    ).engine_threads()  # type: ignore[call-arg]
 
 
 def raw_engine(path: Path, prompts: list[str], batches: tuple[int, ...]) -> tuple[float, int]:

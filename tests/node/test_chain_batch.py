@@ -153,20 +153,33 @@ def test_batch_of_results__one_publish_many_transaction__claims_open_publishes_c
     assert metrics.get("tx", action="publish_many", outcome="mined") == 1
 
 
-def test_dropped_publish_many__one_job_taken_meanwhile__noop_then_the_rest_one_by_one(
-    net: Net, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("hole", [False, True], ids=["dropped-at-its-nonce", "queue-hole-below"])
+def test_lost_publish_many__one_job_taken_meanwhile__the_rest_one_by_one(
+    net: Net, caplog: pytest.LogCaptureFixture, hole: bool
 ) -> None:
-    role, store, metrics = _role(net, NS + ":dropped", stuck_after_s=0.0)
-    jobs = [net.submit(CLIENT_A, f"dropped {i}", max_tokens=3, seed=i) for i in range(3)]
+    """The batch is lost and one of its jobs taken meanwhile, so it no longer applies as a
+    whole: dropped at its own nonce, a no-op fills that nonce; with a hole below it (the
+    queue is renumbered from the chain's nonce), nothing fills it. Either way the other
+    calls go out one by one."""
+    role, store, metrics = _role(net, f"{NS}:lost-{hole}", stuck_after_s=0.0)
+    jobs = [net.submit(CLIENT_A, f"lost {hole} {i}", max_tokens=3, seed=i) for i in range(3)]
     digests = {j: _ready(net, store, j) for j in jobs}
     me = net.addr(NODE_A)
     first_nonce = net.w3.eth.get_transaction_count(me)
     items = [["claim_and_publish", j, f"JobSubmitted:{j}:k:0"] for j in jobs]
     net.w3.provider.make_request("evm_setAutomine", [False])
     try:
+        if hole:
+            role.sender._nonce += 1  # as if the transaction at first_nonce was lost
         (batch_hash, *_) = role.do_batch(items)
         assert batch_hash is not None
-        dropped = net.w3.provider.make_request("anvil_dropTransaction", ["0x" + batch_hash.hex()])
+        # anvil_dropTransaction does not reach a transaction queued behind a nonce gap
+        drop = (
+            ("anvil_dropAllTransactions", [])
+            if hole
+            else ("anvil_dropTransaction", ["0x" + batch_hash.hex()])
+        )
+        dropped = net.w3.provider.make_request(*drop)
         assert "error" not in dropped, dropped
         taken = jobs[1]  # another node claims one job while ours is gone
         net.dev.market.functions.claim(taken, store.get_job(taken).as_struct()).transact(  # type: ignore[union-attr]
@@ -182,8 +195,11 @@ def test_dropped_publish_many__one_job_taken_meanwhile__noop_then_the_rest_one_b
         net.w3.provider.make_request("evm_setAutomine", [True])
 
     messages = [r.getMessage() for r in caplog.records]
+    batch_nonce = first_nonce + int(hole)
+    if hole:
+        assert f"tx queue broken at nonce={first_nonce} (pending 1): sending again" in messages
     assert any(
-        m.startswith(f"tx dropped and no longer applies action=publish_many nonce={first_nonce}")
+        m.startswith(f"tx dropped and no longer applies action=publish_many nonce={batch_nonce}")
         for m in messages
     ), messages
     assert "skip action=claim_and_publish reason=market: job not open (dropped batch)" in messages
@@ -193,60 +209,13 @@ def test_dropped_publish_many__one_job_taken_meanwhile__noop_then_the_rest_one_b
     assert net.events("ResultPublished", job_id=taken) == []
     (claim,) = net.events("JobClaimed", job_id=taken)
     assert claim["args"]["node"] == net.addr(NODE_B)
-    # gap-free nonces: the no-op in the batch's place, then the two single sends
-    assert net.w3.eth.get_transaction_count(me) == first_nonce + 3
+    # gap-free nonces from the chain's: [the no-op in the batch's place,] the two single sends
+    sent = [first_nonce, first_nonce + 1] + ([] if hole else [first_nonce + 2])
+    assert net.w3.eth.get_transaction_count(me) == sent[-1] + 1
     txs = [net.w3.eth.get_transaction(h) for h in net.w3.eth.get_block("latest")["transactions"]]
     mine = sorted((t for t in txs if t["from"] == me), key=lambda t: t["nonce"])
-    assert [t["nonce"] for t in mine] == [first_nonce, first_nonce + 1, first_nonce + 2]
-    assert mine[0]["to"] == me and mine[0]["input"] in (b"", "0x")  # the no-op
-    assert metrics.get("tx", action="publish_many", outcome="abandoned") == 1
-    assert metrics.get("tx", action="claim_and_publish", outcome="sent") == 2
-
-
-def test_queue_hole_below_a_batch_that_no_longer_applies__renumbered__the_rest_one_by_one(
-    net: Net, caplog: pytest.LogCaptureFixture
-) -> None:
-    role, store, metrics = _role(net, NS + ":renumber", stuck_after_s=0.0)
-    jobs = [net.submit(CLIENT_A, f"renumber {i}", max_tokens=3, seed=i) for i in range(3)]
-    digests = {j: _ready(net, store, j) for j in jobs}
-    me = net.addr(NODE_A)
-    first_nonce = net.w3.eth.get_transaction_count(me)
-    items = [["claim_and_publish", j, f"JobSubmitted:{j}:k:0"] for j in jobs]
-    net.w3.provider.make_request("evm_setAutomine", [False])
-    try:
-        role.sender._nonce += 1  # a hole below the batch, as if the tx at first_nonce was lost
-        (batch_hash, *_) = role.do_batch(items)
-        assert batch_hash is not None
-        # the endpoint lost it too (anvil_dropTransaction does not reach a queued transaction)
-        dropped = net.w3.provider.make_request("anvil_dropAllTransactions", [])
-        assert "error" not in dropped, dropped
-        taken = jobs[1]  # another node claims one job meanwhile: the batch no longer applies
-        net.dev.market.functions.claim(taken, store.get_job(taken).as_struct()).transact(  # type: ignore[union-attr]
-            {"from": net.addr(NODE_B)}
-        )
-        net.w3.provider.make_request("evm_mine", [])
-        assert net.status(taken) == JobStatus.CLAIMED
-
-        with caplog.at_level(logging.INFO, logger="verinfer.node"):
-            role.sender.track_once()
-        net.w3.provider.make_request("evm_mine", [])
-    finally:
-        net.w3.provider.make_request("evm_setAutomine", [True])
-
-    messages = [r.getMessage() for r in caplog.records]
-    assert f"tx queue broken at nonce={first_nonce} (pending 1): sending again" in messages
-    assert any(
-        m.startswith(
-            f"tx dropped and no longer applies action=publish_many nonce={first_nonce + 1}"
-        )
-        for m in messages
-    ), messages
-    assert "skip action=claim_and_publish reason=market: job not open (dropped batch)" in messages
-    for job_id in (jobs[0], jobs[2]):
-        (pub,) = net.events("ResultPublished", job_id=job_id)
-        assert pub["args"]["node"] == me and pub["args"]["result_digest"] == digests[job_id]
-    assert net.events("ResultPublished", job_id=taken) == []
-    # renumbered from the chain's nonce: the two single sends fill first_nonce and the next
-    assert net.w3.eth.get_transaction_count(me) == first_nonce + 2
+    assert [t["nonce"] for t in mine] == sent
+    noops = [t["nonce"] for t in mine if t["to"] == me and t["input"] in (b"", "0x")]
+    assert noops == ([] if hole else [first_nonce])  # the no-op fills the batch's nonce
     assert metrics.get("tx", action="publish_many", outcome="abandoned") == 1
     assert metrics.get("tx", action="claim_and_publish", outcome="sent") == 2

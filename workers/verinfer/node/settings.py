@@ -98,19 +98,9 @@ class NodeSettings(BaseSettings):
         return value
 
     def engine_threads(self) -> int:
-        """Torch threads of one inference worker: ``torch_threads``, or when it is 0 the usable
-        CPU cores minus one, split among ``infer_workers`` and rounded up (at least 1): one
-        worker leaves a core to the watcher, keeper and sender; two workers, which decode in
-        turns, share all of them (2 cores: 1 thread each). On a small CPU host a torch thread
-        per core for one worker stalls whenever the node's other processes run: every decode
-        step waits for its slowest thread (docs/operations.md, bench-node)."""
-        if self.torch_threads:
-            return self.torch_threads
-        import os
-
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
-        cores = cores or os.cpu_count() or 1
-        return max(1, -(-(cores - 1) // self.infer_workers))
+        """Torch threads of one inference worker: ``torch_threads``, or when it is 0
+        ``auto_engine_threads(infer_workers)``."""
+        return self.torch_threads or auto_engine_threads(self.infer_workers)
 
     @property
     def namespace(self) -> str:
@@ -120,3 +110,17 @@ class NodeSettings(BaseSettings):
     def queue(self, role: Literal["chain", "infer"]) -> str:
         """Name of the node's Celery queue for ``role``."""
         return f"{self.namespace}:{role}"
+
+
+def auto_engine_threads(workers: int) -> int:
+    """Torch threads of each of ``workers`` inference workers when the node picks them: the
+    usable CPU cores minus one, split among the workers and rounded up (at least 1). One
+    worker leaves a core to the watcher, keeper and sender; two workers, which decode in
+    turns, share all of them (2 cores: 1 thread each). On a small CPU host a torch thread per
+    core for one worker stalls whenever the node's other processes run: every decode step
+    waits for its slowest thread (docs/operations.md, bench-node)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+    cores = cores or os.cpu_count() or 1
+    return max(1, -(-(cores - 1) // workers))
