@@ -6,16 +6,21 @@
 @title verinfer court
 @license GNU Affero General Public License v3.0 or later
 @notice Disputes, random audits and appeals of PROTOCOL §7. A dispute (bonded, by anyone
-        but the node) or a selected audit moves a published job to VERIFYING; a
-        pseudo-randomly chosen second node serving the model must accept and post a
-        verdict in time, or it is penalised and replaced. A verdict can be appealed once,
-        with a larger bond, to a panel of 3 further nodes whose majority is final and
-        whose overturning slashes the verifier. The court holds no tokens: it settles
-        through the market's `court_*` hooks.
+        but the node) or a selected audit moves a published job to VERIFYING and requests
+        a draw; a separate permissionless `draw`, from the next block on, picks the
+        verifier from the hash of the request's block (which did not exist when the
+        request was made), uniformly over the staked nodes that served the model before
+        it. The verifier must accept and post a verdict in time, or it is penalised and
+        replaced (a new draw). A verdict can be appealed once to a panel of 3 further
+        nodes, drawn the same way, whose majority is final and whose overturning slashes
+        the verifier. The court holds no tokens: it settles through the market's `court_*`
+        hooks.
 """
 
 from snekmate.auth import ownable
 from snekmate.auth import ownable_2step
+
+from snekmate.utils import block_hash
 
 from interfaces import ICourt
 from interfaces import IMarket
@@ -45,6 +50,10 @@ PH_VERDICT: constant(uint8) = 3
 PH_APPEALED: constant(uint8) = 4
 PH_UNRESOLVED: constant(uint8) = 5
 PH_SETTLED: constant(uint8) = 6
+PH_DRAWING: constant(uint8) = 7  # a verifier draw is requested
+PH_PANEL_DRAWING: constant(uint8) = 8  # an appeal panel draw is requested
+
+KEEPER_CUT: constant(uint256) = 10  # an audit's keeper earns 1/10 of the audit reward
 
 P_DISPUTE_BOND: constant(uint8) = 0
 P_APPEAL_BOND: constant(uint8) = 1
@@ -89,6 +98,7 @@ _panel: HashMap[uint256, DynArray[address, PANEL_SIZE]]
 _voted: HashMap[uint256, DynArray[address, PANEL_SIZE]]
 _excluded: HashMap[uint256, HashMap[address, bool]]  # verifiers replaced for lateness
 _votes: HashMap[uint256, HashMap[address, uint8]]  # 1 valid, 2 invalid
+_draw: HashMap[uint256, uint256]  # seed block | min_stake at the opening << 64
 
 
 @deploy
@@ -116,7 +126,7 @@ def __init__(
     assert verifier_fee_ <= dispute_bond_, "court: param out of bounds"
     assert no_show_penalty_ <= MAX_AMOUNT and audit_fee_ <= MAX_AMOUNT, "court: param out of bounds"
     market = IMarket(market_)
-    assert 500 * staticcall market.collateral_bps() > MAX_BPS * MAX_BPS, "court: breaks deterrence"
+    assert self._deters(600, staticcall market.collateral_bps(), 2_500), "court: breaks deterrence"
     self.dispute_bond = dispute_bond_
     self.appeal_bond = appeal_bond_
     self.verifier_fee = verifier_fee_
@@ -128,7 +138,7 @@ def __init__(
     self.vote_window = 7_200
     self.slash_challenger_bps = 2_500
     self.slash_verifier_bps = 2_500
-    self.audit_rate_bps = 500
+    self.audit_rate_bps = 600
 
 
 # ---- owner ----
@@ -175,6 +185,7 @@ def set_param(param: uint8, new_value: uint256):
         self.no_show_penalty = new_value
     elif param == P_SLASH_CHALLENGER_BPS:
         assert new_value <= 5_000, "court: param out of bounds"
+        assert self._deters(self.audit_rate_bps, staticcall market.collateral_bps(), new_value), "court: breaks deterrence"
         old = self.slash_challenger_bps
         self.slash_challenger_bps = new_value
     elif param == P_SLASH_VERIFIER_BPS:
@@ -183,7 +194,7 @@ def set_param(param: uint8, new_value: uint256):
         self.slash_verifier_bps = new_value
     elif param == P_AUDIT_RATE_BPS:
         assert new_value >= 50 and new_value <= MAX_BPS, "court: param out of bounds"
-        assert new_value * staticcall market.collateral_bps() > MAX_BPS * MAX_BPS, "court: breaks deterrence"
+        assert self._deters(new_value, staticcall market.collateral_bps(), self.slash_challenger_bps), "court: breaks deterrence"
         old = self.audit_rate_bps
         self.audit_rate_bps = new_value
     elif param == P_AUDIT_FEE:
@@ -195,27 +206,35 @@ def set_param(param: uint8, new_value: uint256):
     log ICourt.ParamChanged(param=param, old_value=old, new_value=new_value)
 
 
+# ---- deterrence ----
+@view
+@external
+def deters(collateral_bps: uint256) -> bool:
+    """
+    @notice Whether a market collateral ratio keeps cheating unprofitable with this court's
+            audit rate: audit rate x collateral ratio x the share of a slash that cannot
+            flow back to the cheater (everything but the challenger's share, which a
+            cheater's sybil keeper or challenger can take) > 1 (docs/protocol.md §7).
+    @param collateral_bps The market's collateral ratio in bps.
+    @return True if the product exceeds 1.
+    """
+    return self._deters(self.audit_rate_bps, collateral_bps, self.slash_challenger_bps)
+
+
 # ---- opening ----
 @external
 def dispute(job_id: uint256, job: IMarket.Job):
     """
-    @notice Disputes a published result inside its challenge window. The bond is taken
-            from the caller's prepaid balance in the market (deposit first).
+    @notice Disputes a published result inside its challenge window and requests the
+            verifier's draw (call `draw` from the next block on). The bond is taken from
+            the caller's prepaid balance in the market (deposit first).
     @param job_id The job id.
     @param job The job's fields as last emitted.
     """
     assert msg.sender != job.node, "court: node cannot dispute own job"
     bond: uint256 = self.dispute_bond
     extcall market.court_open(job_id, job, msg.sender, bond)
-    d: ICourt.Dispute = empty(ICourt.Dispute)
-    d.kind = KIND_DISPUTE
-    d.challenger = msg.sender
-    d.bond = bond
-    d.node = job.node
-    d.model_id = job.model_id
-    d = self._assign(job_id, d)
-    assert d.verifier != empty(address), "court: no eligible verifier"
-    self._open(job_id, d)
+    self._open(job_id, KIND_DISPUTE, msg.sender, bond, job)
     log ICourt.DisputeOpened(job_id=job_id, challenger=msg.sender, node=job.node, bond=bond)
 
 
@@ -223,8 +242,9 @@ def dispute(job_id: uint256, job: IMarket.Job):
 def start_audit(job_id: uint256, job: IMarket.Job):
     """
     @notice Starts the random audit of a published job selected by the block hash of
-            `published_block + 2`; any keeper, inside the challenge window. The keeper
-            earns the challenger's share of the slash if the audit proves fraud.
+            `published_block + 2`, inside the challenge window, and requests the
+            verifier's draw; any keeper. The keeper earns a tenth of the audit reward and,
+            if the audit proves fraud, the challenger's share of the slash.
     @param job_id The job id.
     @param job The job's fields as last emitted.
     """
@@ -233,15 +253,67 @@ def start_audit(job_id: uint256, job: IMarket.Job):
     assert block.number <= target + 256, "court: audit seed expired"
     assert self._selected(job_id, blockhash(target)), "court: not selected for audit"
     extcall market.court_open(job_id, job, msg.sender, 0)
-    d: ICourt.Dispute = empty(ICourt.Dispute)
-    d.kind = KIND_AUDIT
-    d.challenger = msg.sender
-    d.node = job.node
-    d.model_id = job.model_id
-    d = self._assign(job_id, d)
-    assert d.verifier != empty(address), "court: no eligible verifier"
-    self._open(job_id, d)
+    self._open(job_id, KIND_AUDIT, msg.sender, 0, job)
     log ICourt.AuditStarted(job_id=job_id, keeper=msg.sender, node=job.node)
+
+
+@external
+def draw(job_id: uint256):
+    """
+    @notice Draws the requested verifier or appeal panel; permissionless, from the block
+            after the request on. The seed is the hash of the request's block, so neither
+            the requester nor the caller of `draw` can choose the outcome, and reverting
+            changes nothing. Each candidate gets the ticket keccak256(seed, candidate);
+            the lowest tickets win: a uniform draw over the staked nodes that served the
+            model before the request. If the seed block's hash is no longer available
+            (more than 256 blocks, or 8,191 with EIP-2935), the draw is requested anew.
+            No verifier left: the dispute becomes unresolved. Fewer than 3 panel members
+            left: the appeal bond is returned and the verdict stands.
+    @param job_id The job id.
+    """
+    d: ICourt.Dispute = self._load(job_id, True)
+    assert d.phase == PH_DRAWING or d.phase == PH_PANEL_DRAWING, "court: nothing to draw"
+    req: uint256 = self._draw[job_id]
+    seed_block: uint256 = req & (2**64 - 1)
+    assert block.number > seed_block, "court: draw not ready"
+    seed_hash: bytes32 = block_hash._block_hash(seed_block)
+    if seed_hash == empty(bytes32):
+        self._request(job_id, d.phase == PH_PANEL_DRAWING, req >> 64)
+        return
+    seed: bytes32 = keccak256(abi_encode(seed_hash, job_id, d.rounds, d.phase))
+    candidates: DynArray[address, MAX_NODES] = staticcall market.draw_candidates(d.model_id, seed_block, req >> 64)
+    if d.phase == PH_DRAWING:
+        picked: DynArray[address, PANEL_SIZE] = self._lowest(job_id, d, candidates, seed, 1)
+        if len(picked) == 0:
+            d.phase = PH_UNRESOLVED
+            d.deadline = convert(block.timestamp, uint64)
+        else:
+            extcall market.court_hold(picked[0], True)
+            d.verifier = picked[0]
+            d.rounds += 1
+            d.phase = PH_ASSIGNED
+            d.deadline = convert(block.timestamp + self.accept_window, uint64)
+            self._verifier[job_id] = d.verifier
+            log ICourt.VerifierAssigned(job_id=job_id, verifier=d.verifier, round=d.rounds, accept_deadline=d.deadline)
+        self._meta[job_id] = self._pack(d)
+        return
+    panel: DynArray[address, PANEL_SIZE] = self._lowest(job_id, d, candidates, seed, PANEL_SIZE)
+    if len(panel) < PANEL_SIZE:
+        # not enough nodes left: the appeal bond goes back and the verdict stands
+        self._appeal[job_id] = convert(d.appellant, uint256)
+        extcall market.court_pay(d.appellant, d.appeal_bond)
+        d.phase = PH_VERDICT
+        d.deadline = convert(block.timestamp, uint64)
+        self._meta[job_id] = self._pack(d)
+        log ICourt.PanelDrawn(job_id=job_id, panel=empty(DynArray[address, PANEL_SIZE]), vote_deadline=0)
+        return
+    for member: address in panel:
+        extcall market.court_hold(member, True)
+    d.phase = PH_APPEALED
+    d.deadline = convert(block.timestamp + self.vote_window, uint64)
+    self._meta[job_id] = self._pack(d)
+    self._panel[job_id] = panel
+    log ICourt.PanelDrawn(job_id=job_id, panel=panel, vote_deadline=d.deadline)
 
 
 @view
@@ -301,8 +373,9 @@ def post_verdict(job_id: uint256, valid: bool):
 def replace_verifier(job_id: uint256):
     """
     @notice Replaces a verifier that missed its accept or verdict deadline; it pays the
-            no-show penalty into the audit pool. After 3 verifiers, or with none left,
-            the dispute becomes unresolved and settles as valid with the bond returned.
+            no-show penalty into the audit pool and a new draw is requested. After 3
+            verifiers, or with none left, the dispute becomes unresolved and settles as
+            valid with the bond returned.
     @param job_id The job id.
     """
     d: ICourt.Dispute = self._load(job_id, False)
@@ -310,16 +383,17 @@ def replace_verifier(job_id: uint256):
     assert block.timestamp > convert(d.deadline, uint256), "court: verifier not late"
     late: address = d.verifier
     penalty: uint256 = self._penalise(late, job_id)
+    extcall market.court_hold(late, False)
     log ICourt.VerifierReplaced(job_id=job_id, verifier=late, penalty=penalty)
     self._excluded[job_id][late] = True
-    d.verifier = empty(address)
+    self._verifier[job_id] = empty(address)
     if d.rounds < MAX_ROUNDS:
-        d = self._assign(job_id, d)
-    if d.verifier == empty(address):
+        self._meta[job_id] = self._pack(d)
+        self._request(job_id, False, self._draw[job_id] >> 64)
+    else:
         d.phase = PH_UNRESOLVED
         d.deadline = convert(block.timestamp, uint64)
-    self._meta[job_id] = self._pack(d)
-    self._verifier[job_id] = d.verifier
+        self._meta[job_id] = self._pack(d)
 
 
 # ---- appeal ----
@@ -327,24 +401,25 @@ def replace_verifier(job_id: uint256):
 def appeal(job_id: uint256):
     """
     @notice Appeals a verdict once, inside the appeal window, to a panel of 3 further
-            nodes; the appeal bond is taken from the caller's prepaid balance.
+            nodes drawn as the verifier was (call `draw` from the next block on). The bond
+            is taken from the caller's prepaid balance: the dispute bond when the caller
+            is the accused node (its stake is at stake already), the appeal bond otherwise.
     @param job_id The job id.
     """
     d: ICourt.Dispute = self._load(job_id, False)
     assert self._appeal[job_id] == 0, "court: already appealed"
     assert d.phase == PH_VERDICT, "court: no verdict to appeal"
     assert block.timestamp <= convert(d.deadline, uint256), "court: appeal window closed"
-    panel: DynArray[address, PANEL_SIZE] = self._pick(job_id, d, PANEL_SIZE, 1_000)
-    assert len(panel) == PANEL_SIZE, "court: panel unavailable"
+    d.appellant = msg.sender
+    now: DynArray[address, MAX_NODES] = staticcall market.draw_candidates(d.model_id, block.number + 1, staticcall market.min_stake())
+    assert len(self._lowest(job_id, d, now, empty(bytes32), PANEL_SIZE)) == PANEL_SIZE, "court: panel unavailable"
     bond: uint256 = self.appeal_bond
+    if msg.sender == d.node:
+        bond = self.dispute_bond
     extcall market.court_take_bond(msg.sender, bond)
-    deadline: uint64 = convert(block.timestamp + self.vote_window, uint64)
-    d.phase = PH_APPEALED
-    d.deadline = deadline
-    self._meta[job_id] = self._pack(d)
     self._appeal[job_id] = convert(msg.sender, uint256) | (bond << 160)
-    self._panel[job_id] = panel
-    log ICourt.AppealOpened(job_id=job_id, appellant=msg.sender, bond=bond, panel=panel, vote_deadline=deadline)
+    self._request(job_id, True, self._draw[job_id] >> 64)
+    log ICourt.AppealOpened(job_id=job_id, appellant=msg.sender, bond=bond)
 
 
 @external
@@ -405,6 +480,10 @@ def settle(job_id: uint256, job: IMarket.Job):
     settled.final_valid = final
     self._meta[job_id] = self._pack(settled)
     slashed: uint256 = extcall market.court_resolve(job_id, job, final)
+    if d.verifier != empty(address):
+        extcall market.court_hold(d.verifier, False)
+    for member: address in d.panel:
+        extcall market.court_hold(member, False)
 
     # who did the verification work: the verifier, or the panel majority that overruled it
     workers: DynArray[address, PANEL_SIZE] = [d.verifier]
@@ -419,9 +498,9 @@ def settle(job_id: uint256, job: IMarket.Job):
         if d.bond > 0:
             extcall market.court_pay(d.challenger, d.bond)
     elif final:
-        self._pay_valid(d, job.node, workers)
+        self._pay_valid(d, job, workers)
     else:
-        self._pay_fraud(d, slashed, workers)
+        self._pay_fraud(d, job, slashed, workers)
     log ICourt.DisputeSettled(
         job_id=job_id, node=job.node, valid=final, appealed=appealed, verifier_overturned=overturned
     )
@@ -445,44 +524,78 @@ def _selected(job_id: uint256, seed: bytes32) -> bool:
     return convert(keccak256(abi_encode(seed, job_id)), uint256) % MAX_BPS < self.audit_rate_bps
 
 
+@pure
 @internal
-def _assign(job_id: uint256, d: ICourt.Dispute) -> ICourt.Dispute:
-    """Picks the next verifier (empty if none is eligible) and opens its accept window."""
-    out: ICourt.Dispute = d
-    picked: DynArray[address, PANEL_SIZE] = self._pick(job_id, d, 1, convert(d.rounds, uint256))
-    if len(picked) == 0:
-        out.verifier = empty(address)
-        return out
-    out.verifier = picked[0]
-    out.rounds = d.rounds + 1
-    out.phase = PH_ASSIGNED
-    out.deadline = convert(block.timestamp + self.accept_window, uint64)
-    log ICourt.VerifierAssigned(job_id=job_id, verifier=picked[0], round=out.rounds, accept_deadline=out.deadline)
-    return out
+def _deters(rate_bps: uint256, collateral_bps: uint256, challenger_bps: uint256) -> bool:
+    return rate_bps * collateral_bps * (MAX_BPS - challenger_bps) > MAX_BPS * MAX_BPS * MAX_BPS
+
+
+@internal
+def _open(job_id: uint256, kind: uint8, challenger: address, bond: uint256, job: IMarket.Job):
+    """Writes a new dispute record and requests its verifier's draw; reverts if no node
+    could be drawn now."""
+    d: ICourt.Dispute = empty(ICourt.Dispute)
+    d.kind = kind
+    d.challenger = challenger
+    d.bond = bond
+    d.node = job.node
+    d.model_id = job.model_id
+    min_stake: uint256 = staticcall market.min_stake()
+    now: DynArray[address, MAX_NODES] = staticcall market.draw_candidates(job.model_id, block.number + 1, min_stake)
+    assert len(self._lowest(job_id, d, now, empty(bytes32), 1)) == 1, "court: no eligible verifier"
+    self._meta[job_id] = self._pack(d)
+    self._challenger[job_id] = challenger
+    self._node[job_id] = job.node
+    self._model[job_id] = job.model_id
+    self._request(job_id, False, min_stake)
+
+
+@internal
+def _request(job_id: uint256, panel: bool, min_stake: uint256):
+    """Requests a draw seeded by this block's hash (unknown until the block is final)."""
+    meta: uint256 = self._meta[job_id]
+    phase: uint256 = convert(PH_DRAWING, uint256)
+    if panel:
+        phase = convert(PH_PANEL_DRAWING, uint256)
+    self._meta[job_id] = (meta & ~convert(255 << 8, uint256)) | (phase << 8)
+    self._draw[job_id] = block.number | (min_stake << 64)
+    log ICourt.DrawRequested(job_id=job_id, seed_block=convert(block.number, uint64), panel=panel)
 
 
 @view
 @internal
-def _pick(job_id: uint256, d: ICourt.Dispute, count: uint256, salt: uint256) -> DynArray[address, PANEL_SIZE]:
-    """Up to `count` eligible nodes of the model from a pseudo-random start, never the
-    node, the challenger, the current verifier or a verifier replaced for lateness."""
-    model_id: bytes32 = d.model_id
-    nodes: DynArray[address, MAX_NODES] = staticcall market.model_nodes(model_id)
-    picked: DynArray[address, PANEL_SIZE] = []
-    n: uint256 = len(nodes)
-    if n == 0:
-        return picked
-    seed: uint256 = convert(keccak256(abi_encode(block.prevrandao, blockhash(block.number - 1), job_id, salt)), uint256)
-    start: uint256 = seed % n
-    for i: uint256 in range(n, bound=MAX_NODES):
-        cand: address = nodes[(start + i) % n]
-        if cand == d.node or cand == d.challenger or cand == d.verifier:
+def _lowest(
+    job_id: uint256, d: ICourt.Dispute, candidates: DynArray[address, MAX_NODES], seed: bytes32, count: uint256
+) -> DynArray[address, PANEL_SIZE]:
+    """The `count` candidates with the lowest tickets keccak256(seed, candidate), never the
+    node, the challenger, the verifier, the appellant or a verifier replaced for lateness
+    (fewer if fewer are left), lowest first."""
+    best: DynArray[address, PANEL_SIZE] = []
+    tickets: DynArray[uint256, PANEL_SIZE] = []
+    for cand: address in candidates:
+        if cand == d.node or cand == d.challenger or cand == d.verifier or cand == d.appellant:
             continue
-        if not self._excluded[job_id][cand] and staticcall market.is_eligible(cand, model_id):
-            picked.append(cand)
-            if len(picked) == count:
+        if self._excluded[job_id][cand]:
+            continue
+        ticket: uint256 = convert(keccak256(abi_encode(seed, cand)), uint256)
+        if len(best) == count and ticket >= tickets[count - 1]:
+            continue
+        if len(best) == count:
+            best.pop()
+            tickets.pop()
+        # insert in order (at most 3 entries)
+        best.append(cand)
+        tickets.append(ticket)
+        k: uint256 = len(best) - 1
+        for _: uint256 in range(PANEL_SIZE):
+            if k == 0 or tickets[k - 1] <= ticket:
                 break
-    return picked
+            best[k] = best[k - 1]
+            tickets[k] = tickets[k - 1]
+            best[k - 1] = cand
+            tickets[k - 1] = ticket
+            k -= 1
+    return best
 
 
 @internal
@@ -490,7 +603,7 @@ def _penalise(node: address, job_id: uint256) -> uint256:
     """Takes the no-show penalty from `node` into the audit pool."""
     penalty: uint256 = extcall market.court_slash(node, self.no_show_penalty, job_id)
     if penalty > 0:
-        extcall market.court_to_audit_pool(penalty)
+        extcall market.court_pay(empty(address), penalty)
     return penalty
 
 
@@ -517,17 +630,19 @@ def _settle_overturned(job_id: uint256, d: ICourt.Dispute, panel_majority: DynAr
     to_appellant: uint256 = d.appeal_bond + taken * self.slash_challenger_bps // MAX_BPS
     extcall market.court_pay(d.appellant, to_appellant)
     to_panel: uint256 = taken * self.slash_verifier_bps // MAX_BPS
-    self._split(panel_majority, to_panel)
-    rest: uint256 = taken - taken * self.slash_challenger_bps // MAX_BPS - to_panel
+    paid: uint256 = self._split(panel_majority, to_panel, True)
+    rest: uint256 = taken - taken * self.slash_challenger_bps // MAX_BPS - paid
     if rest > 0:
-        extcall market.court_to_audit_pool(rest)
+        extcall market.court_pay(empty(address), rest)
     self._penalise_absent(job_id, d)
 
 
 @internal
 def _settle_upheld(job_id: uint256, d: ICourt.Dispute, panel_majority: DynArray[address, PANEL_SIZE]):
     """The verdict stands: the appeal bond pays the panel that confirmed it."""
-    self._split(panel_majority, d.appeal_bond)
+    paid: uint256 = self._split(panel_majority, d.appeal_bond, False)
+    if d.appeal_bond > paid:
+        extcall market.court_pay(empty(address), d.appeal_bond - paid)
     self._penalise_absent(job_id, d)
 
 
@@ -539,58 +654,67 @@ def _penalise_absent(job_id: uint256, d: ICourt.Dispute):
 
 
 @internal
-def _split(members: DynArray[address, PANEL_SIZE], amount: uint256):
-    """Pays `amount` equally to `members`; the remainder (or all, if none) funds audits."""
-    if amount == 0:
-        return
+def _split(members: DynArray[address, PANEL_SIZE], amount: uint256, capped: bool) -> uint256:
+    """Pays `amount` of the court funds equally to `members`; `capped`: each at most its own
+    stake at risk (bonded + unbonding). Returns what was paid; the caller routes the rest."""
     paid: uint256 = 0
-    if len(members) > 0:
-        share: uint256 = amount // len(members)
-        for member: address in members:
-            if share > 0:
-                extcall market.court_pay(member, share)
-                paid += share
-    if amount > paid:
-        extcall market.court_to_audit_pool(amount - paid)
+    if len(members) == 0 or amount == 0:
+        return 0
+    share: uint256 = amount // len(members)
+    for member: address in members:
+        pay: uint256 = share
+        if capped:
+            info: IMarket.NodeInfo = staticcall market.node_info(member)
+            pay = min(share, info.stake + info.unbonding)
+        if pay > 0:
+            extcall market.court_pay(member, pay)
+            paid += pay
+    return paid
 
 
 @internal
-def _pay_valid(d: ICourt.Dispute, node: address, workers: DynArray[address, PANEL_SIZE]):
+def _pay_audit(d: ICourt.Dispute, job: IMarket.Job, workers: DynArray[address, PANEL_SIZE]):
+    """An audit's reward from the pool: at most what the job's own audit share funds on
+    average, price x audit_share / audit_rate, and at most `audit_fee`; a tenth to the
+    keeper, the rest to the verifier(s)."""
+    price: uint256 = min(convert(job.output_tokens, uint256) * job.price_per_token, job.max_payment)
+    reward: uint256 = min(self.audit_fee, price * staticcall market.audit_share_bps() // self.audit_rate_bps)
+    keeper: uint256 = reward // KEEPER_CUT
+    if keeper > 0:
+        extcall market.court_pay_from_audit_pool(d.challenger, keeper)
+    share: uint256 = (reward - keeper) // len(workers)
+    if share > 0:
+        for w: address in workers:
+            extcall market.court_pay_from_audit_pool(w, share)
+
+
+@internal
+def _pay_valid(d: ICourt.Dispute, job: IMarket.Job, workers: DynArray[address, PANEL_SIZE]):
     """The result was valid: the verifier(s) earn the fee, the node the rest of the bond."""
     if d.kind == KIND_AUDIT:
-        for w: address in workers:
-            extcall market.court_pay_from_audit_pool(w, self.audit_fee // len(workers))
+        self._pay_audit(d, job, workers)
         return
     fee: uint256 = min(self.verifier_fee, d.bond)
-    self._split(workers, fee)
+    paid: uint256 = self._split(workers, fee, False)
+    if fee > paid:
+        extcall market.court_pay(empty(address), fee - paid)
     if d.bond > fee:
-        extcall market.court_pay(node, d.bond - fee)
+        extcall market.court_pay(job.node, d.bond - fee)
 
 
 @internal
-def _pay_fraud(d: ICourt.Dispute, slashed: uint256, workers: DynArray[address, PANEL_SIZE]):
-    """The result was fraudulent: distribute the node's slashed stake."""
+def _pay_fraud(d: ICourt.Dispute, job: IMarket.Job, slashed: uint256, workers: DynArray[address, PANEL_SIZE]):
+    """The result was fraudulent: distribute the node's slashed stake. The verifiers' share
+    is capped by each one's own stake at risk; what is left funds audits."""
     to_challenger: uint256 = slashed * self.slash_challenger_bps // MAX_BPS
-    to_verifier: uint256 = slashed * self.slash_verifier_bps // MAX_BPS
     if d.bond + to_challenger > 0:
         extcall market.court_pay(d.challenger, d.bond + to_challenger)
-    self._split(workers, to_verifier)
-    rest: uint256 = slashed - to_challenger - to_verifier
+    paid: uint256 = self._split(workers, slashed * self.slash_verifier_bps // MAX_BPS, True)
+    rest: uint256 = slashed - to_challenger - paid
     if rest > 0:
-        extcall market.court_to_audit_pool(rest)
+        extcall market.court_pay(empty(address), rest)
     if d.kind == KIND_AUDIT:
-        for w: address in workers:
-            extcall market.court_pay_from_audit_pool(w, self.audit_fee // len(workers))
-
-
-@internal
-def _open(job_id: uint256, d: ICourt.Dispute):
-    """Writes a new dispute record."""
-    self._meta[job_id] = self._pack(d)
-    self._challenger[job_id] = d.challenger
-    self._node[job_id] = d.node
-    self._model[job_id] = d.model_id
-    self._verifier[job_id] = d.verifier
+        self._pay_audit(d, job, workers)
 
 
 @pure
@@ -628,11 +752,12 @@ def _load(job_id: uint256, full: bool) -> ICourt.Dispute:
     d.node = self._node[job_id]
     d.model_id = self._model[job_id]
     d.verifier = self._verifier[job_id]
-    if full:
-        appeal: uint256 = self._appeal[job_id]
-        if appeal != 0:
-            d.appellant = convert(convert(appeal & (2**160 - 1), uint160), address)
-            d.appeal_bond = appeal >> 160
+    d.seed_block = convert(self._draw[job_id] & (2**64 - 1), uint64)
+    appeal: uint256 = self._appeal[job_id]
+    if appeal != 0:
+        d.appellant = convert(convert(appeal & (2**160 - 1), uint160), address)
+        d.appeal_bond = appeal >> 160
+        if full:
             d.panel = self._panel[job_id]
             d.voted = self._voted[job_id]
     return d

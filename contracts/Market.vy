@@ -52,8 +52,9 @@ MAX_BATCH_OUTPUT_ABI: constant(uint256) = 2_176
 STATUS_MASK: constant(uint256) = 255
 HASH_MASK: constant(uint256) = max_value(uint256) - 255
 LOW128: constant(uint256) = 2**128 - 1
-PRICE_LIMIT: constant(uint256) = 2**224
+PRICE_LIMIT: constant(uint256) = 2**160
 INDEX_MASK: constant(uint256) = 2**32 - 1
+JOINED_MASK: constant(uint256) = (2**64 - 1) << 32
 
 # _cfg word: one SLOAD serves every parameter on the hot path (offset, width per param)
 SH_FEE: constant(uint256) = 0
@@ -123,13 +124,14 @@ _cfg: uint256
 # models
 model_registered: public(HashMap[bytes32, bool])
 _model_nodes: HashMap[bytes32, DynArray[address, MAX_NODES_PER_MODEL]]
-# price_per_token << 32 | 1-based index in _model_nodes (0: not serving)
+# price_per_token << 96 | joined block << 32 | 1-based index in _model_nodes (0: not serving)
 _serve: HashMap[bytes32, HashMap[address, uint256]]
 _node_models: HashMap[address, DynArray[bytes32, MAX_MODELS_PER_NODE]]
 
 # nodes
 _stakes: HashMap[address, Stake]
 _bond: HashMap[address, uint256]  # locked << 128 | stake: one slot for the claim lock
+_holds: HashMap[address, uint256]  # open court roles (verifier, panel seat): no complete_unbond
 _profiles: HashMap[address, Profile]
 total_stake: public(uint256)
 
@@ -177,6 +179,7 @@ def set_court(court: address):
     ownable._check_owner()
     assert self.court == empty(address), "market: court already set"
     assert court != empty(address), "market: zero court"
+    assert staticcall ICourt(court).market() == self, "market: court of another market"
     self.court = court
     log IMarket.CourtSet(court=court)
 
@@ -229,9 +232,8 @@ def set_param(param: uint8, new_value: uint256):
         raise "market: unknown param"
     assert new_value >= lo and new_value <= hi, "market: param out of bounds"
     if param == P_COLLATERAL_BPS and self.court != empty(address):
-        # deterrence (docs/protocol.md): audit rate x collateral ratio > 1
-        rate: uint256 = staticcall ICourt(self.court).audit_rate_bps()
-        assert new_value * rate > MAX_BPS * MAX_BPS, "market: breaks deterrence"
+        # deterrence (docs/protocol.md §7), counted by the court
+        assert staticcall ICourt(self.court).deters(new_value), "market: breaks deterrence"
     cfg: uint256 = self._cfg
     old: uint256 = self._field(cfg, offset, width)
     mask: uint256 = ((1 << width) - 1) << offset
@@ -433,6 +435,11 @@ def stake(amount: uint256) -> uint256:
     bond: uint256 = self._bond[msg.sender]
     new_stake: uint256 = (bond & LOW128) + received
     assert new_stake <= LOW128, "market: stake too large"
+    if bond & LOW128 < self._field(self._cfg, SH_MIN_STAKE, 120):
+        # below the minimum it was no draw candidate: it becomes one from this block on, so
+        # that a top-up after a draw's seed is known cannot make it eligible for that draw
+        for model_id: bytes32 in self._node_models[msg.sender]:
+            self._serve[model_id][msg.sender] = self._stamp(self._serve[model_id][msg.sender])
     self._bond[msg.sender] = bond + received
     self.total_stake += received
     log IMarket.Staked(node=msg.sender, amount=received, stake=new_stake)
@@ -442,7 +449,8 @@ def stake(amount: uint256) -> uint256:
 @external
 def unbond(amount: uint256):
     """
-    @notice Starts unbonding free stake; it stays slashable until `complete_unbond`.
+    @notice Starts unbonding free stake; it stays slashable until `complete_unbond`. A node
+            whose bonded stake falls below `min_stake` leaves every active set.
     @dev A new request adds to the pending amount and restarts the delay.
     @param amount The amount of free (unlocked) stake to unbond.
     """
@@ -455,6 +463,8 @@ def unbond(amount: uint256):
     self._bond[msg.sender] = bond - amount
     self._stakes[msg.sender].unbonding = unbonding
     self._stakes[msg.sender].unbond_ready_at = ready_at
+    if (bond & LOW128) - amount < self._field(self._cfg, SH_MIN_STAKE, 120):
+        self._unserve_all(msg.sender)
     log IMarket.UnbondRequested(
         node=msg.sender, amount=amount, unbonding=unbonding, ready_at=ready_at
     )
@@ -463,11 +473,13 @@ def unbond(amount: uint256):
 @external
 def complete_unbond() -> uint256:
     """
-    @notice Moves unbonded stake to the caller's claimable balance once the delay passed.
+    @notice Moves unbonded stake to the caller's claimable balance once the delay passed
+            and no court role of the caller (verifier, panel seat) is still open.
     @return The amount credited.
     """
     amount: uint256 = self._stakes[msg.sender].unbonding
     assert amount > 0, "market: nothing unbonding"
+    assert self._holds[msg.sender] == 0, "market: stake held by court"
     assert block.timestamp >= convert(self._stakes[msg.sender].unbond_ready_at, uint256), "market: unbonding not ready"
     self._stakes[msg.sender].unbonding = 0
     self.total_stake -= amount
@@ -480,21 +492,22 @@ def complete_unbond() -> uint256:
 def serve_model(model_id: bytes32, price_per_token: uint256):
     """
     @notice Declares that the caller serves `model_id` at `price_per_token`, or updates
-            the price; joins the model's active set.
+            the price; joins the model's active set, which needs `min_stake` bonded.
     @param model_id A registered model id.
     @param price_per_token Token units charged per output token.
     """
     self._check_node(msg.sender)
     assert self.model_registered[model_id], "market: unknown model"
     assert price_per_token < PRICE_LIMIT, "market: price too large"
-    index: uint256 = self._serve[model_id][msg.sender] & INDEX_MASK
-    if index == 0:
+    assert self._bond[msg.sender] & LOW128 >= self._field(self._cfg, SH_MIN_STAKE, 120), "market: stake too low"
+    serve: uint256 = self._serve[model_id][msg.sender]
+    if serve == 0:
         assert len(self._model_nodes[model_id]) < MAX_NODES_PER_MODEL, "market: model node set full"
         assert len(self._node_models[msg.sender]) < MAX_MODELS_PER_NODE, "market: node serves too many models"
         self._model_nodes[model_id].append(msg.sender)
-        index = len(self._model_nodes[model_id])
         self._node_models[msg.sender].append(model_id)
-    self._serve[model_id][msg.sender] = (price_per_token << 32) | index
+        serve = self._stamp(len(self._model_nodes[model_id]))
+    self._serve[model_id][msg.sender] = (price_per_token << 96) | (serve & (JOINED_MASK | INDEX_MASK))
     log IMarket.ModelServed(node=msg.sender, model_id=model_id, price_per_token=price_per_token)
 
 
@@ -506,7 +519,41 @@ def stop_serving(model_id: bytes32):
     """
     assert self._serve[model_id][msg.sender] != 0, "market: model not served"
     self._unserve(msg.sender, model_id)
-    log IMarket.ModelUnserved(node=msg.sender, model_id=model_id)
+
+
+@external
+def remove_node(model_id: bytes32, node: address):
+    """
+    @notice Removes from the active set of `model_id` a node whose bonded stake is below
+            `min_stake` (e.g. after the owner raised it); permissionless.
+    @param model_id The model.
+    @param node The node to remove.
+    """
+    assert self._serve[model_id][node] != 0, "market: model not served"
+    assert self._bond[node] & LOW128 < self._field(self._cfg, SH_MIN_STAKE, 120), "market: node stake sufficient"
+    self._unserve(node, model_id)
+
+
+@view
+@external
+def draw_candidates(
+    model_id: bytes32, joined_before: uint256, min_stake: uint256
+) -> DynArray[address, MAX_NODES_PER_MODEL]:
+    """
+    @notice The nodes a court draw may pick for `model_id`: in its active set since a block
+            before `joined_before`, with bonded stake at least `min_stake`.
+    @param model_id The model.
+    @param joined_before Only nodes that joined (or last topped up from below the minimum)
+           at an earlier block.
+    @param min_stake The stake floor (the court passes the minimum as it was at the request).
+    @return The candidates, in set order.
+    """
+    out: DynArray[address, MAX_NODES_PER_MODEL] = []
+    for node: address in self._model_nodes[model_id]:
+        joined: uint256 = (self._serve[model_id][node] & JOINED_MASK) >> 32
+        if joined < joined_before and self._bond[node] & LOW128 >= min_stake:
+            out.append(node)
+    return out
 
 
 @view
@@ -547,7 +594,7 @@ def serve_price(node: address, model_id: bytes32) -> uint256:
     @param model_id The model.
     @return The price (0 if not served).
     """
-    return self._serve[model_id][node] >> 32
+    return self._serve[model_id][node] >> 96
 
 
 @view
@@ -607,12 +654,19 @@ def withdraw() -> uint256:
             rewards, unbonded stake, fees for the fee recipient).
     @return The amount transferred.
     """
-    amount: uint256 = self.claimable[msg.sender]
-    assert amount > 0, "market: nothing to withdraw"
-    self.claimable[msg.sender] = 0
-    self._push_tokens(msg.sender, amount)
-    log IMarket.Withdrawn(account=msg.sender, amount=amount)
-    return amount
+    return self._withdraw(msg.sender)
+
+
+@external
+def withdraw_to(recipient: address) -> uint256:
+    """
+    @notice Pays out everything credited to the caller to `recipient` (an account whose
+            own token transfers are blocked, e.g. by a stablecoin's blocklist).
+    @param recipient Where the tokens go.
+    @return The amount transferred.
+    """
+    assert recipient != empty(address), "market: zero recipient"
+    return self._withdraw(recipient)
 
 
 # ---- jobs ----
@@ -638,19 +692,10 @@ def submit(
     @param result_deadline Last moment to publish (after claim_deadline).
     @return The job id.
     """
-    job_id: uint256 = 0
-    job: IMarket.Job = empty(IMarket.Job)
-    job_id, job = self._submit(
-        msg.sender, model_id, keccak256(input), len(input), params, max_payment, preferred_node,
-        claim_deadline, result_deadline,
+    return self._submit(
+        msg.sender, model_id, input, params, max_payment, preferred_node, claim_deadline,
+        result_deadline,
     )
-    log IMarket.JobSubmitted(
-        job_id=job_id, client=msg.sender, model_id=model_id, input=input, params=params,
-        max_tokens=job.max_tokens, max_payment=max_payment, preferred_node=preferred_node,
-        submitted_at=job.submitted_at, claim_deadline=claim_deadline,
-        result_deadline=result_deadline,
-    )
-    return job_id
 
 
 @external
@@ -683,19 +728,12 @@ def submit_many(
     ), "market: length mismatch"
     ids: DynArray[uint256, MAX_SUBMIT_BATCH] = []
     for i: uint256 in range(n, bound=MAX_SUBMIT_BATCH):
-        job_id: uint256 = 0
-        job: IMarket.Job = empty(IMarket.Job)
-        job_id, job = self._submit(
-            msg.sender, model_ids[i], keccak256(inputs[i]), len(inputs[i]), params[i],
-            max_payments[i], preferred_nodes[i], claim_deadlines[i], result_deadlines[i],
+        ids.append(
+            self._submit(
+                msg.sender, model_ids[i], inputs[i], params[i], max_payments[i],
+                preferred_nodes[i], claim_deadlines[i], result_deadlines[i],
+            )
         )
-        log IMarket.JobSubmitted(
-            job_id=job_id, client=msg.sender, model_id=model_ids[i], input=inputs[i],
-            params=params[i], max_tokens=job.max_tokens, max_payment=max_payments[i],
-            preferred_node=preferred_nodes[i], submitted_at=job.submitted_at,
-            claim_deadline=claim_deadlines[i], result_deadline=result_deadlines[i],
-        )
-        ids.append(job_id)
     return ids
 
 
@@ -723,19 +761,10 @@ def deposit_and_submit(
     @return The job id.
     """
     self._deposit(msg.sender, amount)
-    job_id: uint256 = 0
-    job: IMarket.Job = empty(IMarket.Job)
-    job_id, job = self._submit(
-        msg.sender, model_id, keccak256(input), len(input), params, max_payment, preferred_node,
-        claim_deadline, result_deadline,
+    return self._submit(
+        msg.sender, model_id, input, params, max_payment, preferred_node, claim_deadline,
+        result_deadline,
     )
-    log IMarket.JobSubmitted(
-        job_id=job_id, client=msg.sender, model_id=model_id, input=input, params=params,
-        max_tokens=job.max_tokens, max_payment=max_payment, preferred_node=preferred_node,
-        submitted_at=job.submitted_at, claim_deadline=claim_deadline,
-        result_deadline=result_deadline,
-    )
-    return job_id
 
 
 @external
@@ -770,13 +799,7 @@ def publish(
     @param result_digest The PROTOCOL §5 digest over the plaintext tokens.
     """
     self._check_job(job_id, job, CLAIMED, "market: job not claimed")
-    j: IMarket.Job = self._publish(job, output_tokens, finish_reason, result_digest)
-    self._jobs[job_id] = self._hash(j) | PUBLISHED
-    log IMarket.ResultPublished(
-        job_id=job_id, node=msg.sender, output=output, output_tokens=output_tokens,
-        finish_reason=finish_reason, result_digest=result_digest, published_at=j.published_at,
-        published_block=j.published_block,
-    )
+    self._publish(job_id, job, output, output_tokens, finish_reason, result_digest)
 
 
 @external
@@ -799,14 +822,7 @@ def claim_and_publish(
     @param result_digest The §5 digest.
     """
     self._check_job(job_id, job, OPEN, "market: job not open")
-    j: IMarket.Job = self._claim(job_id, job)
-    j = self._publish(j, output_tokens, finish_reason, result_digest)
-    self._jobs[job_id] = self._hash(j) | PUBLISHED
-    log IMarket.ResultPublished(
-        job_id=job_id, node=msg.sender, output=output, output_tokens=output_tokens,
-        finish_reason=finish_reason, result_digest=result_digest, published_at=j.published_at,
-        published_block=j.published_block,
-    )
+    self._publish(job_id, self._claim(job_id, job), output, output_tokens, finish_reason, result_digest)
 
 
 @external
@@ -843,13 +859,7 @@ def publish_many(
             j = self._claim(job_id, j)
         else:
             self._check_job(job_id, j, CLAIMED, "market: job not claimed")
-        j = self._publish(j, output_tokens[i], finish_reasons[i], result_digests[i])
-        self._jobs[job_id] = self._hash(j) | PUBLISHED
-        log IMarket.ResultPublished(
-            job_id=job_id, node=msg.sender, output=outputs[i], output_tokens=output_tokens[i],
-            finish_reason=finish_reasons[i], result_digest=result_digests[i],
-            published_at=j.published_at, published_block=j.published_block,
-        )
+        self._publish(job_id, j, outputs[i], output_tokens[i], finish_reasons[i], result_digests[i])
 
 
 @external
@@ -1036,28 +1046,36 @@ def court_slash(node: address, amount: uint256, job_id: uint256) -> uint256:
 
 
 @external
-def court_pay(account: address, amount: uint256):
+def court_hold(node: address, held: bool):
     """
-    @notice Court only: pays `amount` of the court funds to `account`'s claimable balance.
-    @param account The receiver.
-    @param amount The amount.
+    @notice Court only: opens (`held`) or closes a court role of `node`; while any is open
+            its stake cannot leave through `complete_unbond`.
+    @param node The verifier or panel member.
+    @param held True when the role opens, False when it closes.
     """
     self._only_court()
-    assert self.court_funds >= amount, "market: court funds short"
-    self.court_funds -= amount
-    self._credit(account, amount)
+    if held:
+        self._holds[node] += 1
+    else:
+        self._holds[node] -= 1
 
 
 @external
-def court_to_audit_pool(amount: uint256):
+def court_pay(account: address, amount: uint256):
     """
-    @notice Court only: moves court funds (e.g. undistributed slash) into the audit pool.
+    @notice Court only: pays `amount` of the court funds to `account`'s claimable balance,
+            or, with `account` empty, moves it into the audit pool (undistributed slash,
+            no-show penalties).
+    @param account The receiver, or empty for the audit pool.
     @param amount The amount.
     """
     self._only_court()
     assert self.court_funds >= amount, "market: court funds short"
     self.court_funds -= amount
-    self._add_pools(0, amount)
+    if account == empty(address):
+        self._add_pools(0, amount)
+    else:
+        self._credit(account, amount)
 
 
 @external
@@ -1166,16 +1184,15 @@ def _set_status(job_id: uint256, status: uint256):
 def _submit(
     client: address,
     model_id: bytes32,
-    input_hash: bytes32,
-    input_len: uint256,
+    input: Bytes[MAX_INPUT_ABI],
     params: Bytes[MAX_PARAMS_ABI],
     max_payment: uint256,
     preferred_node: address,
     claim_deadline: uint64,
     result_deadline: uint64,
-) -> (uint256, IMarket.Job):
-    """Checks and records a submission; the caller logs JobSubmitted (the input stays in
-    the external frame, so it is not copied again)."""
+) -> uint256:
+    """Checks and records a submission and logs JobSubmitted; returns the job id."""
+    input_len: uint256 = len(input)
     assert max_payment > 0, "market: zero payment"
     assert self.model_registered[model_id], "market: unknown model"
     assert input_len > 0, "market: empty input"
@@ -1194,7 +1211,7 @@ def _submit(
     job: IMarket.Job = empty(IMarket.Job)
     job.client = client
     job.model_id = model_id
-    job.input_hash = input_hash
+    job.input_hash = keccak256(input)
     job.params_hash = keccak256(params)
     job.max_tokens = convert(max_tokens, uint32)
     job.max_payment = max_payment
@@ -1203,7 +1220,13 @@ def _submit(
     job.claim_deadline = claim_deadline
     job.result_deadline = result_deadline
     self._jobs[job_id] = self._hash(job) | OPEN
-    return job_id, job
+    log IMarket.JobSubmitted(
+        job_id=job_id, client=client, model_id=model_id, input=input, params=params,
+        max_tokens=job.max_tokens, max_payment=max_payment, preferred_node=preferred_node,
+        submitted_at=job.submitted_at, claim_deadline=claim_deadline,
+        result_deadline=result_deadline,
+    )
+    return job_id
 
 
 @internal
@@ -1225,7 +1248,7 @@ def _claim(job_id: uint256, job: IMarket.Job) -> IMarket.Job:
     self._bond[msg.sender] = bond + (collateral << 128)
     j: IMarket.Job = job
     j.node = msg.sender
-    j.price_per_token = serve >> 32
+    j.price_per_token = serve >> 96
     j.collateral = collateral
     log IMarket.JobClaimed(
         job_id=job_id, node=msg.sender, price_per_token=j.price_per_token, collateral=collateral
@@ -1235,12 +1258,16 @@ def _claim(job_id: uint256, job: IMarket.Job) -> IMarket.Job:
 
 @internal
 def _publish(
+    job_id: uint256,
     job: IMarket.Job,
+    output: Bytes[MAX_OUTPUT_ABI],
     output_tokens: uint32,
     finish_reason: uint8,
     result_digest: bytes32,
-) -> IMarket.Job:
+):
+    """Records a claimed job's result (the caller checked the job word) and logs it."""
     assert msg.sender == job.node, "market: not the claimant"
+    assert not self._stakes[msg.sender].slashed, "market: node slashed"
     assert block.timestamp <= convert(job.result_deadline, uint256), "market: result deadline passed"
     assert output_tokens <= job.max_tokens, "market: too many output tokens"
     assert finish_reason <= 1, "market: bad finish reason"
@@ -1251,7 +1278,12 @@ def _publish(
     j.result_digest = result_digest
     j.published_at = convert(block.timestamp, uint64)
     j.published_block = convert(block.number, uint64)
-    return j
+    self._jobs[job_id] = self._hash(j) | PUBLISHED
+    log IMarket.ResultPublished(
+        job_id=job_id, node=msg.sender, output=output, output_tokens=output_tokens,
+        finish_reason=finish_reason, result_digest=result_digest, published_at=j.published_at,
+        published_block=j.published_block,
+    )
 
 
 @internal
@@ -1342,6 +1374,21 @@ def _unserve(node: address, model_id: bytes32):
             models.pop()
             break
     self._node_models[node] = models
+    log IMarket.ModelUnserved(node=node, model_id=model_id)
+
+
+@internal
+def _unserve_all(node: address):
+    served: DynArray[bytes32, MAX_MODELS_PER_NODE] = self._node_models[node]
+    for model_id: bytes32 in served:
+        self._unserve(node, model_id)
+
+
+@view
+@internal
+def _stamp(serve: uint256) -> uint256:
+    """`serve` with its joined block set to this block."""
+    return (serve & ~JOINED_MASK) | (block.number << 32)
 
 
 @internal
@@ -1356,15 +1403,18 @@ def _slash(node: address, amount: uint256, job_id: uint256) -> uint256:
         self._bond[node] = 0
         self._stakes[node].unbonding = 0
         self._stakes[node].slashed = True
-        served: DynArray[bytes32, MAX_MODELS_PER_NODE] = self._node_models[node]
-        for model_id: bytes32 in served:
-            self._unserve(node, model_id)
+        self._unserve_all(node)
     else:
-        from_free: uint256 = min(amount, stake - (bond >> 128))
+        # free stake first, then unbonding, then the collateral locked by its live jobs
+        locked: uint256 = bond >> 128
+        from_free: uint256 = min(amount, stake - locked)
         from_unbonding: uint256 = min(amount - from_free, s.unbonding)
-        taken = from_free + from_unbonding
-        self._bond[node] = bond - from_free
+        from_locked: uint256 = min(amount - from_free - from_unbonding, locked)
+        taken = from_free + from_unbonding + from_locked
+        self._bond[node] = ((locked - from_locked) << 128) | (stake - from_free - from_locked)
         self._stakes[node].unbonding = s.unbonding - from_unbonding
+        if stake - from_free - from_locked < self._field(self._cfg, SH_MIN_STAKE, 120):
+            self._unserve_all(node)
     self.total_stake -= taken
     self.court_funds += taken
     log IMarket.NodeSlashed(node=node, job_id=job_id, amount=taken, whole_stake=whole)
@@ -1400,6 +1450,16 @@ def _deposit(account: address, amount: uint256) -> uint256:
     self.balance_of[account] = bal
     log IMarket.Deposited(account=account, amount=received, balance=bal)
     return received
+
+
+@internal
+def _withdraw(recipient: address) -> uint256:
+    amount: uint256 = self.claimable[msg.sender]
+    assert amount > 0, "market: nothing to withdraw"
+    self.claimable[msg.sender] = 0
+    self._push_tokens(recipient, amount)
+    log IMarket.Withdrawn(account=msg.sender, amount=amount)
+    return amount
 
 
 @internal

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTRACTS = ("Market", "Court", "TestToken")
+CONTRACTS = ("Market", "Court", "TestToken", "Timelock")
 OUT = ROOT / "workers" / "verinfer" / "abi"
 
 

@@ -20,7 +20,7 @@ def _export_module():  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.skipif(not BUILD.is_file(), reason="run `ape compile` first (make test does)")
-@pytest.mark.parametrize("name", ["Market", "Court", "TestToken"])
+@pytest.mark.parametrize("name", ["Market", "Court", "TestToken", "Timelock"])
 def test_shipped_abi__matches_compiled_contract(name: str) -> None:
     export = _export_module()
     shipped = (ROOT / "workers" / "verinfer" / "abi" / f"{name}.json").read_text()
