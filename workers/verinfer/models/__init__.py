@@ -1,4 +1,5 @@
-"""Models: manifests, the deterministic tiny model and the checked loader.
+"""Models: manifests, the deterministic tiny model, SmolLM2 (imported from a GGUF) and the
+checked loader.
 
 The names below are imported on first use (PEP 562), so that importing ``verinfer.models``
 (or a light module of it, like ``manifest``) does not import torch: the node's supervisor and
@@ -22,6 +23,9 @@ _WHERE = {
     "ModelFileError": "manifest",
     "build_manifest": "manifest",
     "check_files": "manifest",
+    "SMOLLM2_NAME": "smollm2",
+    "ensure_smollm2": "smollm2",
+    "import_gguf": "smollm2",
     "TinyConfig": "tiny",
     "build_tiny_model": "tiny",
     "tiny_model_path": "tiny",
@@ -29,6 +33,7 @@ _WHERE = {
 
 __all__ = [
     "MANIFEST_NAME",
+    "SMOLLM2_NAME",
     "LoadedModel",
     "Manifest",
     "ModelFileError",
@@ -38,6 +43,8 @@ __all__ = [
     "build_manifest",
     "build_tiny_model",
     "check_files",
+    "ensure_smollm2",
+    "import_gguf",
     "load_model",
     "resolve_model_path",
     "tiny_model_path",
@@ -61,4 +68,5 @@ if TYPE_CHECKING:
         build_manifest,
         check_files,
     )
+    from verinfer.models.smollm2 import SMOLLM2_NAME, ensure_smollm2, import_gguf
     from verinfer.models.tiny import TinyConfig, build_tiny_model, tiny_model_path
