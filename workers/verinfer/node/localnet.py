@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from verinfer.digest import SamplingParams
 from verinfer.inputs import encode_text_input
@@ -76,6 +76,22 @@ def tiny_model() -> tuple[Path, Manifest]:
     """The project's small model (seed 0) and its manifest."""
     path = tiny_model_path(seed=0)
     return path, Manifest.load(path / MANIFEST_NAME)
+
+
+ModelChoice = Literal["tiny", "smollm2"]
+
+
+def net_model(model: ModelChoice) -> tuple[Path, Manifest, Path]:
+    """The served model's directory and manifest, and the cheater's weights: the small model
+    (the cheater: seed ``CHEAT_SEED``) or SmolLM2-135M-Instruct (the cheater: SmolLM2 with a
+    decoder layer dropped)."""
+    if model == "smollm2":
+        from verinfer.models.smollm2 import ensure_smollm2, smollm2_without_layer
+
+        path = ensure_smollm2()
+        return path, Manifest.load(path / MANIFEST_NAME), smollm2_without_layer()
+    path, manifest = tiny_model()
+    return path, manifest, tiny_model_path(seed=CHEAT_SEED)
 
 
 @dataclass
@@ -145,6 +161,7 @@ class Net:
     tmp: Path
     model_id: bytes
     model_path: Path
+    cheat_path: Path | None = None  # the cheater's weights (default: the seed-1 small model)
     keys: list[Any] = field(default_factory=lambda: dev_keys(10))
     nodes: list[NodeProcess] = field(default_factory=list)
 
@@ -157,8 +174,9 @@ class Net:
 
     def node_env(self, index: int, name: str, cheat: bool = False, **extra: Any) -> dict[str, str]:
         """Environment of a node using dev key ``index`` from an encrypted keystore.
-        ``cheat``: the dev/test setting VERINFER_DEV_CHEAT_WEIGHTS, other weights (the small
-        model built with seed ``CHEAT_SEED``) served under the registered model id."""
+        ``cheat``: the dev/test setting VERINFER_DEV_CHEAT_WEIGHTS, other weights (``cheat_path``,
+        by default the small model built with seed ``CHEAT_SEED``) served under the registered
+        model id."""
         keystore = self.tmp / "keystore"
         if not (keystore / f"{name}.json").is_file():
             write_keystore(name, self.keys[index].key, PASSPHRASE, keystore)
@@ -186,7 +204,9 @@ class Net:
             }
         )
         if cheat:
-            env["VERINFER_DEV_CHEAT_WEIGHTS"] = str(tiny_model_path(seed=CHEAT_SEED))
+            env["VERINFER_DEV_CHEAT_WEIGHTS"] = str(
+                self.cheat_path or tiny_model_path(seed=CHEAT_SEED)
+            )
         env.update({f"VERINFER_{k.upper()}": str(v) for k, v in extra.items()})
         return env
 
@@ -268,10 +288,13 @@ class Net:
         return record
 
 
-def setup_net(dev: DevProtocol, rpc_url: str, redis_url: str, tmp: Path) -> Net:
-    """Register the tiny model, stake two honest nodes and the cheater, fund three clients."""
-    path, manifest = tiny_model()
-    net = Net(dev, rpc_url, redis_url, tmp, manifest.model_id, path)
+def setup_net(
+    dev: DevProtocol, rpc_url: str, redis_url: str, tmp: Path, model: ModelChoice = "tiny"
+) -> Net:
+    """Register the model (the tiny one, or SmolLM2), stake two honest nodes and the cheater,
+    fund three clients."""
+    path, manifest, cheat_path = net_model(model)
+    net = Net(dev, rpc_url, redis_url, tmp, manifest.model_id, path, cheat_path)
     transact(
         dev.w3,
         dev.market.functions.register_model(
@@ -288,13 +311,16 @@ def setup_net(dev: DevProtocol, rpc_url: str, redis_url: str, tmp: Path) -> Net:
 
 @contextmanager
 def local_net(
-    tmp: Path | None = None, chain: ChainKind = "anvil", challenge_window: int = 60
+    tmp: Path | None = None,
+    chain: ChainKind = "anvil",
+    challenge_window: int = 60,
+    model: ModelChoice = "tiny",
 ) -> Iterator[Net]:
     """A fresh dev chain (``anvil`` or ``hardhat``) and Redis with the protocol deployed and
-    ``setup_net``'s roles. On exit, also on an exception or Ctrl-C: the node processes still
-    running, then Redis, then the chain are stopped (in that order: nodes drain their
-    transactions first). ``tmp``: where logs, keystores and Redis files go (default: a new
-    temporary directory, removed afterwards)."""
+    ``setup_net``'s roles, serving ``model``. On exit, also on an exception or Ctrl-C: the
+    node processes still running, then Redis, then the chain are stopped (in that order: nodes
+    drain their transactions first). ``tmp``: where logs, keystores and Redis files go
+    (default: a new temporary directory, removed afterwards)."""
     own_tmp = tmp is None
     where = Path(tempfile.mkdtemp(prefix="verinfer-net-")) if tmp is None else tmp
     where.mkdir(parents=True, exist_ok=True)
@@ -306,7 +332,11 @@ def local_net(
         redis_proc, redis_url = start_redis(where / "redis")
         procs.append(redis_proc)
         net = setup_net(
-            deploy_protocol(rpc_url, challenge_window=challenge_window), rpc_url, redis_url, where
+            deploy_protocol(rpc_url, challenge_window=challenge_window),
+            rpc_url,
+            redis_url,
+            where,
+            model,
         )
         yield net
     finally:
