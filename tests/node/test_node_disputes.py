@@ -26,6 +26,7 @@ from verinfer.node.localnet import (
     Net,
     wait_for,
 )
+from web3.logs import DISCARD
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -40,7 +41,7 @@ def _tokens_of(net: Net, job_id: int, seed: int) -> tuple[int, ...]:
     return tuple(out.token_ids)
 
 
-def test_cheater_node__disputed_by_client__slashed_on_real_node_verdict(net: Net) -> None:
+def test_cheater__client_dispute_drawn_by_node_keeper__slashed_on_real_verdict(net: Net) -> None:
     market, court = net.dev.market.functions, net.dev.court.functions
     cheater = net.addr(CHEATER)
     stake_before = market.node_info(cheater).call()[2]
@@ -66,7 +67,19 @@ def test_cheater_node__disputed_by_client__slashed_on_real_node_verdict(net: Net
             record.output_token_ids,
             record.finish_reason,
         )
-        transact(net.w3, court.dispute(job, record.as_struct()), net.addr(CLIENT_A))
+        receipt = transact(net.w3, court.dispute(job, record.as_struct()), net.addr(CLIENT_A))
+        (requested,) = net.dev.court.events.DrawRequested().process_receipt(receipt, errors=DISCARD)
+        seed_block = requested["args"]["seed_block"]
+        assert seed_block == receipt["blockNumber"] and requested["args"]["panel"] is False
+        assert court.dispute_info(job).call()[1] == 7  # DRAWING: nobody is assigned yet
+        # the client draws nothing: the nodes serving the model do, a few blocks later (no
+        # party to this dispute: `draw_delay_blocks`, 2); a real chain makes the blocks
+        net.dev.mine(blocks=3)
+        wait_for(lambda: net.events("VerifierAssigned", "court", job_id=job), 60, "the draw")
+        (assigned,) = net.events("VerifierAssigned", "court", job_id=job)
+        drawer = net.w3.eth.get_transaction(assigned["transactionHash"])["from"]
+        assert drawer in (net.addr(NODE_A), net.addr(NODE_B), cheater)
+        assert assigned["blockNumber"] > seed_block
         wait_for(lambda: court.dispute_info(job).call()[1] >= 3, 120, "the verifier's verdict")
         verdict = net.events("VerdictPosted", "court", job_id=job)
         assert len(verdict) == 1 and verdict[0]["args"]["valid"] is False
@@ -87,6 +100,9 @@ def test_cheater_node__disputed_by_client__slashed_on_real_node_verdict(net: Net
     assert net.events("JobClaimed", job_id=bad) == []
     honest = {net.addr(NODE_A): node_a, net.addr(NODE_B): node_b}[verifier]
     assert f"verdict job={job} valid=False kind=verdict" in honest.log()
+    assert len(net.events("DrawRequested", "court", job_id=job)) == 1
+    # every node serving the model tried to draw; the first won, the others skipped quietly
+    assert sum("action=draw" in n.log() for n in (node_a, node_b, bad_node)) >= 1
     assert "DEV CHEAT MODE (VERINFER_DEV_CHEAT_WEIGHTS=" in bad_node.log()
     assert "DEV CHEAT" not in node_a.log() + node_b.log()
     logs = node_a.log() + node_b.log() + bad_node.log()

@@ -36,6 +36,12 @@ def connect(rpc_url: str, timeout_s: float = 10.0, quiet_retries: bool = True) -
     return Web3(provider)
 
 
+# Court dispute phases (ICourt.vyi)
+PH_ASSIGNED, PH_ACCEPTED, PH_VERDICT, PH_APPEALED, PH_UNRESOLVED, PH_SETTLED = range(1, 7)
+PH_DRAWING, PH_PANEL_DRAWING = 7, 8  # a draw is requested: `Court.draw` from the next block on
+DRAW_PHASES = (PH_DRAWING, PH_PANEL_DRAWING)
+
+
 @dataclass(frozen=True)
 class DecodedLog:
     """A protocol log: contract name, event name, decoded args and where it sits."""
@@ -66,6 +72,13 @@ class Protocol:
                 if item["type"] == "event":
                     topic = bytes(event_abi_to_log_topic(item))  # type: ignore[arg-type]
                     self._events[(contract.address, topic)] = (name, dict(item))
+
+    def dispute(self, job_id: int) -> dict[str, Any]:
+        """``Court.dispute_info(job_id)`` as a dict by field name (phase 0: no dispute)."""
+        abi: Any = next(a for a in self.court.abi if a.get("name") == "dispute_info")
+        names = [c["name"] for c in abi["outputs"][0]["components"]]
+        raw = self.court.functions.dispute_info(job_id).call()
+        return dict(zip(names, raw, strict=True))
 
     @property
     def addresses(self) -> list[str]:

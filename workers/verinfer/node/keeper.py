@@ -1,5 +1,6 @@
 """Keeper duties: finalize the node's jobs in batches, start the audits the randomness
-selects, expire and cancel dead jobs, settle disputes when due, withdraw earnings."""
+selects, draw the verifiers and panels of disputes (``Court.draw``), expire and cancel dead
+jobs, settle disputes when due, withdraw earnings."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from verinfer.jobs import JobStatus
-from verinfer.node.contracts import Protocol
+from verinfer.node.contracts import DRAW_PHASES, PH_UNRESOLVED, Protocol
 from verinfer.node.sender import Backoff
 from verinfer.node.settings import NodeSettings
 from verinfer.node.store import Store
@@ -17,6 +18,7 @@ from verinfer.node.watcher import Dispatch
 
 log = logging.getLogger("verinfer.node.keeper")
 AUDIT_DELAY_BLOCKS = 2
+DRAW_RECHECK_BLOCKS = 3  # a draw sent is checked again this many blocks later
 
 
 class Keeper:
@@ -56,6 +58,7 @@ class Keeper:
         while ids := self.store.take_due("finalize", now, self.s.finalize_batch):
             self.dispatch("chain", "finalize", [[int(i) for i in ids]])
         self._each("audit", head, 256, lambda job_id: self._audit(job_id, head))
+        self._each("draw", head, 64, lambda job_id: self._draw(job_id, head))
         self._each("expire", now, 64, self._when(JobStatus.CLAIMED, "expire"))
         self._each("cancel", now, 64, self._when(JobStatus.OPEN, "cancel"))
         self._each("settle", now, 64, self._when(JobStatus.VERIFYING, "settle"))
@@ -87,6 +90,21 @@ class Keeper:
         ):
             log.info("audit selected job=%d node=%s", job_id, record.node)
             self.dispatch("chain", "start_audit", [job_id])
+
+    def _draw(self, job_id: int, head: int) -> None:
+        """Draw the requested verifier or panel of ``job_id`` once a block after the request
+        exists, and look again ``DRAW_RECHECK_BLOCKS`` later (a draw lost, or requested anew
+        because its seed block's hash expired). Nothing when someone else drew already; a
+        dispute that found no verifier (unresolved) is settled."""
+        d = self.p.dispute(job_id)
+        if d["phase"] in DRAW_PHASES:
+            if head <= d["seed_block"]:
+                self.store.schedule("draw", job_id, d["seed_block"] + 1)
+                return
+            self.dispatch("chain", "draw", [job_id])
+            self.store.schedule("draw", job_id, head + DRAW_RECHECK_BLOCKS)
+        elif d["phase"] == PH_UNRESOLVED and self._status(job_id) == JobStatus.VERIFYING:
+            self.dispatch("chain", "settle", [job_id])
 
     def _when(self, status: JobStatus, action: str) -> Callable[[int], None]:
         """Dispatch ``action`` for a job that is still in ``status``."""

@@ -221,6 +221,21 @@ class ChainRole:
         record = self._record(job_id)
         return self.sender.send("start_audit", self.court.start_audit(job_id, record.as_struct()))
 
+    def do_draw(self, job_id: int) -> bytes | None:
+        """``Court.draw``: quietly nothing when someone else drew first; in the block of the
+        request itself ("draw not ready"), tried again at the next block."""
+        try:
+            tx = self.sender.send("draw", self.court.draw(int(job_id)))
+        except TxRejected as exc:
+            if "nothing to draw" in exc.reason:
+                log.debug("draw job=%s: already drawn", job_id)
+                return None
+            if "draw not ready" in exc.reason:
+                self.store.schedule("draw", int(job_id), self.p.w3.eth.block_number + 1)
+                return None
+            raise
+        return tx
+
     def do_expire(self, job_id: int) -> bytes | None:
         record = self._record(job_id)
         return self.sender.send("expire", self.market.expire(job_id, record.as_struct()))

@@ -71,6 +71,9 @@ class NodeSettings(BaseSettings):
     withdraw_min: int = 0  # withdraw claimable earnings above this (wei)
     withdraw_every_s: float = 30.0  # how often the keeper checks for earnings to withdraw
     audits: bool = True  # start audits that the randomness selects
+    # `Court.draw` of a dispute of a served model that this node is no party to waits this many
+    # blocks more than the parties' (who draw as soon as a later block exists)
+    draw_delay_blocks: int = Field(default=2, ge=0)
     expire_others: bool = True  # expire/cancel dead jobs of any node
 
     # operations

@@ -247,6 +247,28 @@ class Watcher:
         for queue in ("finalize", "audit"):
             self.store.unschedule(queue, item.args["job_id"])
 
+    def on_DrawRequested(self, item: DecodedLog, key: str, first: bool) -> None:
+        """A verifier or panel draw was requested (dispute, audit, replacement, appeal): the
+        keeper calls ``Court.draw`` once a later block exists, for a job of a model this node
+        serves or a dispute it is a party to (its own job, its dispute or audit, its appeal).
+        A party draws at once; a node that only serves the model waits ``draw_delay_blocks``
+        more, so that most of the time one draw is sent, not one per node."""
+        if not first:
+            return
+        job_id = int(item.args["job_id"])
+        d = self.p.dispute(job_id)
+        party = self.me in (d["node"], d["challenger"], d["appellant"])
+        if not party and bytes(d["model_id"]) not in self.policy.models:
+            return
+        delay = 0 if party else self.s.draw_delay_blocks
+        self.store.schedule("draw", job_id, int(item.args["seed_block"]) + 1 + delay)
+        log.info(
+            "draw requested job=%d panel=%s seed_block=%d",
+            job_id,
+            bool(item.args["panel"]),
+            int(item.args["seed_block"]),
+        )
+
     def on_VerifierAssigned(self, item: DecodedLog, key: str, first: bool) -> None:
         if first and item.args["verifier"] == self.me:
             self.dispatch("chain", "accept", [item.args["job_id"], key])
@@ -260,11 +282,19 @@ class Watcher:
             self.store.schedule("settle", item.args["job_id"], item.args["appeal_deadline"] + 1)
 
     def on_AppealOpened(self, item: DecodedLog, key: str, first: bool) -> None:
+        # the panel is drawn later (DrawRequested, then PanelDrawn): nothing to settle before
+        self.store.unschedule("settle", item.args["job_id"])
+
+    def on_PanelDrawn(self, item: DecodedLog, key: str, first: bool) -> None:
         if not first:
             return
-        self.store.schedule("settle", item.args["job_id"], item.args["vote_deadline"] + 1)
-        if self.me in list(item.args["panel"]):
-            self.dispatch("infer", "verify", [item.args["job_id"], key, "panel"])
+        job_id, panel = item.args["job_id"], list(item.args["panel"])
+        if not panel:  # too few nodes: the appeal bond went back, the verdict stands (due now)
+            self.store.schedule("settle", job_id, self.block_time(item) + 1)
+            return
+        self.store.schedule("settle", job_id, item.args["vote_deadline"] + 1)
+        if self.me in panel:
+            self.dispatch("infer", "verify", [job_id, key, "panel"])
 
     def on_DisputeSettled(self, item: DecodedLog, key: str, first: bool) -> None:
         self.store.unschedule("settle", item.args["job_id"])
