@@ -222,6 +222,9 @@ from verinfer.gateway.cli import gateway  # noqa: E402
 main.add_command(gateway)
 for _cmd in OPERATOR_COMMANDS:
     node.add_command(_cmd)
+from verinfer.cli_deploy import deploy  # noqa: E402
+
+main.add_command(deploy)
 
 if __name__ == "__main__":
     main()

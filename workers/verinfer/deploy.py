@@ -1,10 +1,17 @@
 """Deploy and wire the verinfer contracts through ape (tests, demo, benchmarks, scripts).
 
-Order (see /tmp notes of the contracts, mirrored in docs): token (a fresh TestToken unless
-one is given) -> Market(token, min_stake, fee_recipient) -> Court(market, bonds, fees)
--> market.set_court(court). Amounts are configured in whole tokens and scaled by the
-token's decimals, so the same defaults serve an 18-decimal test token and a 6-decimal
-stablecoin.
+Order: token (a fresh TestToken unless one is given) -> Market(token, min_stake,
+fee_recipient) -> Court(market, bonds, fees) -> market.set_court(court) -> with a timelock
+delay, the Timelock takes over both contracts' ownership (``install_timelock``). Amounts are
+configured in whole tokens and scaled by the token's decimals, so the same defaults serve an
+18-decimal test token and a 6-decimal stablecoin.
+
+The Timelock (``contracts/Timelock.vy``, snekmate's TimelockController) makes every owner
+action (``set_param``, ``set_fee_recipient``, ``register_model``, ownership) wait
+``timelock_delay`` seconds between being scheduled in public and applying, so that users can
+leave before a change they dislike applies. The deployer stays the only proposer and
+executor. A deployment for real use keeps the default delay (``ape run deploy``, ``verinfer
+deploy``: 2 days); dev chains and tests use 0, which keeps the deployer as the direct owner.
 """
 
 from __future__ import annotations
@@ -15,6 +22,9 @@ from typing import Any
 TEST_TOKEN_NAME = "verinfer test USD"
 TEST_TOKEN_SYMBOL = "vUSD"
 TEST_TOKEN_DECIMALS = 18
+DEFAULT_TIMELOCK_DELAY = 2 * 86_400  # seconds an owner action waits in a real deployment
+ZERO_ADDRESS = "0x" + "00" * 20
+ZERO_BYTES32 = b"\x00" * 32
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,9 @@ class DeployConfig:
     no_show_penalty: int = 50
     audit_fee: int = 5
     fee_recipient: str | None = None  # default: the deployer
+    # seconds every owner action waits behind the Timelock; 0: no timelock, the deployer owns
+    # market and court directly (dev chains, tests). Deploy commands default to 2 days.
+    timelock_delay: int = 0
 
 
 def deploy_contract(container: Any, *args: Any, sender: Any) -> Any:
@@ -59,7 +72,8 @@ def deploy_all(
         config: constructor parameters; `DeployConfig()` defaults when None.
 
     Returns:
-        The addresses: ``{"token", "market", "court", "owner"}``.
+        The addresses: ``{"token", "market", "court", "owner"}``; ``owner`` is the Timelock
+        when ``config.timelock_delay`` > 0 (then also ``"timelock"``), else the deployer.
     """
     from ape import project
 
@@ -95,9 +109,46 @@ def deploy_all(
     market.set_court(court.address, sender=deployer)
     if market.court() != court.address or court.market() != market.address:
         raise RuntimeError("deploy: market and court are not wired to each other")
-    return {
+    out = {
         "token": str(token_contract.address),
         "market": str(market.address),
         "court": str(court.address),
         "owner": str(deployer.address),
     }
+    if cfg.timelock_delay > 0:
+        timelock = install_timelock(deployer, [market, court], cfg.timelock_delay)
+        out["timelock"] = out["owner"] = str(timelock.address)
+    return out
+
+
+def install_timelock(deployer: Any, owned: list[Any], delay: int) -> Any:
+    """Deploy a Timelock (the deployer its only proposer and executor, no admin) and make it
+    the owner of each contract of ``owned`` (snekmate's two-step ownership: the deployer
+    transfers, the timelock accepts); then raise its minimum delay to ``delay`` seconds.
+
+    The timelock starts with delay 0, so that its own first operation (accept every
+    ownership, then ``update_delay(delay)``, which only the timelock may call) is scheduled
+    and executed at once; from then on every operation waits ``delay``.
+    """
+    from ape import project
+
+    if delay <= 0:
+        raise ValueError("timelock delay must be positive")
+    timelock = deploy_contract(
+        project.Timelock, 0, [deployer.address], [deployer.address], ZERO_ADDRESS, sender=deployer
+    )
+    for contract in owned:
+        contract.transfer_ownership(timelock.address, sender=deployer)
+    targets = [str(c.address) for c in owned] + [str(timelock.address)]
+    payloads = [c.accept_ownership.encode_input() for c in owned]
+    payloads.append(timelock.update_delay.encode_input(delay))
+    amounts = [0] * len(targets)
+    args = (targets, amounts, payloads, ZERO_BYTES32, ZERO_BYTES32)
+    timelock.schedule_batch(*args, 0, sender=deployer)
+    timelock.execute_batch(*args, sender=deployer)
+    for contract in owned:
+        if contract.owner() != timelock.address:
+            raise RuntimeError(f"deploy: the timelock does not own {contract.address}")
+    if int(timelock.get_minimum_delay()) != delay:
+        raise RuntimeError("deploy: the timelock's delay was not set")
+    return timelock
