@@ -13,8 +13,9 @@ under the registered model id: SmolLM2 with one decoder layer dropped). Alice's 
 questions are chats (input format 0x01, the model's own chat template); Alice's go to node-a
 and Bob's to node-b (each names its node), and the script prints every question, the node
 that served it and its answer. A
-job that Alice sends to the cheater comes back with a wrong answer; she disputes it, the
-court picks one of the honest nodes at random, and that node's own process re-executes the
+job that Alice sends to the cheater comes back with a wrong answer; she disputes it, a
+node's keeper draws the verifier (one of the honest nodes at random, from the hash of the
+dispute's block), and that node's own process re-executes the
 job with the teacher-forced verifier and posts the verdict. The dev chain's clock is moved
 past the challenge and appeal windows; the nodes' keepers settle the dispute (the cheater's
 whole stake is slashed), finalize the honest jobs and withdraw the earnings. The script
@@ -122,6 +123,7 @@ def run_demo(net: Any, chain: str, result: dict[str, Any]) -> bool:
     from verinfer.node.localnet import CHEATER, CLIENT_A, CLIENT_B, NODE_A, NODE_B, wait_for
     from verinfer.node.policy import ServedModel
     from verinfer.node.redis_server import redis_binary
+    from web3.logs import DISCARD
 
     dev = net.dev
     market, court, token = dev.market.functions, dev.court.functions, dev.token.functions
@@ -230,12 +232,22 @@ def run_demo(net: Any, chain: str, result: dict[str, Any]) -> bool:
         f"(its digest matches what it published: only re-execution can tell)"
     )
 
-    log("== alice disputes it (bond from her prepaid balance); the court picks a random")
+    log("== alice disputes it (bond from her prepaid balance); the court requests a draw")
+    log("   seeded by the hash of that block, which nobody knew when she sent it; from a")
+    log("   later block on anyone may draw: the nodes' keepers do. The verifier is a random")
     log("   honest node, whose own process re-executes the job with the verifier")
-    transact(net.w3, court.dispute(cheat, record.as_struct()), addr["alice"])
+    receipt = transact(net.w3, court.dispute(cheat, record.as_struct()), addr["alice"])
+    (requested,) = dev.court.events.DrawRequested().process_receipt(receipt, errors=DISCARD)
+    log(f"   draw requested, seed block {requested['args']['seed_block']}")
+    dev.mine(blocks=3)  # a real chain makes blocks by itself; Anvil here mines on demand
+    wait_for(lambda: net.events("VerifierAssigned", "court", job_id=cheat), 120, "the draw")
     (assigned,) = net.events("VerifierAssigned", "court", job_id=cheat)
     verifier = assigned["args"]["verifier"]
-    log(f"   verifier drawn: {name_of.get(verifier, verifier)} ({verifier})")
+    drawer = net.w3.eth.get_transaction(assigned["transactionHash"])["from"]
+    log(
+        f"   {name_of.get(drawer, drawer)}'s keeper drew the verifier: "
+        f"{name_of.get(verifier, verifier)} ({verifier})"
+    )
     wait_for(lambda: net.events("VerdictPosted", "court", job_id=cheat), 240, "the verdict")
     (posted,) = net.events("VerdictPosted", "court", job_id=cheat)
     valid = bool(posted["args"]["valid"])
