@@ -8,7 +8,8 @@ Deploys everything, then measures `gasUsed` of every receipt for
   transaction, finalized by one `finalize_many` (per job = total / 10); and the same with one
   `claim_and_publish` transaction per job (`happy_path_total_batched_per_job_tx`); and with
   the 10 submitted in one `submit_many` as well (`happy_path_total_all_batched`);
-* one dispute: dispute -> accept -> post_verdict -> settle (after the appeal window).
+* one dispute: dispute -> draw (the next block: anyone, here the challenger) -> accept ->
+  post_verdict -> settle (after the appeal window); `dispute_draw` is the draw alone.
 The last stdout line is one JSON object.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 
 from ape import accounts, chain, project
 from ape.logging import LogLevel, logger
-from verinfer.deploy import deploy_all
+from verinfer.deploy import DeployConfig, deploy_all
 from verinfer.digest import SamplingParams, encode_params, model_id, pack_tokens, result_digest
 from verinfer.jobs import JobRecord
 
@@ -37,7 +38,7 @@ class Bench:
     def __init__(self) -> None:
         test = accounts.test_accounts
         self.owner, self.client, self.node, self.verifier, self.challenger = test[:5]
-        addresses = deploy_all(self.owner)
+        addresses = deploy_all(self.owner, config=DeployConfig(timelock_delay=0))
         self.token = project.TestToken.at(addresses["token"])
         self.market = project.Market.at(addresses["market"])
         self.court = project.Court.at(addresses["court"])
@@ -168,13 +169,17 @@ def batched_path(b: Bench, one_tx: bool, submit_many: bool = False) -> int:
     return total // BATCH
 
 
-def dispute_path(b: Bench) -> int:
-    """dispute -> accept -> post_verdict -> settle of one published job."""
+def dispute_path(b: Bench) -> tuple[int, int]:
+    """dispute -> draw -> accept -> post_verdict -> settle of one published job; returns the
+    total and the draw's own gas."""
     job, _ = b.submit()
     b.claim(job)
     b.publish(job)
     tx = b.court.dispute(job.job_id, job.as_struct(), sender=b.challenger)
     total = tx.gas_used
+    tx = b.court.draw(job.job_id, sender=b.challenger)  # mined in the block after the request
+    draw = tx.gas_used
+    total += draw
     [assigned] = tx.decode_logs(b.court.VerifierAssigned)
     verifier = accounts.test_accounts[assigned.verifier]
     total += b.court.accept(job.job_id, sender=verifier).gas_used
@@ -182,7 +187,7 @@ def dispute_path(b: Bench) -> int:
     b.pass_time(b.court.appeal_window() + 1)
     total += b.court.settle(job.job_id, job.as_struct(), sender=b.client).gas_used
     assert b.status(job) == 5, "disputed job not settled as valid"
-    return total
+    return total, draw
 
 
 def main() -> None:
@@ -190,15 +195,15 @@ def main() -> None:
     bench = Bench()
     cold = happy_path(bench)  # first job: the node's and the pools' slots go 0 -> non-zero
     happy = happy_path(bench)  # steady state: the figures reported per step
-    result = {
+    result: dict[str, int] = {
         **happy,
         "happy_path_total": sum(happy.values()),
         "happy_path_total_cold": sum(cold.values()),
         "happy_path_total_batched": batched_path(bench, one_tx=True),
         "happy_path_total_batched_per_job_tx": batched_path(bench, one_tx=False),
         "happy_path_total_all_batched": batched_path(bench, one_tx=True, submit_many=True),
-        "dispute_total": dispute_path(bench),
     }
+    result["dispute_total"], result["dispute_draw"] = dispute_path(bench)
     # ape logs "Stopping 'anvil' process." to stdout at exit; keep the JSON line last.
     logger.set_level(LogLevel.ERROR)
     print(json.dumps(result), flush=True)
