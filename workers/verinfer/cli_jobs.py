@@ -129,18 +129,69 @@ def job_wait(
     )
 
 
+def _draw_text(data: dict[str, Any]) -> str:
+    """What a draw gave (or that it is still pending), one line."""
+    by = "you" if data.get("drawn_by_us") else "another party (a node's keeper)"
+    if data["draw_pending"]:
+        return (
+            f"draw pending (seed block {data['seed_block']}): run `verinfer job draw "
+            f"{data['job_id']}` once a later block exists (nodes' keepers draw too)"
+        )
+    if data["phase"] in ("ASSIGNED", "ACCEPTED", "VERDICT") and data["verifier"]:
+        if data["panel"]:  # an appeal whose panel could not be drawn
+            return f"dispute is {data['phase']}"
+        return f"verifier {data['verifier']} drawn by {by}"
+    if data["phase"] == "APPEALED":
+        return f"panel {', '.join(data['panel'])} drawn by {by}, voting"
+    if data["phase"] == "UNRESOLVED":
+        return "no node could be drawn: the dispute settles as valid, bond returned"
+    return f"dispute is {data['phase']}"
+
+
 @job.command("dispute")
 @click.argument("job_id", type=int)
+@click.option("--no-draw", is_flag=True, help="Leave the verifier's draw to others.")
+@click.option("--timeout", default=120.0, show_default=True, type=float, help="For the draw.")
 @chain_options
-def job_dispute(conn: Conn, as_json: bool, job_id: int) -> None:
-    """Dispute a published result (bond from the prepaid balance); a verifier re-executes it."""
+def job_dispute(conn: Conn, as_json: bool, job_id: int, no_draw: bool, timeout: float) -> None:
+    """Dispute a published result (bond from the prepaid balance), then draw its verifier
+    (from the next block on), who re-executes it."""
     with spinner(as_json, "disputing..."):
-        data = conn.client.dispute(job_id)
+        data = conn.client.dispute(job_id, draw=not no_draw, timeout=timeout)
     emit(
         as_json,
         data,
-        f"job {job_id} disputed (bond {conn.fmt(data['bond'])}); verifier {data['verifier']}",
+        f"job {job_id} disputed (bond {conn.fmt(data['bond'])}); {_draw_text(data)}",
     )
+
+
+@job.command("draw")
+@click.argument("job_id", type=int)
+@click.option("--timeout", default=120.0, show_default=True, type=float)
+@chain_options
+def job_draw(conn: Conn, as_json: bool, job_id: int, timeout: float) -> None:
+    """Draw the pending verifier or appeal panel of JOB_ID (anyone may, from the block after
+    the dispute, audit or appeal on)."""
+    with spinner(as_json, "drawing..."):
+        data = {"job_id": job_id, **conn.client.draw(job_id, timeout=timeout)}
+    emit(as_json, data, f"job {job_id}: {_draw_text(data)}")
+
+
+@job.command("appeal")
+@click.argument("job_id", type=int)
+@click.option("--no-draw", is_flag=True, help="Leave the panel's draw to others.")
+@click.option("--timeout", default=120.0, show_default=True, type=float, help="For the draw.")
+@chain_options
+def job_appeal(conn: Conn, as_json: bool, job_id: int, no_draw: bool, timeout: float) -> None:
+    """Appeal the verdict on JOB_ID to a panel of 3 nodes (bond from the prepaid balance: the
+    dispute bond for the accused node, the appeal bond otherwise), then draw the panel."""
+    with spinner(as_json, "appealing..."):
+        data = conn.client.appeal(job_id, draw=not no_draw, timeout=timeout)
+    if not data["draw_pending"] and data["phase"] == "VERDICT":
+        what = "too few nodes for a panel: bond returned, the verdict stands"
+    else:
+        what = _draw_text(data)
+    emit(as_json, data, f"job {job_id} appealed (bond {conn.fmt(data['bond'])}); {what}")
 
 
 @job.command("list")
@@ -231,17 +282,24 @@ def balance_deposit(conn: Conn, as_json: bool, amount: str) -> None:
 @balance.command("withdraw")
 @click.argument("amount", required=False)
 @click.option("--claimable", is_flag=True, help="Withdraw claimable credits instead.")
+@click.option(
+    "--to", "to", help="With --claimable: pay them to this address (e.g. a blocked account)."
+)
 @chain_options
-def balance_withdraw(conn: Conn, as_json: bool, amount: str | None, claimable: bool) -> None:
+def balance_withdraw(
+    conn: Conn, as_json: bool, amount: str | None, claimable: bool, to: str | None
+) -> None:
     """Withdraw AMOUNT (default: all) of the prepaid balance, or --claimable credits."""
+    if to is not None and not claimable:
+        raise ClientError("--to goes with --claimable (prepaid balance returns to the account)")
     with spinner(as_json, "withdrawing..."):
         if claimable:
-            units = conn.client.collect()
+            units = conn.client.collect(to)
         else:
             prepaid = conn.client.balances().prepaid
             units = conn.units(amount) if amount else prepaid
             conn.client.withdraw(units)
-    d = {**_balance_data(conn), "withdrawn": units}
+    d = {**_balance_data(conn), "withdrawn": units, "to": to or conn.client.address}
     emit(as_json, d, _balance_human(conn, d))
 
 
@@ -277,6 +335,23 @@ COURT_PARAMS = [
 ]
 
 
+TOKEN_PARAMS = frozenset(
+    {"min_stake", "dispute_bond", "appeal_bond", "verifier_fee", "no_show_penalty", "audit_fee"}
+)
+
+
+def _param_text(conn: Conn, name: str, value: int) -> str:
+    """A parameter as a person reads it: token amounts in tokens, basis points as a percentage,
+    windows and delays in seconds (``--json`` keeps the raw integers)."""
+    if name in TOKEN_PARAMS:
+        return conn.fmt(value)
+    if name.endswith("_bps"):
+        return f"{value} bps ({value / 100:g} %)"
+    if name.endswith(("_window", "_delay")):
+        return f"{value} s"
+    return str(value)
+
+
 @market.command("params")
 @chain_options
 def market_params(conn: Conn, as_json: bool) -> None:
@@ -293,8 +368,8 @@ def market_params(conn: Conn, as_json: bool) -> None:
         "market_params": {p: int(getattr(c.market, p)()) for p in MARKET_PARAMS},
         "court_params": {p: int(getattr(c.court, p)()) for p in COURT_PARAMS},
     }
-    rows = [["market", k, v] for k, v in data["market_params"].items()]
-    rows += [["court", k, v] for k, v in data["court_params"].items()]
+    rows = [["market", k, _param_text(conn, k, v)] for k, v in data["market_params"].items()]
+    rows += [["court", k, _param_text(conn, k, v)] for k, v in data["court_params"].items()]
     emit(
         as_json,
         data,

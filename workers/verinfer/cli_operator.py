@@ -52,12 +52,13 @@ def node_unstake(conn: Conn, as_json: bool, amount: str) -> None:
 
 
 @click.command("withdraw")
+@click.option("--to", "to", help="Pay to this address (e.g. when the node's own is blocked).")
 @chain_options(default_account="test:3")
-def node_withdraw(conn: Conn, as_json: bool) -> None:
+def node_withdraw(conn: Conn, as_json: bool, to: str | None) -> None:
     """Withdraw unbonded stake that is ready and claimable earnings."""
     from verinfer import operator
 
-    data = operator.withdraw(conn.client)
+    data = operator.withdraw(conn.client, to)
     emit(
         as_json,
         data,

@@ -31,9 +31,9 @@ from eth_utils import keccak, to_checksum_address
 from verinfer.abi_types import contract_type
 from verinfer.chain_errors import ClientError, JobNotFound, JobTimeout, guard
 from verinfer.digest import SamplingParams
-from verinfer.inputs import encode_chat_input, encode_text_input
-from verinfer.jobs import ZERO_ADDRESS, JobRecord, JobStatus
-from verinfer.tokenizers_local import decode_tokens
+from verinfer.inputs import InputFormatError, check_input, encode_chat_input, encode_text_input
+from verinfer.jobs import DRAW_PHASES, ZERO_ADDRESS, DisputePhase, JobRecord, JobStatus
+from verinfer.tokenizers_local import context_error, decode_tokens
 
 TERMINAL = frozenset(
     {JobStatus.FINALIZED, JobStatus.CANCELLED, JobStatus.EXPIRED, JobStatus.SLASHED}
@@ -287,30 +287,48 @@ class Client:
         wallet = int(self.token.balanceOf(self.address))
         if wallet < amount:
             raise ClientError(
-                f"insufficient token balance: wallet holds {wallet}, deposit needs {amount}"
+                f"insufficient token balance: wallet holds {self.fmt(wallet)}, "
+                f"deposit needs {self.fmt(amount)}"
             )
         self.ensure_allowance(amount)
         with guard("deposit"):
             self.market.deposit(amount, sender=self.account)
         return int(self.market.balance_of(self.address))
 
+    def fmt(self, base_units: int) -> str:
+        """Base units as whole tokens with the token's symbol (``"12.5 vUSD"``), for people."""
+        from decimal import Decimal
+
+        if not hasattr(self, "_units"):
+            self._units = (int(self.token.decimals()), str(self.token.symbol()))
+        decimals, symbol = self._units
+        value = Decimal(base_units) / (Decimal(10) ** decimals)
+        return f"{format(value.normalize(), 'f') if value else '0'} {symbol}"
+
     def withdraw(self, amount: int | None = None) -> int:
         """Take ``amount`` (default: all) of the prepaid balance back; returns what is left."""
         prepaid = int(self.market.balance_of(self.address))
         amount = prepaid if amount is None else amount
         if amount <= 0 or amount > prepaid:
-            raise ClientError(f"insufficient prepaid balance: {prepaid}, asked for {amount}")
+            raise ClientError(
+                f"insufficient prepaid balance: {self.fmt(prepaid)}, asked for {self.fmt(amount)}"
+            )
         with guard("withdraw"):
             self.market.withdraw_deposit(amount, sender=self.account)
         return int(self.market.balance_of(self.address))
 
-    def collect(self) -> int:
-        """Withdraw claimable credits (refund shares, bonds back, earnings); returns the sum."""
+    def collect(self, to: str | None = None) -> int:
+        """Withdraw claimable credits (refund shares, bonds back, earnings); returns the sum.
+        ``to``: pay them to that address instead (``Market.withdraw_to``, e.g. when the
+        token blocks transfers to this account)."""
         claimable = int(self.market.claimable(self.address))
         if claimable == 0:
             raise ClientError("nothing to withdraw: claimable balance is 0")
         with guard("withdraw"):
-            self.market.withdraw(sender=self.account)
+            if to is None:
+                self.market.withdraw(sender=self.account)
+            else:
+                self.market.withdraw_to(_address(to), sender=self.account)
         return claimable
 
     # ---- models and prices ----
@@ -377,11 +395,19 @@ class Client:
             raise ClientError("give exactly one of prompt or messages")
         mid = self.resolve_model(model)
         node = to_checksum_address(node) if node else None
-        if prompt is not None:
-            data = encode_text_input(prompt)
-        else:
-            assert messages is not None
-            data = encode_chat_input(messages)
+        try:  # refused here, before anything is paid, rather than skipped by every node
+            if prompt is not None:
+                data = encode_text_input(prompt)
+            else:
+                assert messages is not None
+                data = encode_chat_input(messages)
+            check_input(data)
+        except UnicodeEncodeError:
+            raise ClientError("bad input: the prompt is not valid Unicode text") from None
+        except InputFormatError as exc:
+            raise ClientError(f"bad input: {exc}") from None
+        if problem := context_error(mid, data, max_tokens):
+            raise ClientError(f"bad input: {problem}")
         params = SamplingParams(
             max_tokens=max_tokens,
             temperature_milli=round(temperature * 1000),
@@ -453,8 +479,8 @@ class Client:
             wallet = int(self.token.balanceOf(self.address))
             if wallet < need:
                 raise ClientError(
-                    f"insufficient balance: job escrows {payment}, prepaid {prepaid} "
-                    f"+ wallet {wallet} is short"
+                    f"insufficient balance: job escrows {self.fmt(payment)}, prepaid "
+                    f"{self.fmt(prepaid)} + wallet {self.fmt(wallet)} is short"
                 )
             self.ensure_allowance(need)
         with guard("submit"):
@@ -588,11 +614,17 @@ class Client:
             return False
         return stored[:31] == rec.struct_hash()[:31]
 
-    def dispute(self, job: JobHandle | int) -> dict[str, Any]:
-        """Dispute a published result: the court assigns a random staked verifier.
+    def dispute(
+        self, job: JobHandle | int, draw: bool = True, timeout: float = 120.0
+    ) -> dict[str, Any]:
+        """Dispute a published result, then draw its verifier.
 
-        The bond comes from the prepaid balance; a shortfall is deposited first.
-        Returns ``{"job_id", "verifier", "bond"}``.
+        The bond comes from the prepaid balance; a shortfall is deposited first. The court
+        requests a draw seeded by the hash of the dispute's block; ``draw`` (default) then
+        calls ``Court.draw`` once a later block exists (``Client.draw``: anyone may, and the
+        nodes' keepers do too). Returns ``{"job_id", "bond", "seed_block", "verifier",
+        "drawn_by_us", "phase"}``; ``verifier`` is None while the draw is pending (``draw``
+        false, or no new block within ``timeout``: ``draw_pending`` is then true).
         """
         handle = self.job(job if isinstance(job, int) else job.job_id)
         if handle.status != JobStatus.PUBLISHED:
@@ -605,10 +637,123 @@ class Client:
             self.deposit(bond - prepaid)
         with guard("dispute"):
             self.court.dispute(handle.job_id, handle.record.as_struct(), sender=self.account)
-        info = self.court.dispute_info(handle.job_id)
         if not isinstance(job, int):
             job.status = JobStatus.VERIFYING
-        return {"job_id": handle.job_id, "verifier": str(info.verifier), "bond": bond}
+        seed_block = int(self.court.dispute_info(handle.job_id).seed_block)
+        out: dict[str, Any] = {"job_id": handle.job_id, "bond": bond, "seed_block": seed_block}
+        if not draw:
+            return {**out, **self.dispute_state(handle.job_id), "drawn_by_us": False}
+        try:
+            drawn = self.draw(handle.job_id, timeout=timeout)
+        except JobTimeout:
+            return {**out, **self.dispute_state(handle.job_id), "drawn_by_us": False}
+        return {**out, **drawn}
+
+    def appeal(
+        self, job: JobHandle | int, draw: bool = True, timeout: float = 120.0
+    ) -> dict[str, Any]:
+        """Appeal a verifier's verdict inside the appeal window, then draw the panel of 3.
+
+        The bond comes from the prepaid balance (a shortfall is deposited first): the
+        dispute bond when we are the accused node, the appeal bond otherwise. Returns
+        ``{"job_id", "bond", "seed_block", "panel", "vote_deadline", "drawn_by_us",
+        "phase"}``: an empty ``panel`` with phase VERDICT means too few nodes were left (the
+        bond was returned and the verdict stands); phase PANEL_DRAWING (``draw_pending``)
+        means the draw still waits for a new block (``Client.draw`` later).
+        """
+        job_id = job if isinstance(job, int) else job.job_id
+        info = self.court.dispute_info(job_id)
+        if int(info.phase) != DisputePhase.VERDICT:
+            raise ClientError(
+                f"job {job_id} has no verdict to appeal: its dispute is "
+                f"{DisputePhase(int(info.phase)).name}"
+            )
+        own = str(info.node) == self.address
+        bond = int(self.court.dispute_bond() if own else self.court.appeal_bond())
+        prepaid = int(self.market.balance_of(self.address))
+        if prepaid < bond:
+            self.deposit(bond - prepaid)
+        with guard("appeal"):
+            self.court.appeal(job_id, sender=self.account)
+        seed_block = int(self.court.dispute_info(job_id).seed_block)
+        out: dict[str, Any] = {"job_id": job_id, "bond": bond, "seed_block": seed_block}
+        if not draw:
+            return {**out, **self.dispute_state(job_id), "drawn_by_us": False}
+        try:
+            drawn = self.draw(job_id, timeout=timeout)
+        except JobTimeout:
+            return {**out, **self.dispute_state(job_id), "drawn_by_us": False}
+        return {**out, **drawn}
+
+    def draw(
+        self, job: JobHandle | int, timeout: float = 120.0, poll: float = 0.5
+    ) -> dict[str, Any]:
+        """Draw the verifier or appeal panel a dispute, audit, replacement or appeal of the
+        job requested (``Court.draw``; anyone may, from the block after the request on).
+
+        In the request's own block the court answers "draw not ready": this waits for the
+        next block (polling; on a local dev chain that mines on demand it mines one), then
+        draws. When someone else (a node's keeper) drew first, nothing is sent. Returns
+        ``dispute_state`` plus ``drawn_by_us``; JobTimeout when no new block came within
+        ``timeout``; ClientError when no draw is or was pending.
+        """
+        from ape import chain
+
+        job_id = job if isinstance(job, int) else job.job_id
+        state = self.dispute_state(job_id)
+        if state["phase"] == DisputePhase.NONE.name:
+            raise ClientError(f"job {job_id} has no dispute or audit: nothing to draw")
+        deadline = time.monotonic() + timeout
+        drawn_by_us = False
+        while DisputePhase[state["phase"]] in DRAW_PHASES:
+            try:
+                with guard("draw"):
+                    self.court.draw(job_id, sender=self.account)
+                drawn_by_us = True  # (a seed hash too old only renews the request: loop)
+            except ClientError as exc:
+                if "nothing to draw" in str(exc):  # someone else drew in the meantime
+                    pass
+                elif "draw not ready" in str(exc):
+                    self._wait_next_block(int(chain.blocks.height), deadline, job_id)
+                else:
+                    raise
+            state = self.dispute_state(job_id)
+        return {**state, "drawn_by_us": drawn_by_us}
+
+    def dispute_state(self, job_id: int) -> dict[str, Any]:
+        """The court's record of a job's dispute: ``{"phase", "verifier", "panel",
+        "deadline", "seed_block", "draw_pending"}`` (``verifier`` None when none is
+        assigned)."""
+        with guard("dispute info"):
+            info = self.court.dispute_info(job_id)
+        verifier = str(info.verifier)
+        phase = DisputePhase(int(info.phase))
+        return {
+            "phase": phase.name,
+            "verifier": None if int(verifier, 16) == 0 else verifier,
+            "panel": [str(a) for a in info.panel],
+            "deadline": int(info.deadline),
+            "seed_block": int(info.seed_block),
+            "draw_pending": phase in DRAW_PHASES,
+        }
+
+    def _wait_next_block(self, height: int, deadline: float, job_id: int) -> None:
+        """Wait until a block after ``height`` exists; on a local network that mines only on
+        demand (Anvil, Hardhat automine), mine one after a second of waiting."""
+        from ape import chain
+
+        local = chain.provider.network.name == "local"
+        waited = time.monotonic()
+        while int(chain.blocks.height) <= height:
+            if time.monotonic() > deadline:
+                raise JobTimeout(
+                    f"draw of job {job_id} not ready: no block after {height} yet; "
+                    f"run `verinfer job draw {job_id}` later"
+                )
+            if local and time.monotonic() - waited > 1.0:
+                chain.mine()
+                continue
+            time.sleep(0.5)
 
     def finalize(self, job: JobHandle | int) -> Result:
         """Finalize a published job after its challenge window (anyone may; keepers do)."""
@@ -671,6 +816,14 @@ def _raw_log(log: Any) -> dict[str, Any]:
         "transactionIndex": log["transactionIndex"],
         "logIndex": log["logIndex"],
     }
+
+
+def _address(text: str) -> str:
+    """A checksummed address, or ClientError."""
+    try:
+        return str(to_checksum_address(text))
+    except ValueError:
+        raise ClientError(f"not an address: {text!r}") from None
 
 
 def _submit_defaults(kwargs: dict[str, Any]) -> dict[str, Any]:

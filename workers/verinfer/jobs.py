@@ -67,6 +67,23 @@ class JobStatus(IntEnum):
     SLASHED = 8
 
 
+class DisputePhase(IntEnum):
+    """`court.dispute_info(id).phase`."""
+
+    NONE = 0
+    ASSIGNED = 1  # the drawn verifier must accept
+    ACCEPTED = 2  # ... and post its verdict
+    VERDICT = 3  # appeal window open
+    APPEALED = 4  # the drawn panel votes
+    UNRESOLVED = 5  # no verifier left: settles as valid, bond returned
+    SETTLED = 6
+    DRAWING = 7  # a verifier draw is requested: `court.draw` from the next block on
+    PANEL_DRAWING = 8  # an appeal panel draw is requested, likewise
+
+
+DRAW_PHASES = (DisputePhase.DRAWING, DisputePhase.PANEL_DRAWING)
+
+
 @dataclass
 class JobRecord:
     """The fields of `IMarket.Job` (in struct order), plus the job's id, input and output."""

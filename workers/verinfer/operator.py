@@ -59,7 +59,8 @@ def stake(
     wallet = int(client.token.balanceOf(client.address))
     if wallet < amount:
         raise ClientError(
-            f"insufficient token balance: wallet holds {wallet}, stake needs {amount}"
+            f"insufficient token balance: wallet holds {client.fmt(wallet)}, "
+            f"stake needs {client.fmt(amount)}"
         )
     if not info.registered:
         key = pubkey or account_pubkey(client.account)
@@ -86,20 +87,33 @@ def unstake(client: Client, amount: int) -> dict[str, Any]:
     return node_status(client)
 
 
-def withdraw(client: Client) -> dict[str, Any]:
-    """Complete a ready unbonding and withdraw claimable earnings; returns what moved."""
+def withdraw(client: Client, to: str | None = None) -> dict[str, Any]:
+    """Complete a ready unbonding and withdraw claimable earnings (to ``to``, default the
+    node's own address); returns what moved. A ready unbonding stays while the node is a
+    verifier or panel member of an open dispute (the court holds its stake)."""
     from ape import chain
 
     info = client.market.node_info(client.address)
     unbonded = earned = 0
+    held = False
     now = int(chain.blocks.head.timestamp)
     if int(info.unbonding) > 0 and now >= int(info.unbond_ready_at):
-        unbonded = int(info.unbonding)
-        with guard("complete unbond"):
-            client.market.complete_unbond(sender=client.account)
+        try:
+            with guard("complete unbond"):
+                client.market.complete_unbond(sender=client.account)
+            unbonded = int(info.unbonding)
+        except ClientError as exc:
+            if "held by court" not in str(exc):
+                raise
+            held = True
     if int(client.market.claimable(client.address)) > 0:
-        earned = client.collect()
+        earned = client.collect(to)
     if unbonded == 0 and earned == 0:
+        if held:
+            raise ClientError(
+                "nothing to withdraw yet: the court holds the unbonded stake while this node "
+                "is a verifier or panel member of an open dispute; no claimable earnings"
+            )
         if int(info.unbonding) > 0:
             raise ClientError(
                 f"nothing to withdraw yet: unbonding ready at {int(info.unbond_ready_at)} "

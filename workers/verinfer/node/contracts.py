@@ -36,12 +36,6 @@ def connect(rpc_url: str, timeout_s: float = 10.0, quiet_retries: bool = True) -
     return Web3(provider)
 
 
-# Court dispute phases (ICourt.vyi)
-PH_ASSIGNED, PH_ACCEPTED, PH_VERDICT, PH_APPEALED, PH_UNRESOLVED, PH_SETTLED = range(1, 7)
-PH_DRAWING, PH_PANEL_DRAWING = 7, 8  # a draw is requested: `Court.draw` from the next block on
-DRAW_PHASES = (PH_DRAWING, PH_PANEL_DRAWING)
-
-
 @dataclass(frozen=True)
 class DecodedLog:
     """A protocol log: contract name, event name, decoded args and where it sits."""

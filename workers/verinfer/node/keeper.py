@@ -9,8 +9,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from verinfer.jobs import JobStatus
-from verinfer.node.contracts import DRAW_PHASES, PH_UNRESOLVED, Protocol
+from verinfer.jobs import DRAW_PHASES, DisputePhase, JobStatus
+from verinfer.node.contracts import Protocol
 from verinfer.node.sender import Backoff
 from verinfer.node.settings import NodeSettings
 from verinfer.node.store import Store
@@ -103,7 +103,7 @@ class Keeper:
                 return
             self.dispatch("chain", "draw", [job_id])
             self.store.schedule("draw", job_id, head + DRAW_RECHECK_BLOCKS)
-        elif d["phase"] == PH_UNRESOLVED and self._status(job_id) == JobStatus.VERIFYING:
+        elif d["phase"] == DisputePhase.UNRESOLVED and self._status(job_id) == JobStatus.VERIFYING:
             self.dispatch("chain", "settle", [job_id])
 
     def _when(self, status: JobStatus, action: str) -> Callable[[int], None]:
