@@ -206,8 +206,9 @@ def test_claim__when_model_not_served__reverts(market, submit, fund, node_op):
         market.claim(job_id, job.as_tuple(), sender=node_op)
 
 
-def test_claim__when_stake_too_low__reverts(market, submit, make_node, node_op):
-    make_node(node_op, stake=MIN_STAKE - 1)
+def test_claim__when_stake_too_low__reverts(market, submit, make_node, node_op, owner):
+    make_node(node_op, stake=MIN_STAKE)
+    market.set_param(4, 2 * MIN_STAKE, sender=owner)  # raised min stake, node not removed yet
     job_id, job, _ = submit()
     with ape.reverts("market: stake too low"):
         market.claim(job_id, job.as_tuple(), sender=node_op)
@@ -514,7 +515,7 @@ def test_cancel__by_keeper_before_deadline__reverts_then_works(market, submit, k
         ("court_take_bond", (ZERO, 1)),
         ("court_slash", (ZERO, 1, 1)),
         ("court_pay", (ZERO, 1)),
-        ("court_to_audit_pool", (1,)),
+        ("court_hold", (ZERO, True)),
         ("court_pay_from_audit_pool", (ZERO, 1)),
     ],
 )

@@ -68,13 +68,23 @@ def test_set_param__by_non_owner__reverts(market, client):
         market.set_param(0, 10, sender=client)
 
 
-def test_set_court__twice__reverts(market, owner, keeper, challenger):
-    tx = market.set_court(keeper, sender=owner)
-    assert market.court() == keeper
+def test_set_court__twice__reverts(project, market, deploy_token, deploy_market, owner):
+    first = project.Court.deploy(market, 100, 300, 20, 50, 5, sender=owner)
+    second = project.Court.deploy(market, 100, 300, 20, 50, 5, sender=owner)
+    tx = market.set_court(first, sender=owner)
+    assert market.court() == first
     [log] = tx.decode_logs(market.CourtSet)
-    assert log.court == keeper
+    assert log.court == first
     with ape.reverts("market: court already set"):
-        market.set_court(challenger, sender=owner)
+        market.set_court(second, sender=owner)
+
+
+def test_set_court__court_of_another_market__reverts(project, market, deploy_token, deploy_market, owner):
+    other = deploy_market(deploy_token())
+    foreign = project.Court.deploy(other, 100, 300, 20, 50, 5, sender=owner)
+    with ape.reverts("market: court of another market"):
+        market.set_court(foreign, sender=owner)
+    assert market.court() == ZERO
 
 
 def test_set_court__zero__reverts(market, owner):
@@ -229,18 +239,82 @@ def test_complete_unbond__when_nothing__reverts(market, staked_node):
         market.complete_unbond(sender=staked_node)
 
 
-def test_serve_model__joins_active_set_and_logs(market, fund, node_op, registered_model):
+def test_serve_model__joins_active_set_and_logs(market, fund, node_op, registered_model, chain):
+    fund(node_op, MIN_STAKE)
     market.register_node(PUBKEY, "", sender=node_op)
+    market.stake(MIN_STAKE, sender=node_op)
     tx = market.serve_model(registered_model, PRICE, sender=node_op)
     assert market.model_nodes(registered_model) == [node_op]
     assert market.is_serving(node_op, registered_model)
     assert market.serve_price(node_op, registered_model) == PRICE
-    assert not market.is_eligible(node_op, registered_model)  # no stake yet
+    assert market.is_eligible(node_op, registered_model)
     [log] = tx.decode_logs(market.ModelServed)
     assert (log.node, bytes(log.model_id), log.price_per_token) == (node_op, MODEL_ID, PRICE)
+    # a draw candidate only for draws requested after the block it joined in
+    joined = tx.block_number
+    assert market.draw_candidates(registered_model, joined, MIN_STAKE) == []
+    assert market.draw_candidates(registered_model, joined + 1, MIN_STAKE) == [node_op]
+    assert market.draw_candidates(registered_model, joined + 1, MIN_STAKE + 1) == []
     market.serve_model(registered_model, 2 * PRICE, sender=node_op)  # price update
     assert market.model_nodes(registered_model) == [node_op]
     assert market.serve_price(node_op, registered_model) == 2 * PRICE
+    assert market.draw_candidates(registered_model, joined + 1, MIN_STAKE) == [node_op]
+
+
+def test_serve_model__without_min_stake__reverts(market, fund, node_op, registered_model):
+    """High (issue 11): zero-stake fillers cannot take the 64 slots of an active set."""
+    market.register_node(PUBKEY, "", sender=node_op)
+    with ape.reverts("market: stake too low"):
+        market.serve_model(registered_model, PRICE, sender=node_op)
+    fund(node_op, MIN_STAKE)
+    market.stake(MIN_STAKE - 1, sender=node_op)
+    with ape.reverts("market: stake too low"):
+        market.serve_model(registered_model, PRICE, sender=node_op)
+    assert market.model_nodes(registered_model) == []
+
+
+def test_unbond__below_min_stake__leaves_every_active_set(market, make_node, node_op, registered_model):
+    make_node(node_op, stake=2 * MIN_STAKE)
+    market.unbond(MIN_STAKE, sender=node_op)  # exactly the minimum left: stays
+    assert market.is_serving(node_op, registered_model)
+    tx = market.unbond(1, sender=node_op)
+    assert not market.is_serving(node_op, registered_model)
+    assert market.model_nodes(registered_model) == []
+    [log] = tx.decode_logs(market.ModelUnserved)
+    assert (log.node, bytes(log.model_id)) == (node_op, MODEL_ID)
+
+
+def test_remove_node__below_raised_min_stake__anyone_removes_it(
+    market, make_node, node_op, verifiers, registered_model, owner, keeper
+):
+    make_node(node_op, stake=MIN_STAKE)
+    rich = make_node(verifiers[0], stake=3 * MIN_STAKE)
+    with ape.reverts("market: node stake sufficient"):
+        market.remove_node(registered_model, node_op, sender=keeper)
+    market.set_param(4, 2 * MIN_STAKE, sender=owner)  # P_MIN_STAKE
+    with ape.reverts("market: node stake sufficient"):
+        market.remove_node(registered_model, rich, sender=keeper)
+    tx = market.remove_node(registered_model, node_op, sender=keeper)
+    assert market.model_nodes(registered_model) == [rich]
+    [log] = tx.decode_logs(market.ModelUnserved)
+    assert log.node == node_op
+    with ape.reverts("market: model not served"):
+        market.remove_node(registered_model, node_op, sender=keeper)
+
+
+def test_stake__topping_up_from_below_min__rejoins_draws_from_now(
+    market, make_node, fund, node_op, registered_model, owner, chain
+):
+    """A node below the minimum that tops up after a draw's seed is known is no candidate
+    for that draw: its joined block moves to the top-up."""
+    make_node(node_op, stake=MIN_STAKE)
+    market.set_param(4, 2 * MIN_STAKE, sender=owner)
+    request_block = chain.blocks.height + 1
+    chain.mine()
+    fund(node_op, MIN_STAKE)
+    top_up = market.stake(MIN_STAKE, sender=node_op)
+    assert market.draw_candidates(registered_model, request_block, 2 * MIN_STAKE) == []
+    assert market.draw_candidates(registered_model, top_up.block_number + 1, 2 * MIN_STAKE) == [node_op]
 
 
 def test_serve_model__unknown_model__reverts(market, node_op):
@@ -309,6 +383,24 @@ def test_withdraw_deposit__zero__reverts(market, funded_client):
         market.withdraw_deposit(0, sender=funded_client)
 
 
+def test_withdraw_to__pays_credits_to_another_address(market, token, staked_node, keeper, chain):
+    """An account whose own transfers are blocked (USDC-style blocklist) directs its credits."""
+    market.unbond(MIN_STAKE, sender=staked_node)
+    chain.pending_timestamp += market.unbonding_delay() + 1
+    market.complete_unbond(sender=staked_node)
+    own_before, to_before = token.balanceOf(staked_node), token.balanceOf(keeper)
+    with ape.reverts("market: zero recipient"):
+        market.withdraw_to(ZERO, sender=staked_node)
+    tx = market.withdraw_to(keeper, sender=staked_node)
+    assert token.balanceOf(keeper) == to_before + MIN_STAKE
+    assert token.balanceOf(staked_node) == own_before
+    assert market.claimable(staked_node) == 0
+    [log] = tx.decode_logs(market.Withdrawn)
+    assert (log.account, log.amount) == (staked_node, MIN_STAKE)
+    with ape.reverts("market: nothing to withdraw"):
+        market.withdraw_to(keeper, sender=staked_node)
+
+
 def test_withdraw__of_nothing__reverts(market, keeper):
     with ape.reverts("market: nothing to withdraw"):
         market.withdraw(sender=keeper)
@@ -357,8 +449,10 @@ def test_serve_model__price_too_large__reverts(market, node_op, registered_model
         market.serve_model(registered_model, 2**224, sender=node_op)
 
 
-def test_serve_model__too_many_models__reverts(market, node_op, owner):
+def test_serve_model__too_many_models__reverts(market, fund, node_op, owner):
+    fund(node_op, MIN_STAKE)
     market.register_node(PUBKEY, "", sender=node_op)
+    market.stake(MIN_STAKE, sender=node_op)
     for i in range(16):
         tx = market.register_model(f"m{i}", "r", keccak(b"m"), sender=owner)
         [log] = tx.decode_logs(market.ModelRegistered)
