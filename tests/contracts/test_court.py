@@ -4,6 +4,8 @@ from dataclasses import replace
 
 import ape
 import pytest
+from eth_abi import encode as abi_encode
+from eth_utils import keccak
 
 from tests.contracts.conftest import (
     APPEAL_BOND,
@@ -25,8 +27,23 @@ from tests.contracts.conftest import (
 )
 
 PAYMENT = len(OUTPUT_TOKENS) * PRICE
+
+
+def expected_pick(court, market, job_id, d, *excluded, count: int = 1) -> list | str:
+    """The draw rule recomputed off chain: seed = keccak(blockhash(seed_block), job_id,
+    rounds, phase); the candidates with the lowest keccak(seed, candidate) win. `d` is the
+    record as it was while the draw was pending (phase 7 or 8) or right after it."""
+    chain = ape.chain
+    seed_hash = bytes(chain.provider.web3.eth.get_block(d.seed_block)["hash"])
+    phase = DRAWING if count == 1 else PANEL_DRAWING
+    rounds = d.rounds - 1 if count == 1 and d.phase == ASSIGNED else d.rounds
+    seed = keccak(abi_encode(["bytes32", "uint256", "uint8", "uint8"], [seed_hash, job_id, rounds, phase]))
+    candidates = market.draw_candidates(d.model_id, d.seed_block, market.min_stake())
+    pool = [c for c in candidates if c not in excluded]
+    ranked = sorted(pool, key=lambda c: keccak(abi_encode(["bytes32", "address"], [seed, c])))
+    return ranked[0] if count == 1 else ranked[:count]
 NODE_STAKE = 2 * MIN_STAKE
-ASSIGNED, ACCEPTED, VERDICT, APPEALED, UNRESOLVED, SETTLED = range(1, 7)
+ASSIGNED, ACCEPTED, VERDICT, APPEALED, UNRESOLVED, SETTLED, DRAWING, PANEL_DRAWING = range(1, 9)
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +70,12 @@ def funded_challenger(fund, market, challenger):
 
 
 @pytest.fixture
-def opened(court, market, published_job, pool, funded_challenger, by_addr):
-    """A published job disputed by the challenger; returns (job_id, job, verifier, tx)."""
+def opened(court, market, published_job, pool, funded_challenger, by_addr, keeper):
+    """A published job disputed by the challenger, its verifier drawn by a keeper; returns
+    (job_id, job, verifier, draw tx)."""
     job_id, job = published_job
-    tx = court.dispute(job_id, job.as_tuple(), sender=funded_challenger)
+    court.dispute(job_id, job.as_tuple(), sender=funded_challenger)
+    tx = court.draw(job_id, sender=keeper)
     [assigned] = tx.decode_logs(court.VerifierAssigned)
     return job_id, job, by_addr[assigned.verifier], tx
 
@@ -66,17 +85,28 @@ def _verdict(court, job_id, verifier, valid):
     return court.post_verdict(job_id, valid, sender=verifier)
 
 
+def _appeal(court, job_id, appellant, by_addr, keeper):
+    """Appeals and draws the panel; returns the members."""
+    court.appeal(job_id, sender=appellant)
+    tx = court.draw(job_id, sender=keeper)
+    [drawn] = tx.decode_logs(court.PanelDrawn)
+    return [by_addr[m] for m in drawn.panel]
+
+
 # ---- dispute ----
-def test_dispute__takes_bond_assigns_verifier_and_logs(
-    court, market, opened, funded_challenger, staked_node, pool
+def test_dispute__takes_bond_requests_draw__draw_assigns_verifier(
+    court, market, published_job, pool, funded_challenger, staked_node, keeper, by_addr
 ):
-    job_id, _, verifier, tx = opened
+    job_id, job = published_job
+    tx = court.dispute(job_id, job.as_tuple(), sender=funded_challenger)
     assert market.job_status(job_id) == VERIFYING
     assert market.balance_of(funded_challenger) == 1_000 * UNIT - DISPUTE_BOND
     assert market.court_funds() == DISPUTE_BOND
     d = court.dispute_info(job_id)
-    assert (d.kind, d.phase, d.rounds, d.bond) == (1, ASSIGNED, 1, DISPUTE_BOND)
-    assert d.verifier == verifier and verifier in pool and verifier != staked_node
+    # nobody is picked in the disputing transaction: a caller cannot see (and revert) it
+    assert (d.kind, d.phase, d.rounds, d.bond, d.verifier) == (1, DRAWING, 0, DISPUTE_BOND, ZERO)
+    assert d.seed_block == tx.block_number
+    assert not tx.decode_logs(court.VerifierAssigned)
     [log] = tx.decode_logs(court.DisputeOpened)
     assert (log.job_id, log.challenger, log.node, log.bond) == (
         job_id,
@@ -84,10 +114,20 @@ def test_dispute__takes_bond_assigns_verifier_and_logs(
         staked_node,
         DISPUTE_BOND,
     )
-    [assigned] = tx.decode_logs(court.VerifierAssigned)
-    assert (assigned.round, assigned.accept_deadline) == (1, d.deadline)
+    [requested] = tx.decode_logs(court.DrawRequested)
+    assert (requested.job_id, requested.seed_block, requested.panel) == (job_id, tx.block_number, False)
     [verifying] = tx.decode_logs(market.JobVerifying)
     assert (verifying.payer, verifying.bond) == (funded_challenger, DISPUTE_BOND)
+
+    tx = court.draw(job_id, sender=keeper)
+    d = court.dispute_info(job_id)
+    assert (d.phase, d.rounds) == (ASSIGNED, 1)
+    assert d.verifier == expected_pick(court, market, job_id, d, staked_node, funded_challenger)
+    assert d.verifier in pool and d.verifier != staked_node
+    [assigned] = tx.decode_logs(court.VerifierAssigned)
+    assert (assigned.verifier, assigned.round, assigned.accept_deadline) == (d.verifier, 1, d.deadline)
+    with ape.reverts("court: nothing to draw"):
+        court.draw(job_id, sender=keeper)
 
 
 def test_dispute__by_the_node_itself__reverts(court, published_job, staked_node, pool):
@@ -176,16 +216,20 @@ def test_replace_verifier__when_not_late__reverts(court, opened, keeper):
         court.replace_verifier(job_id, sender=keeper)
 
 
-def test_replace_verifier__penalises_and_picks_another(court, market, opened, keeper, chain):
+def test_replace_verifier__penalises_and_draws_another(court, market, opened, keeper, chain):
     job_id, _, verifier, _ = opened
     chain.pending_timestamp = court.dispute_info(job_id).deadline + 1
     tx = court.replace_verifier(job_id, sender=keeper)
     d = court.dispute_info(job_id)
-    assert d.verifier != verifier and d.rounds == 2 and d.phase == ASSIGNED
+    assert (d.verifier, d.rounds, d.phase, d.seed_block) == (ZERO, 1, DRAWING, tx.block_number)
     assert market.node_info(verifier).stake == NODE_STAKE - NO_SHOW_PENALTY
     assert market.audit_pool() >= NO_SHOW_PENALTY
     [log] = tx.decode_logs(court.VerifierReplaced)
     assert (log.verifier, log.penalty) == (verifier, NO_SHOW_PENALTY)
+    assert tx.decode_logs(court.DrawRequested)
+    tx = court.draw(job_id, sender=keeper)
+    d = court.dispute_info(job_id)
+    assert d.verifier != verifier and d.rounds == 2 and d.phase == ASSIGNED
     [assigned] = tx.decode_logs(court.VerifierAssigned)
     assert (assigned.verifier, assigned.round) == (d.verifier, 2)
 
@@ -194,9 +238,11 @@ def test_replace_verifier__three_no_shows__unresolved_returns_bond(
     court, market, opened, keeper, chain, funded_challenger, staked_node
 ):
     job_id, job, _, _ = opened
-    for _ in range(3):
+    for round_ in range(3):
         chain.pending_timestamp = court.dispute_info(job_id).deadline + 1
         court.replace_verifier(job_id, sender=keeper)
+        if round_ < 2:
+            court.draw(job_id, sender=keeper)
     assert court.dispute_info(job_id).phase == UNRESOLVED
     with ape.reverts("court: no verifier to replace"):
         court.replace_verifier(job_id, sender=keeper)
@@ -263,16 +309,25 @@ def test_appeal__panel_overturns_verifier_and_slashes_it(
 ):
     job_id, job, verifier, _ = opened
     _verdict(court, job_id, verifier, False)  # a lazy or wrong verifier
-    fund(staked_node, APPEAL_BOND)  # the node appeals from its prepaid balance
-    market.deposit(APPEAL_BOND, sender=staked_node)
+    fund(staked_node, DISPUTE_BOND)  # the node appeals from its prepaid balance
+    market.deposit(DISPUTE_BOND, sender=staked_node)
     tx = court.appeal(job_id, sender=staked_node)
     d = court.dispute_info(job_id)
-    assert d.phase == APPEALED and d.appellant == staked_node and d.appeal_bond == APPEAL_BOND
-    assert len(d.panel) == 3 and verifier not in d.panel and staked_node not in d.panel
+    # the accused appeals cheaply: the dispute bond, not the appeal bond
+    assert d.phase == PANEL_DRAWING and d.appellant == staked_node and d.appeal_bond == DISPUTE_BOND
+    assert market.balance_of(staked_node) == 0
     [log] = tx.decode_logs(court.AppealOpened)
-    assert (log.appellant, log.bond, list(log.panel)) == (staked_node, APPEAL_BOND, list(d.panel))
+    assert (log.appellant, log.bond) == (staked_node, DISPUTE_BOND)
+    [requested] = tx.decode_logs(court.DrawRequested)
+    assert requested.panel
     with ape.reverts("court: already appealed"):
         court.appeal(job_id, sender=funded_challenger)
+    tx = court.draw(job_id, sender=keeper)
+    d = court.dispute_info(job_id)
+    assert d.phase == APPEALED
+    assert len(d.panel) == 3 and verifier not in d.panel and staked_node not in d.panel
+    [drawn] = tx.decode_logs(court.PanelDrawn)
+    assert (list(drawn.panel), drawn.vote_deadline) == (list(d.panel), d.deadline)
     a, b, c = (by_addr[m] for m in d.panel)
     tx = court.panel_vote(job_id, True, sender=a)
     [vote] = tx.decode_logs(court.PanelVoted)
@@ -288,7 +343,7 @@ def test_appeal__panel_overturns_verifier_and_slashes_it(
     share = NODE_STAKE * 2_500 // 10_000
     assert market.job_status(job_id) == FINALIZED
     assert market.node_info(verifier).slashed
-    assert market.claimable(staked_node) >= APPEAL_BOND + share
+    assert market.claimable(staked_node) >= DISPUTE_BOND + share
     # the panel majority did the verification: it splits the verifier fee and its slash share
     assert market.claimable(a) == market.claimable(b) == share // 2 + VERIFIER_FEE // 2
     assert market.claimable(c) == 0
@@ -303,8 +358,7 @@ def test_appeal__upheld__bond_pays_panel(
 ):
     job_id, job, verifier, _ = opened
     _verdict(court, job_id, verifier, True)
-    court.appeal(job_id, sender=funded_challenger)
-    a, b, c = (by_addr[m] for m in court.dispute_info(job_id).panel)
+    a, b, c = _appeal(court, job_id, funded_challenger, by_addr, keeper)
     court.panel_vote(job_id, True, sender=a)
     court.panel_vote(job_id, False, sender=b)
     court.panel_vote(job_id, True, sender=c)
@@ -333,10 +387,10 @@ def test_appeal__before_verdict__reverts(court, opened, funded_challenger):
         court.appeal(job_id, sender=funded_challenger)
 
 
-def test_panel_vote__late__reverts(court, opened, chain, funded_challenger, by_addr):
+def test_panel_vote__late__reverts(court, opened, chain, funded_challenger, by_addr, keeper):
     job_id, _, verifier, _ = opened
     _verdict(court, job_id, verifier, True)
-    court.appeal(job_id, sender=funded_challenger)
+    _appeal(court, job_id, funded_challenger, by_addr, keeper)
     d = court.dispute_info(job_id)
     chain.pending_timestamp = d.deadline + 1
     with ape.reverts("court: vote deadline passed"):
@@ -350,7 +404,7 @@ def test_panel_vote__without_appeal__reverts(court, opened, keeper):
 
 
 # ---- audits ----
-def test_start_audit__selected_job__assigns_verifier(
+def test_start_audit__selected_job__requests_draw(
     court, market, owner, pool, submit, claim, publish, staked_node, keeper, chain
 ):
     court.set_param(10, 10_000, sender=owner)  # audit every job
@@ -364,9 +418,13 @@ def test_start_audit__selected_job__assigns_verifier(
     tx = court.start_audit(job_id, job.as_tuple(), sender=keeper)
     assert market.job_status(job_id) == VERIFYING
     d = court.dispute_info(job_id)
-    assert (d.kind, d.phase, d.challenger, d.bond) == (2, ASSIGNED, keeper, 0)
+    assert (d.kind, d.phase, d.challenger, d.bond) == (2, DRAWING, keeper, 0)
     [log] = tx.decode_logs(court.AuditStarted)
     assert (log.job_id, log.keeper) == (job_id, keeper)
+    court.draw(job_id, sender=keeper)
+    d = court.dispute_info(job_id)
+    assert d.phase == ASSIGNED
+    assert d.verifier == expected_pick(court, market, job_id, d, staked_node, keeper)
 
 
 def test_start_audit__not_selected__reverts(
@@ -380,7 +438,7 @@ def test_start_audit__not_selected__reverts(
         jobs.append((job_id, job))
     chain.mine(3)
     unselected = [(i, j) for i, j in jobs if not court.is_audit_selected(i, j.published_block)]
-    assert unselected  # p = 5 %: all three selected has probability 1.25e-4
+    assert unselected  # p = 6 %: all three selected has probability 2.2e-4
     job_id, job = unselected[0]
     with ape.reverts("court: not selected for audit"):
         court.start_audit(job_id, job.as_tuple(), sender=keeper)
@@ -393,17 +451,21 @@ def test_audit__fraud__rewards_keeper_and_pays_audit_fee(
     job_id, job = published_job
     court.set_param(10, 10_000, sender=owner)
     chain.mine(3)
-    tx = court.start_audit(job_id, job.as_tuple(), sender=keeper)
+    court.start_audit(job_id, job.as_tuple(), sender=keeper)
+    tx = court.draw(job_id, sender=keeper)
     [assigned] = tx.decode_logs(court.VerifierAssigned)
     verifier = by_addr[assigned.verifier]
     _verdict(court, job_id, verifier, False)
     chain.pending_timestamp = court.dispute_info(job_id).deadline + 1
     court.settle(job_id, job.as_tuple(), sender=keeper)
     share = NODE_STAKE * 2_500 // 10_000
+    # the audit reward is bounded by what the job's own audit share funds on average
+    reward = min(AUDIT_FEE, PAYMENT * market.audit_share_bps() // court.audit_rate_bps())
+    assert reward < AUDIT_FEE
     assert market.job_status(job_id) == SLASHED
     assert market.balance_of(funded_client) == 1_000 * UNIT
-    assert market.claimable(keeper) == share
-    assert market.claimable(verifier) == share + AUDIT_FEE  # pool holds the slash rest
+    assert market.claimable(keeper) == share + reward // 10
+    assert market.claimable(verifier) == share + reward - reward // 10
     assert market.court_funds() == 0
 
 
@@ -442,12 +504,19 @@ def test_court_hooks__job_must_match(court, published_job, funded_challenger, po
 def test_deterrence__params_that_break_it__revert(court, market, owner):
     with ape.reverts("market: breaks deterrence"):
         market.set_param(5, 20_000, sender=owner)  # 2x collateral with p = 5 %
+    # the challenger's 25 % can flow back to a cheater (its own sybil keeper or challenger):
+    # p x 25 x 0.75 must exceed 1, so p = 5 % (0.94) no longer deters; 5.34 % does
+    assert court.deters(250_000) and not court.deters(200_000)
     with ape.reverts("court: breaks deterrence"):
-        court.set_param(10, 400, sender=owner)  # 4 % x 25 = 1, not > 1
-    tx = court.set_param(10, 401, sender=owner)
-    assert court.audit_rate_bps() == 401
+        court.set_param(10, 500, sender=owner)
+    with ape.reverts("court: breaks deterrence"):
+        court.set_param(10, 533, sender=owner)
+    tx = court.set_param(10, 534, sender=owner)
+    assert court.audit_rate_bps() == 534
     [log] = tx.decode_logs(court.ParamChanged)
-    assert (log.param, log.old_value, log.new_value) == (10, 500, 401)
+    assert (log.param, log.old_value, log.new_value) == (10, 600, 534)
+    with ape.reverts("court: breaks deterrence"):
+        court.set_param(8, 2_600, sender=owner)  # a larger challenger share at p = 5.34 %
 
 
 def test_court_deploy__when_market_collateral_too_low__reverts(
@@ -475,7 +544,8 @@ def test_appeal__without_enough_panel_nodes__reverts(
     for v in verifiers[:3]:  # verifier + only 2 panel candidates left
         make_node(v)
     job_id, job = published_job
-    tx = court.dispute(job_id, job.as_tuple(), sender=funded_challenger)
+    court.dispute(job_id, job.as_tuple(), sender=funded_challenger)
+    tx = court.draw(job_id, sender=funded_challenger)
     [assigned] = tx.decode_logs(court.VerifierAssigned)
     _verdict(court, job_id, by_addr[assigned.verifier], True)
     with ape.reverts("court: panel unavailable"):
@@ -517,9 +587,8 @@ def test_conservation__holds_through_overturned_appeal_and_withdrawals(
     _verdict(court, job_id, verifier, False)
     fund(staked_node, APPEAL_BOND)
     market.deposit(APPEAL_BOND, sender=staked_node)
-    court.appeal(job_id, sender=staked_node)
+    panel = _appeal(court, job_id, staked_node, by_addr, keeper)
     assert_conserved(market, token, accounts, live_escrow=MAX_PAYMENT)
-    panel = [by_addr[m] for m in court.dispute_info(job_id).panel]
     for member in panel[:2]:
         court.panel_vote(job_id, True, sender=member)
     court.settle(job_id, job.as_tuple(), sender=keeper)
