@@ -74,6 +74,12 @@ def test_balance_show_deposit_withdraw(cli, state):
     assert cli.fails("balance", "withdraw", "--claimable") == (
         "verinfer: nothing to withdraw: claimable balance is 0"
     )
+    assert cli.fails("balance", "withdraw", "--claimable", "--to", "0x" + "11" * 20) == (
+        "verinfer: nothing to withdraw: claimable balance is 0"
+    )
+    assert cli.fails("balance", "withdraw", "1", "--to", "0x" + "11" * 20) == (
+        "verinfer: --to goes with --claimable (prepaid balance returns to the account)"
+    )
 
 
 def test_job_submit_list_show_wait_dispute(cli, state):
@@ -101,12 +107,25 @@ def test_job_submit_list_show_wait_dispute(cli, state):
     assert r["cost"] == 3 * state["price_per_token"]
     assert isinstance(r["text"], str)
 
+    assert cli.fails("job", "draw", str(job_id)) == (
+        f"verinfer: job {job_id} has no dispute or audit: nothing to draw"
+    )
     disp = cli.json("job", "dispute", str(job_id))
     assert disp["job_id"] == job_id and disp["bond"] == 100 * UNIT
-    assert disp["verifier"] == state["nodes"][1]
+    # the dispute requested a draw; the command drew the verifier from the next block
+    assert disp["verifier"] == state["nodes"][1] and disp["drawn_by_us"]
+    assert disp["phase"] == "ASSIGNED" and disp["seed_block"] > 0
     assert cli.json("job", "show", str(job_id))["status"] == "VERIFYING"
     assert cli.fails("job", "dispute", str(job_id)) == (
         f"verinfer: job {job_id} cannot be disputed: it is VERIFYING, not PUBLISHED"
+    )
+    drawn = cli("job", "draw", str(job_id))  # someone drew already: nothing sent
+    assert drawn.exit_code == 0, drawn.stderr
+    assert drawn.stdout.strip() == (
+        f"job {job_id}: verifier {state['nodes'][1]} drawn already (by a keeper or anyone)"
+    )
+    assert cli.fails("job", "appeal", str(job_id)) == (
+        f"verinfer: job {job_id} has no verdict to appeal: its dispute is ASSIGNED"
     )
 
 
@@ -131,7 +150,7 @@ def test_node_stake_unstake_withdraw_info(cli, state):
     wallet = cli.json("balance", "show", state["nodes"][0])["wallet"]
     assert wallet == 0
     assert cli.fails("node", "stake", "10") == (
-        f"verinfer: insufficient token balance: wallet holds 0, stake needs {10 * UNIT}"
+        "verinfer: insufficient token balance: wallet holds 0 vUSD, stake needs 10 vUSD"
     )
     un = cli.json("node", "unstake", "5")
     assert un["unbonding"] == 5 * UNIT and un["stake"] == 1_995 * UNIT
@@ -171,9 +190,12 @@ def test_errors__one_line_and_exit_1(cli, state, tmp_path):
     )
     assert cli.fails(
         "job", "submit", tiny(state), "hi", "--max-payment", "1000000", "--account", "test:6"
-    ).startswith("verinfer: insufficient balance: job escrows 1000000000000000000000000")
+    ) == (
+        "verinfer: insufficient balance: job escrows 1000000 vUSD, prepaid 0 vUSD + wallet "
+        "0 vUSD is short"
+    )
     assert cli.fails("balance", "deposit", "1", "--account", "test:6") == (
-        f"verinfer: insufficient token balance: wallet holds 0, deposit needs {UNIT}"
+        "verinfer: insufficient token balance: wallet holds 0 vUSD, deposit needs 1 vUSD"
     )
     assert cli.fails("balance", "deposit", "abc") == "verinfer: not an amount: 'abc'"
     assert cli.fails(
@@ -200,3 +222,25 @@ def test_errors__real_process__no_chain_reachable__one_line_no_traceback(state, 
         f"verinfer: no chain reachable at {dead}: No node found and 'ape-node' is unable to "
         "start one."
     ]
+
+
+def test_deploy__timelock_owns_the_contracts__or_no_timelock(cli, state):
+    """`verinfer deploy` on the dev chain's network (a second deployment there)."""
+    out = cli.json("deploy", "--network", state["network"], "--timelock-delay", "3600")
+    assert out["timelock"] == out["owner"] and out["timelock_delay"] == 3600
+    assert out["market"] != state["market"] and out["chain_id"] == 31337
+
+    def owners(market: Any, accts: Any) -> tuple[str, str, int]:
+        from ape import project
+
+        m, c = project.Market.at(out["market"]), project.Court.at(out["court"])
+        return m.owner(), c.owner(), project.Timelock.at(out["timelock"]).get_minimum_delay()
+
+    assert on_dev_chain(state, owners) == (out["timelock"], out["timelock"], 3600)
+    plain = cli.json("deploy", "--network", state["network"], "--timelock-delay", "0")
+    assert "timelock" not in plain and plain["owner"] == on_dev_chain(
+        state, lambda m, a: str(a[0].address)
+    )
+    assert cli.fails("deploy", "--network", "nowhere:at:all").startswith(
+        "verinfer: unknown network 'nowhere:at:all': "
+    )

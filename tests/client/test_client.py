@@ -95,8 +95,8 @@ def test_estimate__gas__is_close_to_what_the_submit_uses(client, market):
     assert est.max_payment == 8 * est.price_per_token == handle.record.max_payment
 
 
-def test_dispute__cheating_node__verifier_rejects_and_client_is_refunded(
-    client, market, court, nodes, tiny, chain, accounts
+def test_dispute__cheating_node__drawn_verifier_rejects_and_client_is_refunded(
+    client, market, court, token, nodes, tiny, chain, accounts
 ):
     model, engine = tiny
     cheater, honest = nodes
@@ -111,26 +111,43 @@ def test_dispute__cheating_node__verifier_rejects_and_client_is_refunded(
         held.held and held.token_ids == forged
     )  # the digest is consistent: only re-execution tells
 
+    with pytest.raises(ClientError, match=f"^job {handle.job_id} has no dispute or audit: "):
+        client.draw(handle.job_id)
     before = client.balances()
     assert before.prepaid < court.dispute_bond()  # the shortfall is deposited first
     info = client.dispute(handle)
-    assert info["verifier"] == honest.address
+    # the dispute requested a draw seeded by its own block; the client drew in the next one
+    assert info["verifier"] == honest.address and info["drawn_by_us"]
+    assert info["phase"] == "ASSIGNED" and not info["draw_pending"]
     assert info["bond"] == court.dispute_bond()
     after = client.balances()
     assert after.prepaid == 0
     assert after.wallet == before.wallet - (info["bond"] - before.prepaid)
     assert market.job_status(handle.job_id) == JobStatus.VERIFYING
-    (opened,) = list(court.DisputeOpened.range(chain.blocks.height, chain.blocks.height + 1))
+    seed = info["seed_block"]
+    (opened,) = list(court.DisputeOpened.range(seed, seed + 1))
     assert opened.job_id == handle.job_id and opened.challenger == client.address
+    (requested,) = list(court.DrawRequested.range(seed, seed + 1))
+    assert requested.job_id == handle.job_id and not requested.panel
+    (assigned,) = list(court.VerifierAssigned.range(seed + 1, chain.blocks.height + 1))
+    assert assigned.job_id == handle.job_id and assigned.verifier == honest.address
+    assert chain.provider.get_receipt(assigned.transaction_hash).sender == client.address
 
     with pytest.raises(ClientError, match="is VERIFYING, not PUBLISHED"):
         client.dispute(handle)
+    again = client.draw(handle.job_id)  # drawn already: nothing is sent
+    assert again["verifier"] == honest.address and not again["drawn_by_us"]
+    with pytest.raises(ClientError, match="has no verdict to appeal: its dispute is ASSIGNED"):
+        client.appeal(handle.job_id)
 
     court.accept(handle.job_id, sender=honest)
     rec = handle.record
     verdict = verify(model, rec.input, rec.sampling_params, forged, rec.finish_reason)
     assert not verdict.valid
     court.post_verdict(handle.job_id, verdict.valid, sender=honest)
+    # a panel needs 3 nodes besides the accused, the verifier and the appellant: not here
+    with pytest.raises(ClientError, match=r"^appeal reverted: court: panel unavailable$"):
+        client.appeal(handle.job_id)
     chain.pending_timestamp += court.appeal_window() + 1
     chain.mine()
     court.settle(handle.job_id, rec.as_struct(), sender=accounts[0])
@@ -139,6 +156,15 @@ def test_dispute__cheating_node__verifier_rejects_and_client_is_refunded(
     assert final.status == JobStatus.SLASHED and final.final
     assert final.refund == rec.max_payment and final.cost == 0
     assert market.node_info(cheater).slashed
+    # the court credited the bond and the challenger's share: paid out to another address
+    credited = client.balances().claimable
+    assert credited > court.dispute_bond()
+    elsewhere = accounts[8]
+    wallet = token.balanceOf(elsewhere)
+    with pytest.raises(ClientError, match=r"^not an address: 'nowhere'$"):
+        client.collect(to="nowhere")
+    assert client.collect(to=elsewhere.address) == credited
+    assert token.balanceOf(elsewhere) == wallet + credited and client.balances().claimable == 0
 
 
 def test_wait_many__one_get_logs_per_poll__for_all_pending_jobs(

@@ -131,18 +131,16 @@ def job_wait(
 
 def _draw_text(data: dict[str, Any]) -> str:
     """What a draw gave (or that it is still pending), one line."""
-    by = "you" if data.get("drawn_by_us") else "another party (a node's keeper)"
+    by = "drawn by you" if data.get("drawn_by_us") else "drawn already (by a keeper or anyone)"
     if data["draw_pending"]:
         return (
             f"draw pending (seed block {data['seed_block']}): run `verinfer job draw "
             f"{data['job_id']}` once a later block exists (nodes' keepers draw too)"
         )
-    if data["phase"] in ("ASSIGNED", "ACCEPTED", "VERDICT") and data["verifier"]:
-        if data["panel"]:  # an appeal whose panel could not be drawn
-            return f"dispute is {data['phase']}"
-        return f"verifier {data['verifier']} drawn by {by}"
+    if data["phase"] in ("ASSIGNED", "ACCEPTED") and data["verifier"]:
+        return f"verifier {data['verifier']} {by}"
     if data["phase"] == "APPEALED":
-        return f"panel {', '.join(data['panel'])} drawn by {by}, voting"
+        return f"panel {', '.join(data['panel'])} {by}, voting"
     if data["phase"] == "UNRESOLVED":
         return "no node could be drawn: the dispute settles as valid, bond returned"
     return f"dispute is {data['phase']}"
