@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
 import random
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
 import torch
-from verinfer.digest import FinishReason, SamplingParams, result_digest
+from verinfer.digest import MAX_UINT32, FinishReason, SamplingParams, result_digest
 from verinfer.engines import Job, JobError, TransformersEngine
-from verinfer.verifier import DEFAULT_TAU, Claim, Verdict, position_margins, verify, verify_batch
+from verinfer.sampler import gumbel_noise
+from verinfer.verifier import (
+    DEFAULT_TAU,
+    Claim,
+    JobRule,
+    NodeEvidence,
+    Verdict,
+    position_margins,
+    verify,
+    verify_batch,
+)
 
 from .conftest import make_jobs
 
@@ -251,3 +264,187 @@ def test_verify__sampled_claim_depends_on_the_seed(tiny, honest):
     )[0]
     assert not verdict.valid
     assert len(verdict.failures) >= 5
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Generation in one torch thread (much faster than two on a loaded two-core machine)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _sampled_winner(logits: list[float], candidates: list[int], seed: int) -> int:
+    z = torch.tensor(logits, dtype=torch.float64) + gumbel_noise([seed], [0], len(logits))[0]
+    return max(candidates, key=lambda v: float(z[v]))
+
+
+def test_position_margins__top_k__the_kth_token_is_in_the_comparison_set():
+    """top_k = k served as top-(k-1) fails wherever the k-th token was the honest sample."""
+    for k, logits in ((2, [3.0, 2.5, 0.0, -1.0]), (3, [3.0, 2.6, 2.2, -1.0])):
+        seed = next(
+            s
+            for s in range(10_000)
+            if _sampled_winner(logits, list(range(k)), s) == k - 1
+            and _sampled_winner(logits, list(range(k - 1)), s) != k - 1
+        )
+        params = SamplingParams(4, 1000, k, seed)
+        rows = torch.tensor([logits])
+        honest_token = k - 1
+        cheat_token = _sampled_winner(logits, list(range(k - 1)), seed)
+        margins, outside = position_margins(
+            rows.repeat(2, 1),
+            [params, params],
+            torch.tensor([0, 0]),
+            torch.tensor([honest_token, cheat_token]),
+            TAU,
+        )
+        assert not outside.any()
+        assert margins.tolist()[0] == 0.0
+        assert margins.tolist()[1] > TAU
+
+
+@pytest.fixture(scope="module")
+def top_k_jobs(tiny):
+    jobs = []
+    for i in range(48):
+        params = SamplingParams(24, (700, 1000)[i % 2], (2, 5, 40)[i % 3], 5000 + i, (MAX_UINT32,))
+        prompt = tuple(5 + (11 * i + 5 * j) % 500 for j in range(3 + i % 17))
+        jobs.append(Job(tiny.model_id, params, prompt_ids=prompt))
+    return jobs
+
+
+def test_verify__top_k_served_with_k_minus_1_or_greedily__invalid(tiny, engine, top_k_jobs):
+    """Honest top-k claims pass; the same jobs served with top-(k-1) (greedy for k = 2) fail."""
+
+    def fewer(p: SamplingParams) -> SamplingParams:
+        return replace(p, temperature_milli=0) if p.top_k == 2 else replace(p, top_k=p.top_k - 1)
+
+    with one_thread():
+        honest = engine.generate(top_k_jobs)
+        cheat = engine.generate([replace(j, params=fewer(j.params)) for j in top_k_jobs])
+    honest_claims = [
+        Claim(j, r.token_ids, r.finish_reason) for j, r in zip(top_k_jobs, honest, strict=True)
+    ]
+    assert all(v.valid for v in _verdicts(tiny, honest_claims, 7))
+    differ = [
+        Claim(j, c.token_ids, c.finish_reason)
+        for j, h, c in zip(top_k_jobs, honest, cheat, strict=True)
+        if c.token_ids != h.token_ids
+    ]
+    assert len([c for c in differ if c.job.params.top_k == 2]) >= 12
+    assert len([c for c in differ if c.job.params.top_k == 5]) >= 8
+    verdicts = _verdicts(tiny, differ)
+    assert not any(v.valid for v in verdicts)
+    assert all(v.failures and v.failures[0].kind == "margin" for v in verdicts)
+
+
+def test_job_rule__threshold_bounds_the_exact_binomial_tail():
+    """Hoeffding's bound holds for 0/1 positions: P(S > threshold) <= alpha, and it is not
+    much looser than the exact binomial quantile."""
+    for rate in (1e-4, 1e-3, 1e-2):
+        previous = 0.0
+        for n in (16, 64, 256, 1024, 4096):
+            rule = JobRule(cap=1.0, rate=rate, alpha=1e-6)
+            threshold = rule.threshold(n)
+            assert threshold >= previous
+            previous = threshold
+
+            def tail(k: int, n: int = n, rate: float = rate) -> float:
+                return sum(
+                    math.exp(
+                        math.lgamma(n + 1)
+                        - math.lgamma(j + 1)
+                        - math.lgamma(n - j + 1)
+                        + j * math.log(rate)
+                        + (n - j) * math.log1p(-rate)
+                    )
+                    for j in range(k, min(n, k + 400) + 1)
+                )
+
+            fails_from = math.floor(threshold) + 1
+            assert fails_from > n or tail(fails_from) <= 1e-6
+            exact = next(k for k in range(n + 2) if k > n or tail(k) <= 1e-6)
+            assert fails_from <= 3 * exact + 2, (rate, n, threshold, exact)
+
+
+def test_job_rule__statistic_caps_each_position():
+    rule = JobRule(cap=0.1, rate=1e-3)
+    assert rule.statistic([0.0, 0.05, 0.1, 7.0]) == pytest.approx(2.5)
+    assert rule.threshold(0) == 0.0
+
+
+@pytest.fixture(scope="module")
+def near_model_claims(tiny, engine):
+    """Greedy jobs of 64 tokens: honest claims and those of the model with weights perturbed
+    by 1e-2 (a slightly different model whose margins are small but many)."""
+    jobs = [
+        Job(
+            tiny.model_id,
+            SamplingParams(64, 0, 0, i, (MAX_UINT32,)),
+            prompt_ids=tuple(5 + (13 * i + 7 * j) % 500 for j in range(4 + i % 13)),
+        )
+        for i in range(24)
+    ]
+    cheat = copy.copy(tiny)
+    cheat.model = copy.deepcopy(tiny.model)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in cheat.model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 1e-2 * p.pow(2).mean().sqrt())
+    with one_thread():
+        honest = engine.generate(jobs)
+        fake = TransformersEngine(cheat, 16).generate(jobs)
+    return (
+        [Claim(j, r.token_ids, r.finish_reason) for j, r in zip(jobs, honest, strict=True)],
+        [
+            Claim(j, f.token_ids, f.finish_reason)
+            for j, h, f in zip(jobs, honest, fake, strict=True)
+            if f.token_ids != h.token_ids
+        ],
+    )
+
+
+def test_verify__job_rule_catches_a_near_model_the_token_rule_misses(tiny, near_model_claims):
+    """With a loose tau (as bf16 needs), the per-token rule lets a slightly different model
+    through; the per-job statistic over all positions does not. Honest claims pass both."""
+    honest, cheats = near_model_claims
+    rule = JobRule(cap=0.01, rate=1e-3)
+    assert len(cheats) >= 10
+    assert all(v.valid for v in _verdicts_with(tiny, honest, tau=0.5, job_rule=rule))
+    verdicts = _verdicts_with(tiny, cheats, tau=0.5, job_rule=rule)
+    missed_by_tokens = [v for v in verdicts if v.token_valid]
+    assert len(missed_by_tokens) >= len(cheats) // 2
+    caught_by_job = [v for v in missed_by_tokens if not v.job_valid]
+    assert len(caught_by_job) >= 4
+    for v in caught_by_job:
+        assert not v.valid and v.job_statistic > v.job_threshold
+        assert v.reason is not None and v.reason.startswith("job statistic")
+    # the default float32 rules catch every one of them (tau alone already does)
+    assert not any(v.valid for v in _verdicts(tiny, cheats))
+
+
+def _verdicts_with(model, claims, **kw) -> list[Verdict]:
+    out = verify_batch(model, claims, **kw)
+    assert all(isinstance(v, Verdict) for v in out)
+    return out  # type: ignore[return-value]
+
+
+def test_node_evidence__flags_a_node_that_no_single_job_convicts():
+    rule = JobRule(cap=0.01, rate=1e-3)
+    # one position at the cap in every job of 16: below every job's threshold ...
+    cheat_job = [0.0] * 15 + [0.01]
+    assert rule.statistic(cheat_job) <= rule.threshold(16)
+    node = NodeEvidence(rule)
+    flagged_after = next(n for n in range(1, 200) if node.add_margins(cheat_job))
+    assert 2 <= flagged_after <= 40
+    # ... while an honest node (positions at the cap at the honest rate) is never flagged
+    rng = random.Random(5)
+    honest = NodeEvidence(rule)
+    for _ in range(3000):
+        job = [0.01 if rng.random() < 1e-3 else 0.0 for _ in range(16)]
+        assert not honest.add_margins(job)
+    assert honest.positions == 48_000 and honest.checks == 3000
