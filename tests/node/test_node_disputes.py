@@ -6,6 +6,7 @@ line; a node killed with SIGKILL mid-job finishes the job after a restart."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import redis
@@ -21,8 +22,12 @@ from verinfer.node.localnet import (
     CHEATER,
     CLIENT_A,
     CLIENT_B,
+    CLIENT_C,
+    KEEPER,
     NODE_A,
     NODE_B,
+    PRICE,
+    UNIT,
     Net,
     wait_for,
 )
@@ -152,3 +157,68 @@ def test_node_killed_mid_job__restarted__job_finished_no_token_lost(net: Net) ->
         == record.max_payment
     )
     assert market.node_info(net.addr(NODE_A)).call()[3] == 0
+
+
+def test_late_verifier__replaced_by_the_nodes_keeper__none_left__unresolved_settled(
+    net: Net,
+) -> None:
+    """A client disputes node A's job; the only node that can be drawn is staked but runs no
+    node: it never accepts. Node A's keeper (a party: its own job) draws, replaces the late
+    verifier (a new draw is requested), draws again: nobody is left, so the dispute is
+    unresolved and A's keeper settles it as valid (bond back to the client)."""
+    market, court = net.dev.market.functions, net.dev.court.functions
+    absent, node_a = net.addr(KEEPER), net.addr(NODE_A)
+    net.dev.add_node(absent, 2_000 * UNIT, net.model_id, PRICE)  # staked, never runs a node
+    others = [
+        n for n in (NODE_B, CHEATER) if net.addr(n) in market.model_nodes(net.model_id).call()
+    ]
+    for other in others:  # out of the draw for now (the cheater may be slashed already)
+        transact(net.w3, market.stop_serving(net.model_id), net.addr(other))
+    assert set(market.model_nodes(net.model_id).call()) == {node_a, absent}
+    node = net.node(NODE_A, "node-a", audits="false").start()
+
+    def mined_until(pred: Any) -> Any:  # a real chain makes blocks by itself
+        return lambda: pred() or net.dev.mine()
+
+    try:
+        job = net.submit(CLIENT_C, "who checks the checker?", preferred=node_a)
+        wait_for(lambda: net.status(job) == JobStatus.PUBLISHED, 120, "node A's result")
+        claimable = market.claimable(net.addr(CLIENT_C)).call()
+        transact(net.w3, court.dispute(job, net.record(job).as_struct()), net.addr(CLIENT_C))
+        assigned = wait_for(
+            mined_until(lambda: net.events("VerifierAssigned", "court", job_id=job)),
+            60,
+            "node A's draw",
+            every=1.0,
+        )
+        assert assigned[0]["args"]["verifier"] == absent
+        net.dev.mine(seconds=court.accept_window().call() + 1)
+        replaced = wait_for(
+            lambda: net.events("VerifierReplaced", "court", job_id=job), 60, "the replacement"
+        )
+        wait_for(
+            mined_until(lambda: net.status(job) == JobStatus.FINALIZED),
+            60,
+            "the unresolved dispute settled",
+            every=1.0,
+            context=lambda: node.log()[-3000:],
+        )
+    finally:
+        assert node.stop() == 0, node.log()[-3000:]
+        for other in others:
+            transact(net.w3, market.serve_model(net.model_id, PRICE), net.addr(other))
+    assert replaced[0]["args"]["verifier"] == absent
+    assert replaced[0]["args"]["penalty"] == 50 * UNIT  # the no-show penalty
+    replacer = net.w3.eth.get_transaction(replaced[0]["transactionHash"])["from"]
+    assert replacer == node_a
+    requests = net.events("DrawRequested", "court", job_id=job)
+    assert len(requests) == 2  # the dispute's, then the replacement's
+    assert len(net.events("VerifierAssigned", "court", job_id=job)) == 1  # nobody left
+    (settled,) = net.events("DisputeSettled", "court", job_id=job)
+    assert settled["args"]["valid"] is True and settled["args"]["node"] == node_a
+    settler = net.w3.eth.get_transaction(settled["transactionHash"])["from"]
+    assert settler == node_a
+    bond = court.dispute_bond().call()
+    assert market.claimable(net.addr(CLIENT_C)).call() == claimable + bond  # bond returned
+    assert f"verifier late job={job}" in node.log()
+    assert "Traceback" not in node.log()

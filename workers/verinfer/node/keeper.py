@@ -1,6 +1,7 @@
 """Keeper duties: finalize the node's jobs in batches, start the audits the randomness
-selects, draw the verifiers and panels of disputes (``Court.draw``), expire and cancel dead
-jobs, settle disputes when due, withdraw earnings."""
+selects, draw the verifiers and panels of disputes (``Court.draw``) and replace verifiers
+that miss a deadline, expire and cancel dead jobs, settle disputes when due, withdraw
+earnings."""
 
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ class Keeper:
             self.dispatch("chain", "finalize", [[int(i) for i in ids]])
         self._each("audit", head, 256, lambda job_id: self._audit(job_id, head))
         self._each("draw", head, 64, lambda job_id: self._draw(job_id, head))
+        self._each("replace", now, 64, lambda job_id: self._replace(job_id, now))
         self._each("expire", now, 64, self._when(JobStatus.CLAIMED, "expire"))
         self._each("cancel", now, 64, self._when(JobStatus.OPEN, "cancel"))
         self._each("settle", now, 64, self._when(JobStatus.VERIFYING, "settle"))
@@ -105,6 +107,19 @@ class Keeper:
             self.store.schedule("draw", job_id, head + DRAW_RECHECK_BLOCKS)
         elif d["phase"] == DisputePhase.UNRESOLVED and self._status(job_id) == JobStatus.VERIFYING:
             self.dispatch("chain", "settle", [job_id])
+
+    def _replace(self, job_id: int, now: int) -> None:
+        """Replace the verifier of ``job_id`` (``Court.replace_verifier``: it pays the no-show
+        penalty and a new draw is requested) once it missed its accept or verdict deadline;
+        look again at the verdict deadline after it accepted."""
+        d = self.p.dispute(job_id)
+        if d["phase"] not in (DisputePhase.ASSIGNED, DisputePhase.ACCEPTED):
+            return
+        if now <= d["deadline"]:
+            self.store.schedule("replace", job_id, d["deadline"] + 1)
+            return
+        log.info("verifier late job=%d verifier=%s", job_id, d["verifier"])
+        self.dispatch("chain", "replace_verifier", [job_id])
 
     def _when(self, status: JobStatus, action: str) -> Callable[[int], None]:
         """Dispatch ``action`` for a job that is still in ``status``."""

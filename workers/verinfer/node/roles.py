@@ -221,6 +221,9 @@ class ChainRole:
         record = self._record(job_id)
         return self.sender.send("start_audit", self.court.start_audit(job_id, record.as_struct()))
 
+    def do_replace_verifier(self, job_id: int) -> bytes | None:
+        return self.sender.send("replace_verifier", self.court.replace_verifier(int(job_id)))
+
     def do_draw(self, job_id: int) -> bytes | None:
         """``Court.draw``: quietly nothing when someone else drew first; in the block of the
         request itself ("draw not ready"), tried again at the next block."""

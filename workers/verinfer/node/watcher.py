@@ -262,6 +262,7 @@ class Watcher:
             return
         delay = 0 if party else self.s.draw_delay_blocks
         self.store.schedule("draw", job_id, int(item.args["seed_block"]) + 1 + delay)
+        self.store.r.sadd(self.store.key("disputes"), job_id)  # followed: see VerifierAssigned
         log.info(
             "draw requested job=%d panel=%s seed_block=%d",
             job_id,
@@ -270,8 +271,14 @@ class Watcher:
         )
 
     def on_VerifierAssigned(self, item: DecodedLog, key: str, first: bool) -> None:
-        if first and item.args["verifier"] == self.me:
-            self.dispatch("chain", "accept", [item.args["job_id"], key])
+        if not first:
+            return
+        job_id = int(item.args["job_id"])
+        if item.args["verifier"] == self.me:
+            self.dispatch("chain", "accept", [job_id, key])
+        elif self.store.r.sismember(self.store.key("disputes"), job_id):
+            # a dispute this node draws for: replace the verifier if it misses a deadline
+            self.store.schedule("replace", job_id, int(item.args["accept_deadline"]) + 1)
 
     def on_VerifierAccepted(self, item: DecodedLog, key: str, first: bool) -> None:
         if first and item.args["verifier"] == self.me:
@@ -297,7 +304,10 @@ class Watcher:
             self.dispatch("infer", "verify", [job_id, key, "panel"])
 
     def on_DisputeSettled(self, item: DecodedLog, key: str, first: bool) -> None:
-        self.store.unschedule("settle", item.args["job_id"])
+        job_id = item.args["job_id"]
+        for queue in ("settle", "draw", "replace"):
+            self.store.unschedule(queue, job_id)
+        self.store.r.srem(self.store.key("disputes"), job_id)
 
     _window: tuple[float, int] = (0.0, 0)
 
