@@ -244,3 +244,26 @@ def test_deploy__timelock_owns_the_contracts__or_no_timelock(cli, state):
     assert cli.fails("deploy", "--network", "nowhere:at:all").startswith(
         "verinfer: unknown network 'nowhere:at:all': "
     )
+
+
+def test_bad_input__refused_before_anything_is_paid(cli, state):
+    """What every node would skip is refused by the CLI, one line, exit 1, nothing sent."""
+    client = state["clients"][0]
+    before = cli.json("balance", "show", client)
+    jobs_before = cli.json("job", "list")["jobs"]
+    chat = ["--chat", json.dumps([{"role": "robot", "content": "hi"}])]
+    no_content = ["--chat", json.dumps([{"role": "user", "content": ""}])]
+    cases = {
+        ("x" * 9_000,): "input is 9,001 bytes; a job's input holds at most 8,000 bytes",
+        ("",): "prompt is empty",
+        tuple(chat): "chat message 0 has an unknown role 'robot' (use system, user, assistant)",
+        tuple(no_content): "chat message 0 has no content",
+        ("1 " * 3_000, "--max-tokens", "4096"): (
+            "prompt of 6000 tokens + max_tokens 4096 exceeds the model context of 8192 tokens"
+        ),
+        ("\udcff",): "the prompt is not valid Unicode text",  # an undecodable argv byte
+    }
+    for args, reason in cases.items():
+        assert cli.fails("job", "submit", tiny(state), *args) == f"verinfer: bad input: {reason}"
+    assert cli.json("balance", "show", client) == before
+    assert cli.json("job", "list")["jobs"] == jobs_before

@@ -12,7 +12,7 @@ from verinfer.devnet import prepare_protocol
 @pytest.fixture(scope="session")
 def dev(accounts: Any) -> dict[str, Any]:
     """Deployed market, registered tiny model, two funded clients, two staked nodes."""
-    return prepare_protocol(challenge_window=60)
+    return prepare_protocol(challenge_window=60, model="tiny")
 
 
 @pytest.fixture(scope="session")

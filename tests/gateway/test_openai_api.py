@@ -200,6 +200,34 @@ def test_error__bad_request__400_names_the_field(net: Net, gw: Gateway) -> None:
     assert len(submitted(net)) == jobs
 
 
+def test_error__bad_input__400_before_anything_is_paid(net: Net, gw: Gateway) -> None:
+    """An empty prompt, a message without content, a prompt that with max_tokens exceeds the
+    model's context (1024 tokens): refused with a clear message, nothing submitted."""
+    jobs = len(submitted(net))
+    with pytest.raises(openai.BadRequestError) as info:
+        gw.openai().completions.create(model=MODEL, prompt="", max_tokens=4)
+    err = error_of(info.value)
+    assert (err["message"], err["param"]) == ("prompt: prompt is empty", "prompt")
+    with pytest.raises(openai.BadRequestError) as info:
+        gw.openai().chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": ""}], max_tokens=4
+        )
+    err = error_of(info.value)
+    assert (err["message"], err["param"]) == (
+        "messages: chat message 0 has no content",
+        "messages",
+    )
+    with pytest.raises(openai.BadRequestError) as info:  # also over the per-request limit:
+        gw.openai().completions.create(model=MODEL, prompt="1 " * 1000, max_tokens=200)
+    err = error_of(info.value)  # the context is checked first, nothing is reserved for it
+    assert (err["message"], err["code"], err["param"]) == (
+        "prompt of 1002 tokens + max_tokens 200 exceeds the model context of 1024 tokens",
+        "context_length_exceeded",
+        "max_tokens",
+    )
+    assert len(submitted(net)) == jobs
+
+
 def test_error__unknown_model__404_model_not_found(net: Net, gw: Gateway) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         gw.openai().chat.completions.create(model="gpt-4o", messages=CHAT, max_tokens=4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from verinfer.inputs import (
     InputFormatError,
+    check_input,
     decode_input,
     encode_chat_input,
     encode_text_input,
@@ -54,3 +55,28 @@ def test_text_that_looks_like_json__stays_text():
 def test_decode_input__bad_bytes__clear_error(data, message):
     with pytest.raises(InputFormatError, match=message):
         decode_input(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x00", "prompt is empty"),
+        (b'\x01[{"role":"robot","content":"hi"}]', "chat message 0 has an unknown role 'robot' "
+         "(use system, user, assistant)"),
+        (b'\x01[{"role":"system","content":"x"},{"role":"user","content":""}]',
+         "chat message 1 has no content"),
+        (b'\x01[{"role":"user"}]', "chat message 0 must have exactly 'role' and 'content'"),
+        (b"\x00caf\xc3", "input is not valid UTF-8: 'utf-8' codec can't decode byte 0xc3 in "
+         "position 3: unexpected end of data"),
+        (b"\x00" + b"a" * 8_000, "input is 8,001 bytes; a job's input holds at most 8,000 bytes"),
+    ],
+)  # fmt: skip
+def test_check_input__what_a_client_refuses_before_paying(data, message):
+    with pytest.raises(InputFormatError) as err:
+        check_input(data)
+    assert str(err.value) == message
+
+
+def test_check_input__largest_accepted_input():
+    check_input(b"\x00" + b"a" * 7_999)
+    check_input(encode_chat_input([{"role": "assistant", "content": "ok"}]))

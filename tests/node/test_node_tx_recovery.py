@@ -246,10 +246,13 @@ def test_unfinishable_or_invalid_jobs__one_skip_line_each__cancelled_refunded__n
         too_long = net.submit(CLIENT_C, "a prompt", max_tokens=1020)  # context is 1024 tokens
         bad_chat = net.submit(CLIENT_C, "", input_bytes=b"\x01{not json")
         bad_utf8 = net.submit(CLIENT_C, "", input_bytes=b"\x00\xff\xfe")
+        bad_role = net.submit(CLIENT_C, "", input_bytes=b'\x01[{"role":"robot","content":"hi"}]')
+        no_content = net.submit(CLIENT_C, "", input_bytes=b'\x01[{"role":"user","content":""}]')
+        empty = net.submit(CLIENT_C, "", input_bytes=b"\x00")
         good = net.submit(CLIENT_C, "an ordinary job", max_tokens=5)
         wait_for(lambda: net.status(good) == JobStatus.PUBLISHED, 120, "the good job served")
         net.dev.mine(seconds=700)  # claim deadlines pass: the keeper cancels the skipped jobs
-        skipped = (late, too_long, bad_chat, bad_utf8)
+        skipped = (late, too_long, bad_chat, bad_utf8, bad_role, no_content, empty)
         wait_for(lambda: all(net.status(j) == JobStatus.CANCELLED for j in skipped), 60, "cancels")
         wait_for(lambda: net.status(good) == JobStatus.FINALIZED, 60, "finalized")
     finally:
@@ -262,11 +265,20 @@ def test_unfinishable_or_invalid_jobs__one_skip_line_each__cancelled_refunded__n
     assert skips(late) == [
         f"cannot finish before the deadline ({net.record(late).result_deadline})"
     ]
-    assert skips(too_long) == ["prompt + max_tokens exceed the model context"]
+    assert skips(too_long) == [
+        "prompt of 7 tokens + max_tokens 1020 exceeds the model context of 1024 tokens"
+    ]
     (chat_reason,) = skips(bad_chat)
-    assert chat_reason.startswith("bad input: ")
-    (utf8_reason,) = skips(bad_utf8)
-    assert utf8_reason.startswith("bad input: ")
+    assert chat_reason.startswith("bad input: chat input is not valid JSON: ")
+    assert skips(bad_utf8) == [
+        "bad input: input is not valid UTF-8: 'utf-8' codec can't decode byte 0xff in "
+        "position 0: invalid start byte"
+    ]
+    assert skips(bad_role) == [
+        "bad input: chat message 0 has an unknown role 'robot' (use system, user, assistant)"
+    ]
+    assert skips(no_content) == ["bad input: chat message 0 has no content"]
+    assert skips(empty) == ["bad input: prompt is empty"]
     assert skips(good) == []
     assert "Traceback" not in node.log()
     for j in skipped:

@@ -9,7 +9,7 @@ from verinfer.cli_common import emit
 
 @click.group()
 def dev() -> None:
-    """A local Anvil chain with the protocol deployed, the small model registered, nodes staked."""
+    """A local Anvil chain with the protocol deployed, a model registered, nodes staked."""
 
 
 @dev.command("up")
@@ -17,16 +17,23 @@ def dev() -> None:
 @click.option("--chain-id", default=31337, show_default=True, type=int)
 @click.option("--challenge-window", default=60, show_default=True, type=int, help="Seconds.")
 @click.option("--redis", is_flag=True, help="Also start a Redis for `verinfer node run`.")
+@click.option(
+    "--model",
+    type=click.Choice(["smollm2", "tiny"]),
+    default="smollm2",
+    show_default=True,
+    help="SmolLM2-135M-Instruct (imported on first use), or the small random test model.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def dev_up(
-    port: int | None, chain_id: int, challenge_window: int, redis: bool, as_json: bool
+    port: int | None, chain_id: int, challenge_window: int, redis: bool, model: str, as_json: bool
 ) -> None:
-    """Start Anvil, deploy, register the small model, fund clients and stake nodes."""
+    """Start Anvil, deploy, register a model, fund clients and stake nodes."""
     from verinfer import devnet
     from verinfer.cli_common import spinner
 
     with spinner(as_json, "starting anvil and deploying..."):
-        s = devnet.up(port, chain_id, challenge_window, redis)
+        s = devnet.up(port, chain_id, challenge_window, redis, model)
     human = (
         f"anvil pid {s['pid']} at {s['rpc_url']} (chain {s['chain_id']})\n"
         f"  market {s['market']}\n  court  {s['court']}\n  token  {s['token']}\n"

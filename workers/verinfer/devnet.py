@@ -1,7 +1,8 @@
 """``verinfer dev up | down``: a local Anvil chain with the protocol deployed and ready.
 
 ``up`` starts Anvil in the background (its own session, so it outlives the command),
-deploys the contracts (``deploy.deploy_all``), registers the project's small model, funds
+deploys the contracts (``deploy.deploy_all``), registers a model (SmolLM2-135M-Instruct,
+imported once into the model cache; or, with ``--model tiny``, the project's small model), funds
 the client accounts (prepaid balance) and stakes the node accounts, and records it all in
 ``$VERINFER_HOME/dev.json``. ``down`` stops what ``up`` started and removes the record.
 
@@ -87,8 +88,10 @@ def up(
     chain_id: int = 31337,
     challenge_window: int = 60,
     redis: bool = False,
+    model: str = "smollm2",
 ) -> dict[str, Any]:
-    """Start and prepare the dev chain; returns the record written to dev.json."""
+    """Start and prepare the dev chain serving ``model`` (``smollm2`` or ``tiny``); returns the
+    record written to dev.json."""
     home = verinfer_home()
     state = read_dev_state()
     if state and pid_alive(int(state["pid"]), "anvil"):
@@ -108,7 +111,7 @@ def up(
         "home": str(home),
     }
     try:
-        record.update(_prepare(record["network"], challenge_window))
+        record.update(_prepare(record["network"], challenge_window, model))
         if redis:
             record.update(_start_redis(home))
     except BaseException:
@@ -127,26 +130,40 @@ def _start_redis(home: Path) -> dict[str, Any]:
     return {"redis_pid": proc.pid, "redis_url": url}
 
 
-def _prepare(network: str, challenge_window: int) -> dict[str, Any]:
+def _prepare(network: str, challenge_window: int, model: str) -> dict[str, Any]:
     from ape import networks
     from ape.logging import logger
 
     logger.set_level("WARNING")
     with networks.parse_network_choice(network):
-        return prepare_protocol(challenge_window)
+        return prepare_protocol(challenge_window, model)
 
 
-def prepare_protocol(challenge_window: int = 60) -> dict[str, Any]:
-    """On the connected ape network: deploy, register the small model, fund the clients'
-    prepaid balances and stake the nodes (test accounts, see the module docstring)."""
+def model_path(model: str) -> Path:
+    """The checked directory of a dev model: ``smollm2`` (SmolLM2-135M-Instruct, imported on
+    first use) or ``tiny`` (the project's small random model)."""
+    if model == "smollm2":
+        from verinfer.models.smollm2 import ensure_smollm2
+
+        return ensure_smollm2()
+    if model == "tiny":
+        from verinfer.models.tiny import tiny_model_path
+
+        return tiny_model_path(seed=0)
+    raise ClientError(f"unknown dev model {model!r} (smollm2 or tiny)")
+
+
+def prepare_protocol(challenge_window: int = 60, model: str = "smollm2") -> dict[str, Any]:
+    """On the connected ape network: deploy, register ``model`` (see ``model_path``), fund the
+    clients' prepaid balances and stake the nodes (test accounts, see the module docstring)."""
     from ape import accounts, chain, project
 
     from verinfer.deploy import deploy_all
     from verinfer.models.manifest import MANIFEST_NAME, Manifest
-    from verinfer.models.tiny import tiny_model_path
     from verinfer.operator import account_pubkey
 
-    spec = Manifest.load(tiny_model_path(seed=0) / MANIFEST_NAME)
+    path = model_path(model)
+    spec = Manifest.load(path / MANIFEST_NAME)
     owner = accounts.test_accounts[0]
     from_block = int(chain.blocks.height)
     addresses = deploy_all(owner)
@@ -176,7 +193,7 @@ def prepare_protocol(challenge_window: int = 60) -> dict[str, Any]:
             "name": spec.name,
             "revision": spec.revision,
             "model_id": "0x" + spec.model_id.hex(),
-            "path": str(tiny_model_path(seed=0)),
+            "path": str(path),
         },
         "clients": clients,
         "nodes": nodes,

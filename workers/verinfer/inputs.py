@@ -5,11 +5,13 @@ The first byte of a job's input says how the rest is read:
 * ``0x00`` + UTF-8 text — a raw prompt, tokenized with the model's tokenizer as is (with the
   special tokens the tokenizer adds itself, e.g. a BOS token);
 * ``0x01`` + UTF-8 JSON  — a chat: a non-empty list of ``{"role": str, "content": str}``
-  objects, rendered with the model's own chat template and ``add_generation_prompt=True``.
+  objects, role one of ``system``, ``user``, ``assistant`` and content not empty, rendered with
+  the model's own chat template and ``add_generation_prompt=True``.
 
-Anything else (empty input, another format byte, invalid UTF-8 or JSON, a malformed message
-list) is an InputFormatError. An explicit format byte keeps the two forms unambiguous: a text
-prompt that happens to look like JSON is still text.
+Anything else (empty input, an empty text prompt, another format byte, invalid UTF-8 or JSON, a
+malformed message list, more than the market's ``MAX_INPUT_BYTES``) is an InputFormatError.
+An explicit format byte keeps the two forms unambiguous: a text prompt that happens to look
+like JSON is still text.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 
 FORMAT_TEXT = 0x00
 FORMAT_CHAT = 0x01
+MAX_INPUT_BYTES = 8_000  # Market.vy MAX_INPUT_BYTES: a longer input cannot be submitted
+CHAT_ROLES = ("system", "user", "assistant")
 
 
 class InputFormatError(ValueError):
@@ -46,7 +50,24 @@ def _check_messages(messages: Any) -> list[dict[str, str]]:
             raise InputFormatError(f"chat message {i} must have exactly 'role' and 'content'")
         if not isinstance(msg["role"], str) or not isinstance(msg["content"], str):
             raise InputFormatError(f"chat message {i}: role and content must be strings")
+        if msg["role"] not in CHAT_ROLES:
+            raise InputFormatError(
+                f"chat message {i} has an unknown role {msg['role']!r} "
+                f"(use {', '.join(CHAT_ROLES)})"
+            )
+        if not msg["content"]:
+            raise InputFormatError(f"chat message {i} has no content")
     return messages
+
+
+def check_input(data: bytes) -> None:
+    """InputFormatError unless a node can read ``data``: at most ``MAX_INPUT_BYTES``, and
+    ``decode_input`` accepts it (what a client checks before it pays)."""
+    if len(data) > MAX_INPUT_BYTES:
+        raise InputFormatError(
+            f"input is {len(data):,} bytes; a job's input holds at most {MAX_INPUT_BYTES:,} bytes"
+        )
+    decode_input(data)
 
 
 def decode_input(data: bytes) -> str | list[dict[str, str]]:
@@ -59,6 +80,8 @@ def decode_input(data: bytes) -> str | list[dict[str, str]]:
     except UnicodeDecodeError as exc:
         raise InputFormatError(f"input is not valid UTF-8: {exc}") from exc
     if fmt == FORMAT_TEXT:
+        if not text:
+            raise InputFormatError("prompt is empty")
         return text
     if fmt == FORMAT_CHAT:
         try:

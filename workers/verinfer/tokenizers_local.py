@@ -57,3 +57,48 @@ def decode_tokens(model_id: bytes, token_ids: Sequence[int]) -> str | None:
     if tok is None:
         return None
     return str(tok.decode(list(token_ids), skip_special_tokens=True))
+
+
+# A byte-level tokenizer gives at most one token per input byte; the chat template adds its
+# own text (tags, a default system prompt), counted here with a generous margin. An input that
+# fits under this bound cannot exceed the context, so it is not tokenized.
+TEMPLATE_MARGIN_TOKENS = 512
+
+
+@cache
+def _hf_tokenizer(path: Path) -> Any:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def _context(path: Path) -> int:
+    import json
+
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return int(config.get("max_position_embeddings", 0) or 0)
+
+
+def context_error(model_id: bytes, data: bytes, max_tokens: int) -> str | None:
+    """Why a job with input ``data`` and ``max_tokens`` cannot run on the model (its prompt
+    tokens + max_tokens exceed the model's context), or None when it fits or no local copy of
+    the model is found. The node's engine refuses the same jobs (``check_job_params``)."""
+    path = find_model_dir(bytes(model_id))
+    if path is None:
+        return None
+    context = _context(path)
+    if not context or len(data) + TEMPLATE_MARGIN_TOKENS + max_tokens <= context:
+        return None
+    from verinfer.inputs import tokenize_input
+
+    n = len(tokenize_input(_hf_tokenizer(path), data))
+    if n + max_tokens <= context:
+        return None
+    return (
+        f"prompt of {n} tokens + max_tokens {max_tokens} exceeds the model context of "
+        f"{context} tokens"
+    )

@@ -29,7 +29,7 @@ from verinfer.gateway import errors
 from verinfer.gateway.chain import ChainWorker, JobOutcome, JobRequest, model_label
 from verinfer.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from verinfer.gateway.tokens import PromptCounter
-from verinfer.inputs import encode_chat_input, encode_text_input
+from verinfer.inputs import InputFormatError, decode_input, encode_chat_input, encode_text_input
 
 TIMEOUT_HEADER = "x-verinfer-timeout"
 MAX_INPUT_BYTES = 8_000  # Market.vy MAX_INPUT_BYTES: a longer input cannot be submitted
@@ -105,7 +105,11 @@ def create_app(worker: ChainWorker, api_key: str) -> FastAPI:
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         """A chat completion, run as one on-chain job."""
         _refuse_unsupported(body)
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        # OpenAI's "developer" role is the system prompt of newer clients
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in body.messages
+        ]
         data = _encode(lambda: encode_chat_input(messages), "messages")
         max_tokens = body.max_completion_tokens or body.max_tokens or settings.default_max_tokens
         outcome, prompt_tokens = await _run(body, data, max_tokens, request)
@@ -305,4 +309,8 @@ def _encode(fn: Any, param: str) -> bytes:
             param,
             "input_too_large",
         )
+    try:  # what a node would refuse (an empty prompt, ...): refused before anything is paid
+        decode_input(data)
+    except InputFormatError as exc:
+        raise errors.bad_request(f"{param}: {exc}", param) from None
     return data

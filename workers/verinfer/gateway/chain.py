@@ -46,6 +46,7 @@ from verinfer.gateway.limits import LimitError, SpendLimits
 from verinfer.gateway.rpc import EventDecoder, LogFeed, Rpc, RpcError, TxSigner, ws_url
 from verinfer.gateway.settings import GatewaySettings
 from verinfer.jobs import JobRecord, JobStatus
+from verinfer.tokenizers_local import context_error
 
 log = logging.getLogger("verinfer.gateway")
 MISS_REFRESH_S = 1.0  # an unknown model name refreshes the model list at most this often
@@ -374,6 +375,8 @@ class ChainWorker:
         for req in batch:
             try:
                 model = self.resolve(req.model)
+                if problem := context_error(model.model_id, req.input, req.max_tokens):
+                    raise errors.bad_request(problem, "max_tokens", "context_length_exceeded")
                 payment = req.max_tokens * self.price(model.model_id)
                 try:
                     ticket = self.limits.reserve(payment)

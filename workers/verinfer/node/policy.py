@@ -93,5 +93,9 @@ class Policy:
         if params.max_tokens > self.max_output_tokens:
             return Decision(False, f"max_tokens above {self.max_output_tokens}")
         if model.max_context and len(prompt) + params.max_tokens > model.max_context:
-            return Decision(False, "prompt + max_tokens exceed the model context")
+            return Decision(
+                False,
+                f"prompt of {len(prompt)} tokens + max_tokens {params.max_tokens} exceeds the "
+                f"model context of {model.max_context} tokens",
+            )
         return Decision(True)
