@@ -222,3 +222,79 @@ def test_late_verifier__replaced_by_the_nodes_keeper__none_left__unresolved_sett
     assert market.claimable(net.addr(CLIENT_C)).call() == claimable + bond  # bond returned
     assert f"verifier late job={job}" in node.log()
     assert "Traceback" not in node.log()
+
+
+def test_honest_node_judged_invalid__appeals_itself__panel_overturns__verifier_slashed(
+    net: Net,
+) -> None:
+    """Node A's honest result is disputed and the drawn verifier (node B's key, played by the
+    test) lies: "invalid". Node A's own process re-verifies its result, finds it valid and
+    appeals with the dispute bond from its prepaid balance; its keeper draws the panel, whose
+    majority (played by the test) overturns the verdict: B is slashed whole, A paid."""
+    market, court = net.dev.market.functions, net.dev.court.functions
+    node_a, liar = net.addr(NODE_A), net.addr(NODE_B)
+    for other in market.model_nodes(net.model_id).call():
+        if other not in (node_a, liar):  # B is the only node the verifier's draw can pick
+            transact(net.w3, market.stop_serving(net.model_id), other)
+    if liar not in market.model_nodes(net.model_id).call():
+        transact(net.w3, market.serve_model(net.model_id, PRICE), liar)
+    bond = court.dispute_bond().call()
+    net.dev.fund_client(node_a, bond)  # the node's prepaid balance, for an appeal bond
+    node = net.node(NODE_A, "node-a", audits="false").start()
+
+    def mined_until(pred: Any) -> Any:  # a real chain makes blocks by itself
+        return lambda: pred() or net.dev.mine()
+
+    try:
+        job = net.submit(CLIENT_C, "is my answer honest?", preferred=node_a)
+        wait_for(lambda: net.status(job) == JobStatus.PUBLISHED, 120, "node A's result")
+        transact(net.w3, court.dispute(job, net.record(job).as_struct()), net.addr(CLIENT_C))
+        wait_for(
+            mined_until(lambda: net.events("VerifierAssigned", "court", job_id=job)),
+            60,
+            "node A's draw of the verifier",
+            every=1.0,
+        )
+        assert court.dispute_info(job).call()[9] == liar
+        panel = [net.addr(i) for i in (KEEPER, 8, 9)]  # staked and serving from now on
+        for member in panel:
+            if market.node_info(member).call()[0]:  # registered in an earlier test
+                transact(net.w3, market.serve_model(net.model_id, PRICE), member)
+            else:
+                net.dev.add_node(member, 2_000 * UNIT, net.model_id, PRICE)
+        transact(net.w3, court.accept(job), liar)
+        transact(net.w3, court.post_verdict(job, False), liar)  # the lie
+        drawn = wait_for(
+            mined_until(lambda: net.events("PanelDrawn", "court", job_id=job)),
+            120,
+            "node A's appeal and its panel draw",
+            every=1.0,
+            context=lambda: node.log()[-3000:],
+        )
+        assert sorted(drawn[0]["args"]["panel"]) == sorted(panel)
+        for member in panel[:2]:  # a majority re-executed it and found it valid
+            transact(net.w3, court.panel_vote(job, True), member)
+        net.dev.mine(seconds=court.vote_window().call() + 1)
+        wait_for(
+            mined_until(lambda: net.status(job) == JobStatus.FINALIZED),
+            60,
+            "node A's keeper settling the appeal",
+            every=1.0,
+            context=lambda: node.log()[-3000:],
+        )
+    finally:
+        assert node.stop() == 0, node.log()[-3000:]
+    (appeal,) = net.events("AppealOpened", "court", job_id=job)
+    assert appeal["args"]["appellant"] == node_a and appeal["args"]["bond"] == bond
+    requests = net.events("DrawRequested", "court", job_id=job)
+    assert [r["args"]["panel"] for r in requests] == [False, True]
+    for event in (*net.events("VerifierAssigned", "court", job_id=job), drawn[0]):
+        assert net.w3.eth.get_transaction(event["transactionHash"])["from"] == node_a
+    (settled,) = net.events("DisputeSettled", "court", job_id=job)
+    assert settled["args"]["valid"] is True and settled["args"]["appealed"] is True
+    assert settled["args"]["verifier_overturned"] is True
+    (slash,) = net.events("NodeSlashed", node=liar)
+    assert slash["args"]["whole_stake"] is True
+    assert f"appeal job={job}: own re-verification says valid" in node.log()
+    assert f"verdict job={job} valid=True kind=appeal" in node.log()
+    assert "Traceback" not in node.log()

@@ -207,6 +207,27 @@ class ChainRole:
             self.metrics.incr("verdicts", valid=str(bool(valid)).lower())
         return tx
 
+    def do_appeal(self, job_id: int, key: str, valid: bool) -> bytes | None:
+        """A verifier ruled this node's own result invalid: appeal to a panel when the node's
+        own re-verification finds it valid. The bond (the dispute bond, for the accused node)
+        comes from the node's prepaid balance, which the operator keeps funded (`verinfer
+        balance deposit`); without it the node logs why it cannot appeal."""
+        if not valid:
+            log.warning("no appeal job=%s: its own result fails re-verification too", job_id)
+            return None
+        bond = int(self.court.dispute_bond().call())
+        prepaid = int(self.market.balance_of(self.sender.address).call())
+        if prepaid < bond:
+            log.warning(
+                "cannot appeal job=%s: prepaid balance %d < dispute bond %d (deposit first)",
+                job_id,
+                prepaid,
+                bond,
+            )
+            return None
+        log.info("appeal job=%s: own re-verification says valid", job_id)
+        return self._once("appeal", job_id, key, self.court.appeal(int(job_id)))
+
     def do_finalize(self, job_ids: Sequence[int]) -> bytes | None:
         records = [r for r in self.store.get_jobs([int(j) for j in job_ids]) if r is not None]
         live = [
@@ -269,7 +290,8 @@ class InferRole:
 
     def run_batch(self, calls: Sequence[Sequence[Any]]) -> None:
         """Handle one batch of ``infer`` calls: ``("serve", job_id, key)`` and
-        ``("verify", job_id, key, "verdict"|"panel")``."""
+        ``("verify", job_id, key, "verdict"|"panel"|"appeal")`` (the chain action the verdict
+        goes to)."""
         serve = [c for c in calls if c[0] == "serve"]
         verify = [c for c in calls if c[0] == "verify"]
         if serve:

@@ -285,8 +285,14 @@ class Watcher:
             self.dispatch("infer", "verify", [item.args["job_id"], key, "verdict"])
 
     def on_VerdictPosted(self, item: DecodedLog, key: str, first: bool) -> None:
-        if first:
-            self.store.schedule("settle", item.args["job_id"], item.args["appeal_deadline"] + 1)
+        if not first:
+            return
+        job_id = int(item.args["job_id"])
+        self.store.schedule("settle", job_id, item.args["appeal_deadline"] + 1)
+        record = self.store.get_job(job_id)
+        if not item.args["valid"] and record is not None and record.node == self.me:
+            # "invalid" on this node's own job: re-verify it; if it holds, appeal (roles.py)
+            self.dispatch("infer", "verify", [job_id, key, "appeal"])
 
     def on_AppealOpened(self, item: DecodedLog, key: str, first: bool) -> None:
         # the panel is drawn later (DrawRequested, then PanelDrawn): nothing to settle before
