@@ -110,11 +110,14 @@ def test_job_submit_list_show_wait_dispute(cli, state):
     assert cli.fails("job", "draw", str(job_id)) == (
         f"verinfer: job {job_id} has no dispute or audit: nothing to draw"
     )
-    disp = cli.json("job", "dispute", str(job_id))
+    disp = cli.json("job", "dispute", str(job_id), "--no-draw")
     assert disp["job_id"] == job_id and disp["bond"] == 100 * UNIT
-    # the dispute requested a draw; the command drew the verifier from the next block
-    assert disp["verifier"] == state["nodes"][1] and disp["drawn_by_us"]
-    assert disp["phase"] == "ASSIGNED" and disp["seed_block"] > 0
+    # the dispute requested a draw and left it to others: nobody is assigned yet
+    assert disp["phase"] == "DRAWING" and disp["draw_pending"] and disp["verifier"] is None
+    assert disp["seed_block"] > 0 and not disp["drawn_by_us"]
+    drawn = cli.json("job", "draw", str(job_id))  # anyone may, from the next block on
+    assert drawn["verifier"] == state["nodes"][1] and drawn["drawn_by_us"]
+    assert drawn["phase"] == "ASSIGNED" and drawn["seed_block"] == disp["seed_block"]
     assert cli.json("job", "show", str(job_id))["status"] == "VERIFYING"
     assert cli.fails("job", "dispute", str(job_id)) == (
         f"verinfer: job {job_id} cannot be disputed: it is VERIFYING, not PUBLISHED"
