@@ -11,8 +11,14 @@ On a GPU host (``pip install -e '.[vllm]'``) this
    honest margin distribution, the fraction of claims valid at several candidate tau values,
    the token agreement between vLLM and transformers, and the verify/generate time ratio.
 
-``--device cpu --no-vllm --hidden 128 --layers 2 --jobs 16`` runs the same code path on a CPU
-machine as a smoke test. The last stdout line is one JSON object.
+``--model smollm2`` runs the same checks on SmolLM2-135M-Instruct (``ensure_smollm2``: imported
+from its pinned GGUF on first use, float32 files; ``--dtype bfloat16`` loads the same files in
+bf16 under a bf16 manifest, which is another model id) with real chat questions, ended by EOS
+or after 64 tokens: ``python scripts/gpu_check.py --model smollm2 --jobs 256``.
+
+``--device cpu --no-vllm --hidden 128 --layers 2 --jobs 16`` (or ``--model smollm2 --jobs 8``)
+runs the same code path on a CPU machine as a smoke test. The last stdout line is one JSON
+object.
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ from typing import Any
 import torch
 from verinfer.digest import MAX_UINT32, SamplingParams
 from verinfer.engines import Job, TransformersEngine
+from verinfer.inputs import encode_chat_input
 from verinfer.models import LoadedModel, TinyConfig, load_model, tiny_model_path
+from verinfer.models.manifest import MANIFEST_NAME, Manifest
 from verinfer.sampler import gumbel_hash, seed_words
 from verinfer.verifier import Claim, Verdict, verify_batch
 
@@ -60,6 +68,35 @@ def make_jobs(model: LoadedModel, n: int, rng: random.Random) -> list[Job]:
         )
         prompt = (1, *(rng.randrange(5, model.vocab_size) for _ in range(rng.randrange(8, 120))))
         jobs.append(Job(model.model_id, params, prompt_ids=prompt))
+    return jobs
+
+
+QUESTIONS = (
+    "What is the capital of France? Answer in one sentence.",
+    "What is a GPU?",
+    "Name three primary colors.",
+    "Write a haiku about the sea.",
+    "Explain what a blockchain is to a child.",
+    "Give me one tip for writing clear code.",
+    "What is 17 times 3?",
+    "Summarize the plot of Romeo and Juliet in two sentences.",
+)
+
+
+def chat_jobs(model: LoadedModel, n: int, rng: random.Random) -> list[Job]:
+    """Real chat questions (input format 0x01), greedy and sampled, up to 64 tokens, ended by
+    the model's EOS (``<|im_end|>`` for SmolLM2) or by max_tokens."""
+    jobs = []
+    for i in range(n):
+        params = SamplingParams(
+            max_tokens=64,
+            temperature_milli=(0, 700, 1000, 1300)[i % 4],
+            top_k=(0, 0, 50)[i % 3],
+            seed=rng.getrandbits(64),
+        )
+        text = QUESTIONS[i % len(QUESTIONS)]
+        data = encode_chat_input([{"role": "user", "content": text}])
+        jobs.append(Job(model.model_id, params, input_data=data))
     return jobs
 
 
@@ -101,24 +138,38 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--jobs", type=int, default=256)
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument(
+        "--model", choices=("random", "smollm2"), default="random", help="Which model to check."
+    )
     args = ap.parse_args()
     report: dict[str, Any] = {"device": args.device}
     if args.device != "cpu":
         report["gpu"] = torch.cuda.get_device_name()
         report["hash_cpu_equals_gpu"] = hash_cpu_equals_device(args.device)
-    cfg = TinyConfig(
-        hidden_size=args.hidden,
-        intermediate_size=args.hidden * 11 // 4,
-        num_hidden_layers=args.layers,
-        num_attention_heads=max(1, args.hidden // 64),
-        num_key_value_heads=max(1, args.hidden // 256),
-        max_position_embeddings=2048,
-        dtype=args.dtype,
-    )
-    path = tiny_model_path(0, cfg, cache_dir=Path(tempfile.gettempdir()) / "verinfer-gpu-check")
-    model = load_model(path, device=args.device)
-    report["model"] = {"hidden": args.hidden, "layers": args.layers, "dtype": args.dtype}
-    jobs = make_jobs(model, args.jobs, random.Random(7))
+    if args.model == "smollm2":
+        from verinfer.models.smollm2 import ensure_smollm2
+
+        path = ensure_smollm2()
+        spec = Manifest.load(path / MANIFEST_NAME)
+        spec = Manifest(spec.name, spec.revision, args.dtype, spec.files)  # same files
+        model = load_model(path, spec, device=args.device)
+        report["model"] = {"name": spec.name, "model_id": "0x" + spec.model_id.hex()}
+        report["model"]["dtype"] = args.dtype
+        jobs = chat_jobs(model, args.jobs, random.Random(7))
+    else:
+        cfg = TinyConfig(
+            hidden_size=args.hidden,
+            intermediate_size=args.hidden * 11 // 4,
+            num_hidden_layers=args.layers,
+            num_attention_heads=max(1, args.hidden // 64),
+            num_key_value_heads=max(1, args.hidden // 256),
+            max_position_embeddings=2048,
+            dtype=args.dtype,
+        )
+        cache = Path(tempfile.gettempdir()) / "verinfer-gpu-check"
+        model = load_model(tiny_model_path(0, cfg, cache_dir=cache), device=args.device)
+        report["model"] = {"hidden": args.hidden, "layers": args.layers, "dtype": args.dtype}
+        jobs = make_jobs(model, args.jobs, random.Random(7))
 
     hf = TransformersEngine(model, max_batch_size=32)
     hf.generate(jobs[:32])

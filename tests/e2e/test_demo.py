@@ -37,12 +37,13 @@ def _left_running(logs: Path, port: str) -> list[str]:
     return left
 
 
-@pytest.mark.parametrize("chain", ["anvil", "hardhat"])
-def test_demo__nodes_serve__honest_verdict_slashes_the_cheater__all_stopped(chain):
+# `make demo` as a user runs it (SmolLM2 on Anvil), and the small model on Hardhat
+@pytest.mark.parametrize(("chain", "model"), [("anvil", "smollm2"), ("hardhat", "tiny")])
+def test_demo__nodes_serve__honest_verdict_slashes_the_cheater__all_stopped(chain, model):
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "demo.py")],
         cwd=ROOT,
-        env={**os.environ, "CHAIN": chain},
+        env={**os.environ, "CHAIN": chain, "DEMO_MODEL": model},
         capture_output=True,
         text=True,
         timeout=600,
@@ -71,6 +72,17 @@ def test_demo__nodes_serve__honest_verdict_slashes_the_cheater__all_stopped(chai
     assert f"{verifier}'s log: pid=" in transcript and "valid=False kind=verdict" in transcript
     assert "NodeSlashed cheater: 2000 tokens (whole stake: True)" in transcript
     assert "disputed job 5: SLASHED" in transcript
+    if model == "smollm2":  # real answers, in chat form; the cheater's variant answers wrong
+        assert "model SmolLM2-135M-Instruct@gguf-b179c9523d0e6a0f-import1 id 0xee8b7c72" in (
+            transcript
+        )
+        question = "'What is the capital of France? Answer in one sentence.'"
+        assert (
+            f"job 1 alice: {question}\n"
+            "        served by node-a (digest ok): 'The capital of France is Paris.'"
+        ) in transcript
+        cheat = transcript.split(f"job 5 alice: {question}\n", 1)[1].splitlines()[0]
+        assert cheat.startswith("        served by cheater: '") and "Paris" not in cheat
     logs = ROOT / ".verinfer" / f"demo-{chain}"
     assert "DEV CHEAT MODE" in (logs / "cheater.log").read_text()
     assert "DEV CHEAT" not in (logs / "node-a.log").read_text() + (logs / "node-b.log").read_text()
@@ -83,7 +95,7 @@ def test_demo_interrupted_with_nodes_running__exits_130__nothing_left_running():
     demo = subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "demo.py")],
         cwd=ROOT,
-        env={**os.environ, "CHAIN": "anvil"},
+        env={**os.environ, "CHAIN": "anvil", "DEMO_MODEL": "tiny"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
