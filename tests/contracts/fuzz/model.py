@@ -4,12 +4,18 @@ The model is written from PROTOCOL.md and the market's documented rules, indepen
 of the contract: every rule asks it first which revert reason (if any) the contract must
 give, and after a successful call it applies the same effects to its own books. The
 invariants then compare the contract with these books and with the token balance.
+The court's draws are computed here too, from the block hash that seeds them, so the
+harness can check that the chain picked exactly the verifier or panel a uniform
+lowest-ticket draw gives, whoever asked for it and whoever called `draw`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
+
+from eth_abi import encode
+from eth_utils import keccak
 
 MAX_BPS = 10_000
 ZERO = "0x" + "00" * 20
@@ -54,6 +60,7 @@ class JobState:
     job_id: int
     job: Job
     status: int = OPEN
+    honest: bool = True  # whether the published result is the true one (harness's truth)
 
 
 @dataclass
@@ -68,10 +75,12 @@ class NodeState:
     unbond_ready_at: int = 0
     serving: bool = False
     price: int = 0
+    joined: int = 0  # block it joined the active set (or last topped up from below min)
+    holds: int = 0  # open court roles (verifier, panel seat): no complete_unbond
 
 
 @dataclass(frozen=True)
-class Params:
+class Params:  # replaced (dataclasses.replace) when the owner changes min_stake
     """The market parameters the model needs (read once after deployment)."""
 
     fee_bps: int
@@ -157,8 +166,15 @@ class Books:
         js.status = FINALIZED
         return earned, refund, fee, audit
 
+    def set_min_stake(self, value: int) -> None:
+        """The owner changes the minimum stake (nodes below it stay in the active set
+        until someone calls remove_node)."""
+        self.params = replace(self.params, min_stake=value)
+
     def expire(self, js: JobState) -> tuple[int, int]:
-        """A claimed job ran out of time; returns (refund, penalty)."""
+        """A claimed job ran out of time; returns (refund, penalty). The penalty comes
+        from the node's stake, and the contract leaves the node in the active set even
+        when that takes it below the minimum (unlike unbond and the court's slashes)."""
         job = js.job
         node = self.nodes[job.node]
         node.locked -= min(node.locked, job.collateral)
@@ -175,20 +191,87 @@ class Books:
         taken = node.stake + node.unbonding
         node.stake = node.locked = node.unbonding = 0
         node.slashed = True
-        node.serving = False
-        node.price = 0
+        self.leave_sets(node_addr)
         self.court_funds += taken
         return taken
 
     def slash_partial(self, node_addr: str, amount: int) -> int:
-        """Partial slash from free then unbonding stake, into the court funds."""
+        """Partial slash (no-show penalty) from free, then unbonding, then locked stake,
+        into the court funds; a node left below the minimum leaves the active sets."""
         node = self.nodes[node_addr]
         from_free = min(amount, node.stake - node.locked)
         from_unbonding = min(amount - from_free, node.unbonding)
-        node.stake -= from_free
+        from_locked = min(amount - from_free - from_unbonding, node.locked)
+        node.stake -= from_free + from_locked
+        node.locked -= from_locked
         node.unbonding -= from_unbonding
-        self.court_funds += from_free + from_unbonding
-        return from_free + from_unbonding
+        if node.stake < self.params.min_stake:
+            self.leave_sets(node_addr)
+        taken = from_free + from_unbonding + from_locked
+        self.court_funds += taken
+        return taken
+
+    # ---- active set ----
+    def leave_sets(self, node_addr: str) -> None:
+        """The node leaves the model's active set (price and joined block cleared)."""
+        node = self.nodes[node_addr]
+        node.serving, node.price, node.joined = False, 0, 0
+
+    def serve_reason(self, node_addr: str) -> str | None:
+        """Why `node_addr` may not serve the model (join its active set or reprice)."""
+        reason = self.node_reason(node_addr)
+        if reason is None and self.nodes[node_addr].stake < self.params.min_stake:
+            return "market: stake too low"
+        return reason
+
+    def apply_serve(self, node_addr: str, price: int, block: int) -> None:
+        node = self.nodes[node_addr]
+        if not node.serving:
+            node.serving, node.joined = True, block
+        node.price = price
+
+    def apply_stake(self, node_addr: str, received: int, block: int) -> None:
+        """Stake arrives; a serving node that was below the minimum is re-stamped (it is a
+        draw candidate only for draws requested after this block)."""
+        node = self.nodes[node_addr]
+        if node.stake < self.params.min_stake and node.serving:
+            node.joined = block
+        node.stake += received
+
+    def apply_unbond(self, node_addr: str, amount: int, now: int) -> None:
+        node = self.nodes[node_addr]
+        node.stake -= amount
+        node.unbonding += amount
+        node.unbond_ready_at = now + self.params.unbonding_delay
+        if node.stake < self.params.min_stake:
+            self.leave_sets(node_addr)
+
+    def remove_reason(self, node_addr: str) -> str | None:
+        """Why nobody may remove `node_addr` from the active set."""
+        node = self.nodes.get(node_addr, NodeState())
+        if not node.serving:
+            return "market: model not served"
+        if node.stake >= self.params.min_stake:
+            return "market: node stake sufficient"
+        return None
+
+    def complete_unbond_reason(self, node_addr: str, now: int) -> str | None:
+        node = self.nodes[node_addr]
+        if node.unbonding == 0:
+            return "market: nothing unbonding"
+        if node.holds:
+            return "market: stake held by court"
+        if now < node.unbond_ready_at:
+            return "market: unbonding not ready"
+        return None
+
+    def draw_candidates(self, joined_before: int, min_stake: int) -> list[str]:
+        """market.draw_candidates (as a set: the draw does not depend on the order)."""
+        return [
+            a
+            for a, n in self.nodes.items()
+            if n.serving and n.joined < joined_before and n.stake >= min_stake
+        ]
 
     # ---- predictions (the revert reason the contract must give, or None) ----
     def claim_reason(self, js: JobState, node_addr: str, now: int) -> str | None:
@@ -237,6 +320,8 @@ class Books:
             return STATUS_REASON[status]
         if sender != js.job.node:
             return "market: not the claimant"
+        if self.nodes[sender].slashed:
+            return "market: node slashed"
         if now > js.job.result_deadline:
             return "market: result deadline passed"
         if output_tokens > js.job.max_tokens:
@@ -251,8 +336,10 @@ class Books:
         digest: bytes,
         now: int,
         block: int,
+        honest: bool = True,
     ) -> None:
-        """Record a successful publish."""
+        """Record a successful publish (`honest`: the harness's truth about the result)."""
+        js.honest = honest
         js.job = js.job._replace(
             output_tokens=output_tokens,
             finish_reason=finish_reason,
@@ -298,8 +385,29 @@ class Books:
 
 # ---- court ----
 KIND_DISPUTE, KIND_AUDIT = 1, 2
-ASSIGNED, ACCEPTED, VERDICT, APPEALED, UNRESOLVED, SETTLED = range(1, 7)
+ASSIGNED, ACCEPTED, VERDICT, APPEALED, UNRESOLVED, SETTLED, DRAWING, PANEL_DRAWING = range(1, 9)
 MAX_ROUNDS = 3
+PANEL_SIZE = 3
+KEEPER_CUT = 10  # an audit's keeper earns a tenth of the audit reward
+BLOCKHASH_DEPTH = 256  # no EIP-2935 history contract on the test chain
+
+
+def draw_seed(seed_hash: bytes, job_id: int, rounds: int, phase: int) -> bytes:
+    """keccak256(abi_encode(blockhash(seed_block), job_id, rounds, phase))."""
+    return keccak(
+        encode(["bytes32", "uint256", "uint8", "uint8"], [seed_hash, job_id, rounds, phase])
+    )
+
+
+def ticket(seed: bytes, candidate: str) -> int:
+    """A candidate's ticket in a draw: the lowest tickets win."""
+    return int.from_bytes(keccak(encode(["bytes32", "address"], [seed, candidate])), "big")
+
+
+def audit_selected(seed_hash: bytes, job_id: int, audit_rate_bps: int) -> bool:
+    """Court._selected: is the job audited, given the hash of published_block + 2?"""
+    digest = keccak(encode(["bytes32", "uint256"], [seed_hash, job_id]))
+    return int.from_bytes(digest, "big") % MAX_BPS < audit_rate_bps
 
 
 @dataclass(frozen=True)
@@ -317,6 +425,7 @@ class CourtParams:
     vote_window: int
     slash_challenger_bps: int
     slash_verifier_bps: int
+    audit_rate_bps: int
 
 
 @dataclass
@@ -327,9 +436,10 @@ class Dispute:
     challenger: str
     bond: int
     node: str
-    excluded: set[str]
+    min_stake: int  # the minimum stake when it was opened: the floor of all its draws
+    seed_block: int = 0  # block whose hash seeds the requested draw
     verifier: str = ZERO
-    phase: int = ASSIGNED
+    phase: int = DRAWING
     rounds: int = 0
     deadline: int = 0
     verdict_valid: bool = False
@@ -337,6 +447,21 @@ class Dispute:
     appeal_bond: int = 0
     panel: list[str] = field(default_factory=list)
     votes: dict[str, bool] = field(default_factory=dict)
+    replaced: set[str] = field(default_factory=set)  # verifiers replaced for lateness
+
+    def excluded(self) -> set[str]:
+        """Who a draw may never pick: the node, the challenger, the verifier, the
+        appellant and every verifier replaced for lateness."""
+        return {self.node, self.challenger, self.verifier, self.appellant, *self.replaced}
+
+
+@dataclass
+class Settlement:
+    """What one settle moved, for the harness's incentive checks."""
+
+    final: bool
+    slashed: int  # taken from the accused node
+    credits: dict[str, int]  # credited per account by this settlement
 
 
 class CourtBooks:
@@ -345,22 +470,63 @@ class CourtBooks:
     def __init__(self, books: Books, params: CourtParams) -> None:
         self.books, self.p = books, params
         self.disputes: dict[int, Dispute] = {}
+        self._credits: dict[str, int] = {}
 
-    def eligible(self, node_addr: str, excluded: set[str]) -> bool:
-        """Can `node_addr` be picked as verifier or panel member?"""
-        n = self.books.nodes.get(node_addr, NodeState())
-        return (
-            node_addr not in excluded
-            and n.registered
-            and not n.slashed
-            and n.serving
-            and n.stake >= self.books.params.min_stake
-        )
+    # ---- draws ----
+    def candidates_now(self, d: Dispute, block: int) -> list[str]:
+        """Who a draw requested now could pick if nobody moved (the opening check)."""
+        now = self.books.draw_candidates(block + 1, self.books.params.min_stake)
+        return [a for a in now if a not in d.excluded()]
 
-    def candidates(self, excluded: set[str]) -> list[str]:
-        return [a for a in self.books.nodes if self.eligible(a, excluded)]
+    def pick(self, job_id: int, d: Dispute, seed_hash: bytes, count: int) -> list[str]:
+        """The `count` lowest tickets among the draw's candidates, lowest first."""
+        seed = draw_seed(seed_hash, job_id, d.rounds, d.phase)
+        cands = [
+            a
+            for a in self.books.draw_candidates(d.seed_block, d.min_stake)
+            if a not in d.excluded()
+        ]
+        return sorted(cands, key=lambda a: ticket(seed, a))[:count]
 
-    def open_reason(self, js: JobState, sender: str, bond: int, now: int) -> str | None:
+    def draw_reason(self, d: Dispute | None, block: int) -> str | None:
+        if d is None or d.phase not in (DRAWING, PANEL_DRAWING):
+            return "court: nothing to draw"
+        if block <= d.seed_block:
+            return "court: draw not ready"
+        return None
+
+    def draw_outcome(
+        self, job_id: int, d: Dispute, block: int, seed_hash: bytes | None
+    ) -> list[str] | None:
+        """What `draw` picks now (None: the seed's hash is gone, the draw is requested
+        anew): the verifier (one), the panel (three) or nobody (fewer than needed)."""
+        if seed_hash is None or block - d.seed_block > BLOCKHASH_DEPTH:
+            return None
+        count = 1 if d.phase == DRAWING else PANEL_SIZE
+        picked = self.pick(job_id, d, seed_hash, count)
+        return picked if len(picked) == count else []
+
+    def apply_draw(self, d: Dispute, outcome: list[str] | None, block: int, now: int) -> None:
+        nodes = self.books.nodes
+        if outcome is None:
+            d.seed_block = block
+        elif d.phase == DRAWING and not outcome:
+            d.phase, d.deadline = UNRESOLVED, now
+        elif d.phase == DRAWING:
+            d.verifier, d.rounds, d.phase = outcome[0], d.rounds + 1, ASSIGNED
+            d.deadline = now + self.p.accept_window
+            nodes[d.verifier].holds += 1
+        elif not outcome:
+            # too few nodes for a panel: the appeal bond goes back, the verdict stands
+            self.pay(d.appellant, d.appeal_bond)
+            d.appeal_bond, d.phase, d.deadline = 0, VERDICT, now
+        else:
+            d.panel, d.phase, d.deadline = list(outcome), APPEALED, now + self.p.vote_window
+            for member in d.panel:
+                nodes[member].holds += 1
+
+    # ---- opening ----
+    def open_reason(self, js: JobState, sender: str, bond: int, now: int, block: int) -> str | None:
         """Why `sender` may not open a dispute/audit with `bond` on `js` now."""
         if js.status != PUBLISHED:
             return STATUS_REASON[PUBLISHED]
@@ -368,49 +534,125 @@ class CourtBooks:
             return "market: challenge window closed"
         if bond and self.books.balance.get(sender, 0) < bond:
             return "market: insufficient balance for bond"
-        if not self.candidates({js.job.node, sender}):
+        probe = Dispute(KIND_DISPUTE, sender, bond, js.job.node, self.books.params.min_stake)
+        if not self.candidates_now(probe, block):
             return "court: no eligible verifier"
         return None
 
+    def open(self, js: JobState, kind: int, sender: str, bond: int, block: int) -> Dispute:
+        if bond:
+            self.take_bond(sender, bond)
+        js.status = VERIFYING
+        d = Dispute(kind, sender, bond, js.job.node, self.books.params.min_stake, block)
+        self.disputes[js.job_id] = d
+        return d
+
+    # ---- verifier ----
+    def replace_reason(self, d: Dispute | None, now: int) -> str | None:
+        if d is None or d.phase not in (ASSIGNED, ACCEPTED):
+            return "court: no verifier to replace"
+        return "court: verifier not late" if now <= d.deadline else None
+
+    def apply_replace(self, d: Dispute, block: int, now: int) -> int:
+        """The late verifier pays the no-show penalty and is excluded; a new draw is
+        requested (after MAX_ROUNDS verifiers: unresolved). Returns the penalty."""
+        late = d.verifier
+        penalty = self.penalise(late)
+        self.books.nodes[late].holds -= 1
+        d.replaced.add(late)
+        d.verifier = ZERO
+        if d.rounds < MAX_ROUNDS:
+            d.phase, d.seed_block = DRAWING, block
+        else:
+            d.phase, d.deadline = UNRESOLVED, now
+        return penalty
+
+    # ---- appeal ----
+    def appeal_bond_of(self, d: Dispute, sender: str) -> int:
+        """The accused node appeals with the dispute bond, anyone else the appeal bond."""
+        return self.p.dispute_bond if sender == d.node else self.p.appeal_bond
+
+    def appeal_reason(self, d: Dispute | None, sender: str, now: int, block: int) -> str | None:
+        if d is not None and d.appellant != ZERO:
+            return "court: already appealed"
+        if d is None or d.phase != VERDICT:
+            return "court: no verdict to appeal"
+        if now > d.deadline:
+            return "court: appeal window closed"
+        probe = replace(d, appellant=sender)
+        if len(self.candidates_now(probe, block)) < PANEL_SIZE:
+            return "court: panel unavailable"
+        if self.books.balance.get(sender, 0) < self.appeal_bond_of(d, sender):
+            return "market: insufficient balance for bond"
+        return None
+
+    def apply_appeal(self, d: Dispute, sender: str, block: int) -> None:
+        bond = self.appeal_bond_of(d, sender)
+        self.take_bond(sender, bond)
+        d.appellant, d.appeal_bond = sender, bond
+        d.phase, d.seed_block = PANEL_DRAWING, block
+
+    # ---- money ----
     def take_bond(self, payer: str, amount: int) -> None:
         self.books.balance[payer] -= amount
         self.books.court_funds += amount
 
     def pay(self, account: str, amount: int) -> None:
-        """court_pay: court funds -> claimable."""
+        """court_pay: court funds -> claimable (or, to the empty address, the audit pool)."""
         assert self.books.court_funds >= amount, "model: court funds short"
         self.books.court_funds -= amount
-        self.books.credit(account, amount)
-
-    def to_audit_pool(self, amount: int) -> None:
-        self.books.court_funds -= amount
-        self.books.audit_pool += amount
+        if account == ZERO:
+            self.books.audit_pool += amount
+        else:
+            self.books.credit(account, amount)
+            self._credits[account] = self._credits.get(account, 0) + amount
 
     def pay_from_audit_pool(self, account: str, amount: int) -> None:
         paid = min(amount, self.books.audit_pool)
         self.books.audit_pool -= paid
         if paid:
             self.books.credit(account, paid)
+            self._credits[account] = self._credits.get(account, 0) + paid
 
     def penalise(self, node_addr: str) -> int:
         """No-show penalty: partial slash moved into the audit pool."""
         taken = self.books.slash_partial(node_addr, self.p.no_show_penalty)
-        self.to_audit_pool(taken)
+        if taken:
+            self.pay(ZERO, taken)
         return taken
 
-    def split(self, members: list[str], amount: int) -> None:
-        if amount == 0:
-            return
-        paid = 0
-        if members:
-            share = amount // len(members)
-            for m in members:
-                if share:
-                    self.pay(m, share)
-                    paid += share
-        if amount > paid:
-            self.to_audit_pool(amount - paid)
+    def split(self, members: list[str], amount: int, capped: bool) -> int:
+        """Equal shares of `amount` to `members` (`capped`: each at most its own stake at
+        risk, bonded + unbonding); returns what was paid."""
+        if not members or amount == 0:
+            return 0
+        share, paid = amount // len(members), 0
+        for m in members:
+            n = self.books.nodes[m]
+            pay = min(share, n.stake + n.unbonding) if capped else share
+            if pay:
+                self.pay(m, pay)
+                paid += pay
+        return paid
 
+    def audit_reward(self, js: JobState) -> int:
+        """An audit's reward: at most what the job's audit share funds on average."""
+        job = js.job
+        price = min(job.output_tokens * job.price_per_token, job.max_payment)
+        share = price * self.books.params.audit_share_bps // self.p.audit_rate_bps
+        return min(self.p.audit_fee, share)
+
+    def pay_audit(self, js: JobState, d: Dispute, workers: list[str]) -> None:
+        reward = self.audit_reward(js)
+        keeper = reward // KEEPER_CUT
+        if keeper:
+            self.pay_from_audit_pool(d.challenger, keeper)
+        share = (reward - keeper) // len(workers)
+        if share:
+            for w in workers:
+                self.pay_from_audit_pool(w, share)
+
+    # ---- settlement ----
     def settle_reason(self, d: Dispute | None, now: int) -> str | None:
         """Why the dispute `d` may not be settled now."""
         if d is None:
@@ -426,9 +668,10 @@ class CourtBooks:
         valid = sum(1 for v in d.votes.values() if v)
         return valid, len(d.votes) - valid
 
-    def settle(self, js: JobState, d: Dispute) -> bool:
-        """Apply the outcome of a due dispute; returns the final verdict."""
+    def settle(self, js: JobState, d: Dispute) -> Settlement:
+        """Apply the outcome of a due dispute."""
         b, p = self.books, self.p
+        self._credits = {}
         appealed, unresolved = d.phase == APPEALED, d.phase == UNRESOLVED
         final, overturned = True, False
         if d.phase == VERDICT:
@@ -441,11 +684,17 @@ class CourtBooks:
         d.phase = SETTLED
         slashed = 0
         if final:
-            b.pay(js)
+            earned, _, _, _ = b.pay(js)
+            if earned:
+                self._credits[js.job.node] = earned
         else:
             b.balance[js.job.client] += js.job.max_payment
             slashed = b.slash_whole(js.job.node)
             js.status = SLASHED
+        if d.verifier != ZERO:
+            b.nodes[d.verifier].holds -= 1
+        for member in d.panel:
+            b.nodes[member].holds -= 1
         workers = [d.verifier]
         if appealed:
             valid, invalid = self.tally(d)
@@ -456,37 +705,36 @@ class CourtBooks:
                 taken = b.slash_whole(d.verifier)
                 to_appellant = taken * p.slash_challenger_bps // MAX_BPS
                 self.pay(d.appellant, d.appeal_bond + to_appellant)
-                to_panel = taken * p.slash_verifier_bps // MAX_BPS
-                self.split(majority, to_panel)
-                if taken - to_appellant - to_panel:
-                    self.to_audit_pool(taken - to_appellant - to_panel)
+                paid = self.split(majority, taken * p.slash_verifier_bps // MAX_BPS, True)
+                if taken - to_appellant - paid:
+                    self.pay(ZERO, taken - to_appellant - paid)
                 workers = majority
             else:
-                self.split(majority, d.appeal_bond)
+                paid = self.split(majority, d.appeal_bond, False)
+                if d.appeal_bond > paid:
+                    self.pay(ZERO, d.appeal_bond - paid)
             for member in d.panel:
                 if member not in d.votes:
                     self.penalise(member)
         if unresolved:
             if d.bond:
                 self.pay(d.challenger, d.bond)
+        elif final and d.kind == KIND_AUDIT:
+            self.pay_audit(js, d, workers)
         elif final:
-            if d.kind == KIND_AUDIT:
-                for w in workers:
-                    self.pay_from_audit_pool(w, p.audit_fee // len(workers))
-            else:
-                fee = min(p.verifier_fee, d.bond)
-                self.split(workers, fee)
-                if d.bond > fee:
-                    self.pay(js.job.node, d.bond - fee)
+            fee = min(p.verifier_fee, d.bond)
+            paid = self.split(workers, fee, False)
+            if fee > paid:
+                self.pay(ZERO, fee - paid)
+            if d.bond > fee:
+                self.pay(js.job.node, d.bond - fee)
         else:
             to_challenger = slashed * p.slash_challenger_bps // MAX_BPS
-            to_verifier = slashed * p.slash_verifier_bps // MAX_BPS
             if d.bond + to_challenger:
                 self.pay(d.challenger, d.bond + to_challenger)
-            self.split(workers, to_verifier)
-            if slashed - to_challenger - to_verifier:
-                self.to_audit_pool(slashed - to_challenger - to_verifier)
+            paid = self.split(workers, slashed * p.slash_verifier_bps // MAX_BPS, True)
+            if slashed - to_challenger - paid:
+                self.pay(ZERO, slashed - to_challenger - paid)
             if d.kind == KIND_AUDIT:
-                for w in workers:
-                    self.pay_from_audit_pool(w, p.audit_fee // len(workers))
-        return final
+                self.pay_audit(js, d, workers)
+        return Settlement(final, slashed, dict(self._credits))
