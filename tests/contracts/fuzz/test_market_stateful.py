@@ -309,6 +309,7 @@ class MarketMachine(RuleBasedStateMachine):
         audit_rate_bps=st.sampled_from([600, 5_000, 10_000]),
         salt=st.binary(min_size=32, max_size=32),
         jobs=st.lists(st.integers(min_value=1, max_value=200), min_size=2, max_size=4),
+        honest=st.lists(st.booleans(), min_size=4, max_size=4),
     )
     def start(
         self,
@@ -317,10 +318,12 @@ class MarketMachine(RuleBasedStateMachine):
         audit_rate_bps: int,
         salt: bytes,
         jobs: list[int],
+        honest: list[bool],
     ) -> None:
         """Clients, nodes, shadows and the attacker's contract start with a deposit; the
         nodes (the sybils too) start registered, staked and serving (the fillers try to
-        join by rules); a client submits a few jobs (short runs reach the court too)."""
+        join by rules); a client submits a few jobs that nodes run, truly or not (so that
+        short runs reach the court too)."""
         self.salt = salt
         self.sync_hashes()
         with boa.env.prank(self.owner):
@@ -335,6 +338,9 @@ class MarketMachine(RuleBasedStateMachine):
             self.serve_model(self.nodes.index(node), price)
         self.travel(blocks=1)
         self.submit_many(0, jobs, 32, 7_200)
+        for i, js in enumerate(self.books.jobs):
+            self.step(js, i, 1, honest[i])  # claim
+            self.step(js, i, 1, honest[i])  # publish
 
     # ---- clients: balances ----
     @property
@@ -1162,6 +1168,22 @@ class MarketMachine(RuleBasedStateMachine):
         settlement). Honest verifiers and panel members rule by the truth, sybils against
         it; a selected job is audited, some disputes come from the node's own sybil."""
         js = self.pick(self.jobs_in(*LIVE), j)
+        for _ in range(steps):
+            if js.status not in LIVE:
+                return
+            self.step(js, j, choice, honest)
+
+    @precondition(lambda self: self.jobs_in(PUBLISHED, VERIFYING))
+    @rule(
+        j=index,
+        choice=st.integers(1, 3),
+        honest=st.booleans(),
+        steps=st.sampled_from([2, 4, 8, 16]),
+    )
+    def advance_dispute(self, j: int, choice: int, honest: bool, steps: int) -> None:
+        """The same for a published job or one under verification (no finalize): the
+        court's paths are the long ones."""
+        js = self.pick(self.jobs_in(PUBLISHED, VERIFYING), j)
         for _ in range(steps):
             if js.status not in LIVE:
                 return
