@@ -1,0 +1,176 @@
+"""Contract findings of the court v2 fuzz work, as short deterministic sequences on boa.
+
+Each test states the behaviour the protocol needs and is marked xfail(strict=True) with
+the finding while the contract does otherwise: once the contract is fixed the test passes,
+strict xfail turns that into a failure, and the marker is to be removed (the stateful
+model in model.py then needs the same change).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import boa
+import pytest
+from eth_utils import keccak
+from verinfer.digest import SamplingParams, encode_params, model_id
+
+from .deployers import deployer
+from .model import ZERO, Job
+
+MODEL = ("verinfer/findings", "r1", keccak(b"findings manifest"))
+MODEL_ID = model_id(*MODEL)
+MIN_STAKE = 1_000
+PARAMS = encode_params(SamplingParams(max_tokens=8))
+DIGEST = keccak(b"the true result")
+
+
+class Chain:
+    """A market and its court with funded, approved accounts."""
+
+    def __init__(self) -> None:
+        self.owner = boa.env.generate_address("owner")
+        self.client = boa.env.generate_address("client")
+        with boa.env.prank(self.owner):
+            self.token = deployer("contracts/test/TestToken.vy").deploy("T", "T", 18)
+            self.market = deployer("contracts/Market.vy").deploy(
+                self.token.address, MIN_STAKE, self.owner
+            )
+            self.market.register_model(*MODEL)
+            self.court = deployer("contracts/Court.vy").deploy(
+                self.market.address, 100, 300, 20, 50, 50
+            )
+            self.market.set_court(self.court.address)
+        boa.env.evm.patch.prev_hashes = [keccak(b"block %d" % i) for i in range(256)]
+        self.fund(self.client)
+
+    def fund(self, account: str) -> None:
+        self.token.mint(account, 10**9)
+        with boa.env.prank(account):
+            self.token.approve(self.market.address, 2**256 - 1)
+            self.market.deposit(10_000)
+
+    def node(self, alias: str, stake: int = 5_000) -> str:
+        """A registered node with `stake`, serving the model."""
+        node = boa.env.generate_address(alias)
+        self.fund(node)
+        with boa.env.prank(node):
+            self.market.register_node(bytes(range(64)), "")
+            self.market.stake(stake)
+            self.market.serve_model(MODEL_ID, 1)
+        return node
+
+    def job(self, max_payment: int = 40) -> tuple[int, Job]:
+        now = boa.env.evm.patch.timestamp
+        with boa.env.prank(self.client):
+            job_id = self.market.submit(
+                MODEL_ID, b"prompt", PARAMS, max_payment, ZERO, now + 1_000, now + 2_000
+            )
+        job = Job(
+            client=self.client,
+            model_id=MODEL_ID,
+            input_hash=keccak(b"prompt"),
+            params_hash=keccak(PARAMS),
+            max_tokens=8,
+            max_payment=max_payment,
+            preferred_node=ZERO,
+            submitted_at=now,
+            claim_deadline=now + 1_000,
+            result_deadline=now + 2_000,
+        )
+        return job_id, job
+
+    def claim(self, job_id: int, job: Job, node: str) -> Job:
+        with boa.env.prank(node):
+            self.market.claim(job_id, job)
+        collateral = job.max_payment * self.market.collateral_bps() // 10_000
+        return job._replace(node=node, price_per_token=1, collateral=collateral)
+
+    def publish(self, job_id: int, job: Job) -> Job:
+        with boa.env.prank(job.node):
+            self.market.publish(job_id, job, b"\x00" * 32, 8, 0, DIGEST)
+        return job._replace(
+            output_tokens=8,
+            result_digest=DIGEST,
+            published_at=boa.env.evm.patch.timestamp,
+            published_block=boa.env.evm.patch.block_number,
+        )
+
+
+def mine(blocks: int = 1) -> None:
+    boa.env.time_travel(blocks=blocks)
+
+
+@pytest.fixture
+def chain() -> Iterator[Chain]:
+    with boa.env.anchor():
+        yield Chain()
+
+
+def dispute_info(chain: Chain, job_id: int) -> Any:
+    return chain.court.dispute_info(job_id)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=boa.BoaError,
+    reason="contract finding: a panel draw that comes up short (draw_candidates at the "
+    "seed block: joined < seed_block) after an appeal whose check counted nodes that "
+    "joined in the appeal's own block returns the bond but keeps _appeal set, so the "
+    "accused can no longer appeal a false 'invalid' and is slashed",
+)
+def test_accused_can_appeal_after_a_front_runners_panel_draw_comes_up_short(
+    chain: Chain,
+) -> None:
+    """An attacker challenges an honest result, its verifier rules 'invalid', and the
+    attacker appeals first, with two of its own nodes joining the model in the appeal's
+    block: the appeal's check counts them, the panel draw (joined before the seed block)
+    does not, so the draw finds 2 < 3 members, returns the bond and lets the verdict
+    stand. The accused must still be able to appeal; today it gets 'court: already
+    appealed' and settle slashes its whole stake."""
+    accused, verifier = chain.node("accused"), chain.node("lying verifier")
+    mine()
+    attacker = boa.env.generate_address("attacker")
+    chain.fund(attacker)
+    job_id, job = chain.job()
+    job = chain.publish(job_id, chain.claim(job_id, job, accused))
+    with boa.env.prank(attacker):
+        chain.court.dispute(job_id, job)
+    mine()
+    chain.court.draw(job_id)
+    assert dispute_info(chain, job_id).verifier == verifier  # the only candidate
+    with boa.env.prank(verifier):
+        chain.court.accept(job_id)
+        chain.court.post_verdict(job_id, False)  # a lie: the result is the true one
+    chain.node("honest 1"), chain.node("honest 2")
+    mine()
+    chain.node("attacker node 1"), chain.node("attacker node 2")  # in the appeal's block
+    with boa.env.prank(attacker):
+        chain.court.appeal(job_id)  # 4 candidates now
+    mine()
+    chain.court.draw(job_id)  # 2 candidates joined before the seed block: no panel
+    info = dispute_info(chain, job_id)
+    assert (info.phase, list(info.panel)) == (3, [])
+    with boa.env.prank(accused):
+        chain.court.appeal(job_id)  # today: reverts "court: already appealed"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="contract finding: expire takes its penalty from the node's stake without "
+    "leaving the active sets when that takes it below min_stake (unbond and the court's "
+    "partial slash do leave them); the node holds a slot until someone calls remove_node",
+)
+def test_expire_penalty_below_min_stake_leaves_the_active_set(chain: Chain) -> None:
+    """A node with 1,100 staked claims a job with 1,000 collateral and lets it expire: the
+    50 % penalty leaves it 600 < 1,000 = min_stake. Like unbond and the no-show penalty,
+    that should take it out of the model's active set."""
+    node = chain.node("node", stake=1_100)
+    job_id, job = chain.job(max_payment=40)  # collateral 25x: 1,000
+    job = chain.claim(job_id, job, node)
+    boa.env.time_travel(seconds=2_001)
+    chain.market.expire(job_id, job)
+    assert chain.market.node_info(node).stake == 600
+    assert node not in chain.market.model_nodes(MODEL_ID)  # today: still in the set
