@@ -232,6 +232,18 @@ def funded_client(fund, market, client):
 
 
 @pytest.fixture
+def funded_challenger(fund, market, challenger):
+    fund(challenger)
+    market.deposit(1_000 * UNIT, sender=challenger)
+    return challenger
+
+
+@pytest.fixture
+def by_addr(accounts):
+    return {a.address: a for a in accounts}
+
+
+@pytest.fixture
 def submit(market, chain, registered_model, funded_client):
     """Submit a job; returns (job_id, Job, receipt)."""
 

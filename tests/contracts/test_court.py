@@ -37,11 +37,15 @@ def expected_pick(court, market, job_id, d, *excluded, count: int = 1) -> list |
     seed_hash = bytes(chain.provider.web3.eth.get_block(d.seed_block)["hash"])
     phase = DRAWING if count == 1 else PANEL_DRAWING
     rounds = d.rounds - 1 if count == 1 and d.phase == ASSIGNED else d.rounds
-    seed = keccak(abi_encode(["bytes32", "uint256", "uint8", "uint8"], [seed_hash, job_id, rounds, phase]))
+    seed = keccak(
+        abi_encode(["bytes32", "uint256", "uint8", "uint8"], [seed_hash, job_id, rounds, phase])
+    )
     candidates = market.draw_candidates(d.model_id, d.seed_block, market.min_stake())
     pool = [c for c in candidates if c not in excluded]
     ranked = sorted(pool, key=lambda c: keccak(abi_encode(["bytes32", "address"], [seed, c])))
     return ranked[0] if count == 1 else ranked[:count]
+
+
 NODE_STAKE = 2 * MIN_STAKE
 ASSIGNED, ACCEPTED, VERDICT, APPEALED, UNRESOLVED, SETTLED, DRAWING, PANEL_DRAWING = range(1, 9)
 
@@ -52,21 +56,9 @@ def court(deploy_court, market):
 
 
 @pytest.fixture
-def by_addr(accounts):
-    return {a.address: a for a in accounts}
-
-
-@pytest.fixture
 def pool(court, make_node, verifiers):
     """Four staked nodes serving the model besides node_op (verifier and panel candidates)."""
     return [make_node(v) for v in verifiers]
-
-
-@pytest.fixture
-def funded_challenger(fund, market, challenger):
-    fund(challenger)
-    market.deposit(1_000 * UNIT, sender=challenger)
-    return challenger
 
 
 @pytest.fixture
@@ -115,7 +107,11 @@ def test_dispute__takes_bond_requests_draw__draw_assigns_verifier(
         DISPUTE_BOND,
     )
     [requested] = tx.decode_logs(court.DrawRequested)
-    assert (requested.job_id, requested.seed_block, requested.panel) == (job_id, tx.block_number, False)
+    assert (requested.job_id, requested.seed_block, requested.panel) == (
+        job_id,
+        tx.block_number,
+        False,
+    )
     [verifying] = tx.decode_logs(market.JobVerifying)
     assert (verifying.payer, verifying.bond) == (funded_challenger, DISPUTE_BOND)
 
@@ -125,7 +121,11 @@ def test_dispute__takes_bond_requests_draw__draw_assigns_verifier(
     assert d.verifier == expected_pick(court, market, job_id, d, staked_node, funded_challenger)
     assert d.verifier in pool and d.verifier != staked_node
     [assigned] = tx.decode_logs(court.VerifierAssigned)
-    assert (assigned.verifier, assigned.round, assigned.accept_deadline) == (d.verifier, 1, d.deadline)
+    assert (assigned.verifier, assigned.round, assigned.accept_deadline) == (
+        d.verifier,
+        1,
+        d.deadline,
+    )
     with ape.reverts("court: nothing to draw"):
         court.draw(job_id, sender=keeper)
 
