@@ -31,6 +31,7 @@ import copy
 import math
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import boa
@@ -91,7 +92,9 @@ N_CLIENTS, N_NODES, N_FILLERS, N_SHADOWS = 3, 6, 2, 2
 N_SYBILS = 2  # the last nodes are the attacker's: they rule and vote against the truth
 DISPUTE_BOND, APPEAL_BOND, VERIFIER_FEE, NO_SHOW_PENALTY, AUDIT_FEE = 100, 300, 20, 50, 50
 P_AUDIT_RATE_BPS = 10
+P_SLASH_CHALLENGER_BPS = 8
 P_MIN_STAKE = 4
+P_COLLATERAL_BPS = 5
 BLOCK_TIME = 12  # seconds per block when the harness moves the clock
 # The invariant "no node below the minimum stake in the active set" tolerates nodes that
 # an expire penalty took below it (the contract leaves them there until remove_node);
@@ -646,6 +649,35 @@ class MarketMachine(RuleBasedStateMachine):
             for node, ns in self.books.nodes.items():
                 if ns.serving and ns.stake < value:
                     self.below_min_ok.add(node)
+
+    @rule(
+        param=st.sampled_from(["audit_rate", "challenger_share", "collateral"]),
+        value=st.sampled_from([0, 50, 533, 534, 600, 801, 2_500, 5_000, 10_000, 250_000]),
+    )
+    def set_deterrence_param(self, param: str, value: int) -> None:
+        """The owner moves a parameter of the deterrence product: audit rate x collateral
+        ratio x (1 - challenger share) must stay above 1, counting the challenger's share
+        that a cheater's own sybil can take back."""
+        p, collateral = self.court_books.p, self.books.params.collateral_bps
+        rate, challenger = p.audit_rate_bps, p.slash_challenger_bps
+        if param == "audit_rate":
+            contract, pid, bounds = self.court, P_AUDIT_RATE_BPS, 50 <= value <= MAX_BPS
+            rate, prefix = value, "court"
+        elif param == "challenger_share":
+            contract, pid, bounds = self.court, P_SLASH_CHALLENGER_BPS, value <= 5_000
+            challenger, prefix = value, "court"
+        else:
+            contract, pid, bounds = self.market, P_COLLATERAL_BPS, 10_000 <= value <= 1_000_000
+            collateral, prefix = value, "market"
+        reason = None
+        if not bounds:
+            reason = f"{prefix}: param out of bounds"
+        elif rate * collateral * (MAX_BPS - challenger) <= MAX_BPS**3:
+            reason = f"{prefix}: breaks deterrence"
+        if self.act(reason, self.owner, contract.set_param, pid, value):
+            self.court_books.p = replace(p, audit_rate_bps=rate, slash_challenger_bps=challenger)
+            self.books.params = replace(self.books.params, collateral_bps=collateral)
+            assert self.court.deters(collateral)
 
     @precondition(lambda self: self.books.jobs)
     @rule(j=index, n=index)
