@@ -246,8 +246,9 @@ class MarketMachine(RuleBasedStateMachine):
     def eoas(self) -> list[str]:
         return [a for a in self.accounts if a != self.grinder.address]
 
-    def act(self, reason: str | None, sender: str, fn: Callable[..., Any], *args: Any) -> bool:
-        """Call `fn(*args)` from `sender`; expect the revert `reason` if it is not None."""
+    def act(self, reason: str | None, sender: str, fn: Any, *args: Any) -> bool:
+        """Call the contract function `fn(*args)` from `sender`; expect the revert `reason`
+        if it is not None."""
         event(f"{fn.func_t.name}: {reason or 'ok'}")
         STEPS_RUN[type(self).__name__] = STEPS_RUN.get(type(self).__name__, 0) + 1
         with boa.env.prank(sender):
@@ -1039,6 +1040,7 @@ class MarketMachine(RuleBasedStateMachine):
 
     def do_accept(self, js: JobState, sender: str) -> None:
         d = self.dispute_of(js)
+        reason: str | None
         if d is None or d.phase != ASSIGNED:
             reason = "court: not awaiting acceptance"
         elif sender != d.verifier:
@@ -1064,6 +1066,7 @@ class MarketMachine(RuleBasedStateMachine):
 
     def do_verdict(self, js: JobState, sender: str, valid: bool) -> None:
         d = self.dispute_of(js)
+        reason: str | None
         if d is None or d.phase != ACCEPTED:
             reason = "court: not awaiting verdict"
         elif sender != d.verifier:
@@ -1144,6 +1147,7 @@ class MarketMachine(RuleBasedStateMachine):
 
     def do_vote(self, js: JobState, sender: str, valid: bool) -> None:
         d = self.dispute_of(js)
+        reason: str | None
         if d is None or d.phase != APPEALED:
             reason = "court: not in appeal"
         elif sender not in d.panel:
@@ -1175,7 +1179,7 @@ class MarketMachine(RuleBasedStateMachine):
         assert self.market.job_status(js.job_id) == js.status
         event(f"settled {'valid' if result.final else 'fraud'}, truth {js.honest}")
         ally = self.allies.get(js.job_id)
-        if ally is not None and not result.final:
+        if ally is not None and not result.final and d.appellant != ally:
             # a cheater's own challenger/keeper recovers at most the challenger's share of
             # the slash and the keeper's tenth of the audit reward: cheating still costs
             p = self.court_books.p
