@@ -268,7 +268,8 @@ def draw(job_id: uint256):
             model before the request. If the seed block's hash is no longer available
             (more than 256 blocks, or 8,191 with EIP-2935), the draw is requested anew.
             No verifier left: the dispute becomes unresolved. Fewer than 3 panel members
-            left: the appeal bond is returned and the verdict stands.
+            left: the panel is those left, and its majority decides; none left: the appeal
+            bond is returned and the appeal window opens again.
     @param job_id The job id.
     """
     d: ICourt.Dispute = self._load(job_id, True)
@@ -298,12 +299,13 @@ def draw(job_id: uint256):
         self._meta[job_id] = self._pack(d)
         return
     panel: DynArray[address, PANEL_SIZE] = self._lowest(job_id, d, candidates, seed, PANEL_SIZE)
-    if len(panel) < PANEL_SIZE:
-        # not enough nodes left: the appeal bond goes back and the verdict stands
-        self._appeal[job_id] = convert(d.appellant, uint256)
+    if len(panel) == 0:
+        # every candidate left: the appeal is void, its bond goes back, and the appeal
+        # window opens again for anyone (the accused included)
+        self._appeal[job_id] = 0
         extcall market.court_pay(d.appellant, d.appeal_bond)
         d.phase = PH_VERDICT
-        d.deadline = convert(block.timestamp, uint64)
+        d.deadline = convert(block.timestamp + self.appeal_window, uint64)
         self._meta[job_id] = self._pack(d)
         log ICourt.PanelDrawn(job_id=job_id, panel=empty(DynArray[address, PANEL_SIZE]), vote_deadline=0)
         return
@@ -411,7 +413,7 @@ def appeal(job_id: uint256):
     assert d.phase == PH_VERDICT, "court: no verdict to appeal"
     assert block.timestamp <= convert(d.deadline, uint256), "court: appeal window closed"
     d.appellant = msg.sender
-    now: DynArray[address, MAX_NODES] = staticcall market.draw_candidates(d.model_id, block.number + 1, staticcall market.min_stake())
+    now: DynArray[address, MAX_NODES] = staticcall market.draw_candidates(d.model_id, block.number, self._draw[job_id] >> 64)
     assert len(self._lowest(job_id, d, now, empty(bytes32), PANEL_SIZE)) == PANEL_SIZE, "court: panel unavailable"
     bond: uint256 = self.appeal_bond
     if msg.sender == d.node:
@@ -466,11 +468,12 @@ def settle(job_id: uint256, job: IMarket.Job):
         assert block.timestamp > convert(d.deadline, uint256), "court: appeal window open"
         final = d.verdict_valid
     elif appealed:
-        decided: bool = d.votes_valid >= 2 or d.votes_invalid >= 2
+        half: uint256 = len(d.panel)  # a majority: more than half of the drawn panel
+        decided: bool = 2 * convert(d.votes_valid, uint256) > half or 2 * convert(d.votes_invalid, uint256) > half
         assert decided or block.timestamp > convert(d.deadline, uint256), "court: vote in progress"
         final = d.verdict_valid
         if decided:
-            final = d.votes_valid >= 2
+            final = 2 * convert(d.votes_valid, uint256) > half
         overturned = final != d.verdict_valid
     else:
         assert d.phase == PH_UNRESOLVED, "court: nothing to settle"
@@ -541,7 +544,7 @@ def _open(job_id: uint256, kind: uint8, challenger: address, bond: uint256, job:
     d.node = job.node
     d.model_id = job.model_id
     min_stake: uint256 = staticcall market.min_stake()
-    now: DynArray[address, MAX_NODES] = staticcall market.draw_candidates(job.model_id, block.number + 1, min_stake)
+    now: DynArray[address, MAX_NODES] = staticcall market.draw_candidates(job.model_id, block.number, min_stake)
     assert len(self._lowest(job_id, d, now, empty(bytes32), 1)) == 1, "court: no eligible verifier"
     self._meta[job_id] = self._pack(d)
     self._challenger[job_id] = challenger
@@ -612,7 +615,8 @@ def _penalise(node: address, job_id: uint256) -> uint256:
 def _majority(job_id: uint256, d: ICourt.Dispute, final: bool) -> DynArray[address, PANEL_SIZE]:
     """Panel members who voted like the final outcome (empty without a majority)."""
     out: DynArray[address, PANEL_SIZE] = []
-    if d.votes_valid < 2 and d.votes_invalid < 2:
+    half: uint256 = len(d.panel)
+    if 2 * convert(d.votes_valid, uint256) <= half and 2 * convert(d.votes_invalid, uint256) <= half:
         return out
     side: uint8 = 2
     if final:

@@ -906,6 +906,8 @@ def expire(job_id: uint256, job: IMarket.Job):
     if penalty > 0:
         self.total_stake -= penalty
         log IMarket.NodeSlashed(node=node, job_id=job_id, amount=penalty, whole_stake=False)
+        if stake - penalty < self._field(self._cfg, SH_MIN_STAKE, 120):
+            self._unserve_all(node)
     refund: uint256 = job.max_payment + penalty
     self.balance_of[job.client] += refund
     self._set_status(job_id, EXPIRED)
