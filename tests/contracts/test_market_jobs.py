@@ -481,6 +481,20 @@ def test_expire__refunds_and_penalises_node(
     assert_conserved(market, token, accounts)
 
 
+def test_expire__penalty_below_min_stake__leaves_the_active_set(
+    market, submit, claim, make_node, node_op, keeper, chain, registered_model
+):
+    make_node(node_op, stake=MIN_STAKE + MIN_STAKE // 10)
+    job_id, job, _ = submit(max_payment=MIN_STAKE // 25)  # collateral 25x = MIN_STAKE
+    job, _ = claim(job_id, job, node_op)
+    chain.pending_timestamp = job.result_deadline + 1
+    tx = market.expire(job_id, job.as_tuple(), sender=keeper)
+    assert market.node_info(node_op).stake == MIN_STAKE + MIN_STAKE // 10 - MIN_STAKE // 2
+    assert not market.is_serving(node_op, registered_model)
+    [log] = tx.decode_logs(market.ModelUnserved)
+    assert log.node == node_op
+
+
 def test_expire__when_open__reverts(market, submit, keeper):
     job_id, job, _ = submit()
     with ape.reverts("market: job not claimed"):

@@ -79,7 +79,9 @@ def test_set_court__twice__reverts(project, market, deploy_token, deploy_market,
         market.set_court(second, sender=owner)
 
 
-def test_set_court__court_of_another_market__reverts(project, market, deploy_token, deploy_market, owner):
+def test_set_court__court_of_another_market__reverts(
+    project, market, deploy_token, deploy_market, owner
+):
     other = deploy_market(deploy_token())
     foreign = project.Court.deploy(other, 100, 300, 20, 50, 5, sender=owner)
     with ape.reverts("market: court of another market"):
@@ -273,7 +275,9 @@ def test_serve_model__without_min_stake__reverts(market, fund, node_op, register
     assert market.model_nodes(registered_model) == []
 
 
-def test_unbond__below_min_stake__leaves_every_active_set(market, make_node, node_op, registered_model):
+def test_unbond__below_min_stake__leaves_every_active_set(
+    market, make_node, node_op, registered_model
+):
     make_node(node_op, stake=2 * MIN_STAKE)
     market.unbond(MIN_STAKE, sender=node_op)  # exactly the minimum left: stays
     assert market.is_serving(node_op, registered_model)
@@ -314,7 +318,9 @@ def test_stake__topping_up_from_below_min__rejoins_draws_from_now(
     fund(node_op, MIN_STAKE)
     top_up = market.stake(MIN_STAKE, sender=node_op)
     assert market.draw_candidates(registered_model, request_block, 2 * MIN_STAKE) == []
-    assert market.draw_candidates(registered_model, top_up.block_number + 1, 2 * MIN_STAKE) == [node_op]
+    assert market.draw_candidates(registered_model, top_up.block_number + 1, 2 * MIN_STAKE) == [
+        node_op
+    ]
 
 
 def test_serve_model__unknown_model__reverts(market, node_op):
