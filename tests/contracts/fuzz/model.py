@@ -173,13 +173,14 @@ class Books:
 
     def expire(self, js: JobState) -> tuple[int, int]:
         """A claimed job ran out of time; returns (refund, penalty). The penalty comes
-        from the node's stake, and the contract leaves the node in the active set even
-        when that takes it below the minimum (unlike unbond and the court's slashes)."""
+        from the node's stake; below the minimum, the node leaves the active set."""
         job = js.job
         node = self.nodes[job.node]
         node.locked -= min(node.locked, job.collateral)
         penalty = min(job.collateral * self.params.expire_penalty_bps // MAX_BPS, node.stake)
         node.stake -= penalty
+        if penalty and node.stake < self.params.min_stake:
+            self.leave_sets(job.node)
         refund = job.max_payment + penalty
         self.balance[job.client] += refund
         js.status = EXPIRED
@@ -474,8 +475,9 @@ class CourtBooks:
 
     # ---- draws ----
     def candidates_now(self, d: Dispute, block: int) -> list[str]:
-        """Who a draw requested now could pick if nobody moved (the opening check)."""
-        now = self.books.draw_candidates(block + 1, self.books.params.min_stake)
+        """Who a draw requested now could pick if nobody moved (the opening and appeal
+        checks: joined before this block, the dispute's minimum stake)."""
+        now = self.books.draw_candidates(block, d.min_stake)
         return [a for a in now if a not in d.excluded()]
 
     def pick(self, job_id: int, d: Dispute, seed_hash: bytes, count: int) -> list[str]:
@@ -499,12 +501,10 @@ class CourtBooks:
         self, job_id: int, d: Dispute, block: int, seed_hash: bytes | None
     ) -> list[str] | None:
         """What `draw` picks now (None: the seed's hash is gone, the draw is requested
-        anew): the verifier (one), the panel (three) or nobody (fewer than needed)."""
+        anew): the verifier, or the panel (three, or those left), or nobody."""
         if seed_hash is None or block - d.seed_block > BLOCKHASH_DEPTH:
             return None
-        count = 1 if d.phase == DRAWING else PANEL_SIZE
-        picked = self.pick(job_id, d, seed_hash, count)
-        return picked if len(picked) == count else []
+        return self.pick(job_id, d, seed_hash, 1 if d.phase == DRAWING else PANEL_SIZE)
 
     def apply_draw(self, d: Dispute, outcome: list[str] | None, block: int, now: int) -> None:
         nodes = self.books.nodes
@@ -517,9 +517,11 @@ class CourtBooks:
             d.deadline = now + self.p.accept_window
             nodes[d.verifier].holds += 1
         elif not outcome:
-            # too few nodes for a panel: the appeal bond goes back, the verdict stands
+            # nobody left for the panel: the appeal is void, its bond goes back and the
+            # appeal window opens again (for the accused too)
             self.pay(d.appellant, d.appeal_bond)
-            d.appeal_bond, d.phase, d.deadline = 0, VERDICT, now
+            d.appellant, d.appeal_bond = ZERO, 0
+            d.phase, d.deadline = VERDICT, now + self.p.appeal_window
         else:
             d.panel, d.phase, d.deadline = list(outcome), APPEALED, now + self.p.vote_window
             for member in d.panel:
@@ -660,13 +662,22 @@ class CourtBooks:
         if d.phase == VERDICT:
             return "court: appeal window open" if now <= d.deadline else None
         if d.phase == APPEALED:
-            decided = max(self.tally(d)) >= 2
+            decided = self.majority_side(d) is not None
             return None if decided or now > d.deadline else "court: vote in progress"
         return None if d.phase == UNRESOLVED else "court: nothing to settle"
 
     def tally(self, d: Dispute) -> tuple[int, int]:
         valid = sum(1 for v in d.votes.values() if v)
         return valid, len(d.votes) - valid
+
+    def majority_side(self, d: Dispute) -> bool | None:
+        """The side (valid?) more than half of the drawn panel voted for, if any."""
+        valid, invalid = self.tally(d)
+        if 2 * valid > len(d.panel):
+            return True
+        if 2 * invalid > len(d.panel):
+            return False
+        return None
 
     def settle(self, js: JobState, d: Dispute) -> Settlement:
         """Apply the outcome of a due dispute."""
@@ -677,9 +688,8 @@ class CourtBooks:
         if d.phase == VERDICT:
             final = d.verdict_valid
         elif appealed:
-            valid, invalid = self.tally(d)
-            decided = valid >= 2 or invalid >= 2
-            final = valid >= 2 if decided else d.verdict_valid
+            side = self.majority_side(d)
+            final = d.verdict_valid if side is None else side
             overturned = final != d.verdict_valid
         d.phase = SETTLED
         slashed = 0
@@ -697,9 +707,8 @@ class CourtBooks:
             b.nodes[member].holds -= 1
         workers = [d.verifier]
         if appealed:
-            valid, invalid = self.tally(d)
             majority = []
-            if valid >= 2 or invalid >= 2:
+            if self.majority_side(d) is not None:
                 majority = [m for m, v in d.votes.items() if v == final]
             if overturned:
                 taken = b.slash_whole(d.verifier)

@@ -1,10 +1,6 @@
-"""Contract findings of the court v2 fuzz work, as short deterministic sequences on boa.
-
-Each test states the behaviour the protocol needs and is marked xfail(strict=True) with
-the finding while the contract does otherwise: once the contract is fixed the test passes,
-strict xfail turns that into a failure, and the marker is to be removed (the stateful
-model in model.py then needs the same change).
-"""
+"""Contract findings of the court v2 fuzz work, as short deterministic sequences on boa
+(regression tests now that the contract handles them; the stateful model in model.py
+follows the same rules)."""
 
 from __future__ import annotations
 
@@ -112,23 +108,14 @@ def dispute_info(chain: Chain, job_id: int) -> Any:
     return chain.court.dispute_info(job_id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=boa.BoaError,
-    reason="contract finding: a panel draw that comes up short (draw_candidates at the "
-    "seed block: joined < seed_block) after an appeal whose check counted nodes that "
-    "joined in the appeal's own block returns the bond but keeps _appeal set, so the "
-    "accused can no longer appeal a false 'invalid' and is slashed",
-)
-def test_accused_can_appeal_after_a_front_runners_panel_draw_comes_up_short(
-    chain: Chain,
-) -> None:
+def test_accused_keeps_its_appeal_when_a_front_runners_panel_thins_out(chain: Chain) -> None:
     """An attacker challenges an honest result, its verifier rules 'invalid', and the
-    attacker appeals first, with two of its own nodes joining the model in the appeal's
-    block: the appeal's check counts them, the panel draw (joined before the seed block)
-    does not, so the draw finds 2 < 3 members, returns the bond and lets the verdict
-    stand. The accused must still be able to appeal; today it gets 'court: already
-    appealed' and settle slashes its whole stake."""
+    attacker appeals first while two of its own nodes serve the model, then takes them out
+    of the set (unbond below the minimum) before the panel draw. Found on the first court
+    v2: the draw came up short of 3, returned the bond, kept the appeal as used and let
+    the verdict stand, so the accused got 'court: already appealed' and lost its whole
+    stake. Now the members left form the panel and their majority decides; with nobody
+    left the appeal is void and the accused can appeal."""
     accused, verifier = chain.node("accused"), chain.node("lying verifier")
     mine()
     attacker = boa.env.generate_address("attacker")
@@ -143,34 +130,79 @@ def test_accused_can_appeal_after_a_front_runners_panel_draw_comes_up_short(
     with boa.env.prank(verifier):
         chain.court.accept(job_id)
         chain.court.post_verdict(job_id, False)  # a lie: the result is the true one
-    chain.node("honest 1"), chain.node("honest 2")
+    honest = [chain.node("honest 1"), chain.node("honest 2")]
+    sybils = [chain.node("attacker node 1"), chain.node("attacker node 2")]
     mine()
-    chain.node("attacker node 1"), chain.node("attacker node 2")  # in the appeal's block
     with boa.env.prank(attacker):
         chain.court.appeal(job_id)  # 4 candidates now
+    for sybil in sybils:
+        with boa.env.prank(sybil):
+            chain.market.unbond(5_000)  # below the minimum: out of the set
     mine()
-    chain.court.draw(job_id)  # 2 candidates joined before the seed block: no panel
+    chain.court.draw(job_id)
     info = dispute_info(chain, job_id)
-    assert (info.phase, list(info.panel)) == (3, [])
+    assert (info.phase, sorted(info.panel)) == (4, sorted(honest))  # the 2 left
+    for member in honest:
+        with boa.env.prank(member):
+            chain.court.panel_vote(job_id, True)
+    chain.court.settle(job_id, job)
+    assert chain.court.dispute_info(job_id).final_valid
+    assert not chain.market.node_info(accused).slashed
+    assert chain.market.node_info(verifier).slashed
+
+
+def test_void_appeal_reopens_the_window_for_the_accused(chain: Chain) -> None:
+    """The same, but every panel candidate leaves before the draw: the appeal is void, its
+    bond goes back, and the accused appeals once nodes serve the model again."""
+    accused, verifier = chain.node("accused"), chain.node("lying verifier")
+    mine()
+    attacker = boa.env.generate_address("attacker")
+    chain.fund(attacker)
+    job_id, job = chain.job()
+    job = chain.publish(job_id, chain.claim(job_id, job, accused))
+    with boa.env.prank(attacker):
+        chain.court.dispute(job_id, job)
+    mine()
+    chain.court.draw(job_id)
+    with boa.env.prank(verifier):
+        chain.court.accept(job_id)
+        chain.court.post_verdict(job_id, False)
+    sybils = [chain.node(f"attacker node {i}") for i in range(3)]
+    mine()
+    balance = chain.market.balance_of(attacker)
+    with boa.env.prank(attacker):
+        chain.court.appeal(job_id)
+    for sybil in sybils:
+        with boa.env.prank(sybil):
+            chain.market.unbond(5_000)
+    mine()
+    chain.court.draw(job_id)
+    info = dispute_info(chain, job_id)
+    assert (info.phase, list(info.panel), info.appellant) == (3, [], ZERO)
+    assert chain.market.balance_of(attacker) + chain.market.claimable(attacker) == balance
+    honest = [chain.node(f"honest {i}") for i in range(3)]
+    mine()
     with boa.env.prank(accused):
-        chain.court.appeal(job_id)  # today: reverts "court: already appealed"
+        chain.court.appeal(job_id)  # with the dispute bond
+    mine()
+    chain.court.draw(job_id)
+    assert sorted(dispute_info(chain, job_id).panel) == sorted(honest)
+    for member in honest[:2]:
+        with boa.env.prank(member):
+            chain.court.panel_vote(job_id, True)
+    chain.court.settle(job_id, job)
+    assert not chain.market.node_info(accused).slashed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="contract finding: expire takes its penalty from the node's stake without "
-    "leaving the active sets when that takes it below min_stake (unbond and the court's "
-    "partial slash do leave them); the node holds a slot until someone calls remove_node",
-)
 def test_expire_penalty_below_min_stake_leaves_the_active_set(chain: Chain) -> None:
     """A node with 1,100 staked claims a job with 1,000 collateral and lets it expire: the
     50 % penalty leaves it 600 < 1,000 = min_stake. Like unbond and the no-show penalty,
-    that should take it out of the model's active set."""
+    that takes it out of the model's active set (found on the first court v2: it stayed
+    until someone called remove_node)."""
     node = chain.node("node", stake=1_100)
     job_id, job = chain.job(max_payment=40)  # collateral 25x: 1,000
     job = chain.claim(job_id, job, node)
     boa.env.time_travel(seconds=2_001)
     chain.market.expire(job_id, job)
     assert chain.market.node_info(node).stake == 600
-    assert node not in chain.market.model_nodes(MODEL_ID)  # today: still in the set
+    assert node not in chain.market.model_nodes(MODEL_ID)

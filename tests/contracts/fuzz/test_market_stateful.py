@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -96,10 +95,6 @@ P_SLASH_CHALLENGER_BPS = 8
 P_MIN_STAKE = 4
 P_COLLATERAL_BPS = 5
 BLOCK_TIME = 12  # seconds per block when the harness moves the clock
-# The invariant "no node below the minimum stake in the active set" tolerates nodes that
-# an expire penalty took below it (the contract leaves them there until remove_node);
-# VERINFER_FUZZ_STRICT_SETS=1 makes that a failure too.
-STRICT_SETS = os.environ.get("VERINFER_FUZZ_STRICT_SETS") == "1"
 FULL_EVERY = 10  # steps between full reads of every account and node (see the invariant)
 # Sybil picks above a uniform draw's expectation: fail beyond this Hoeffding tail.
 UNIFORM_TAIL = 1e-6
@@ -199,7 +194,6 @@ class MarketMachine(RuleBasedStateMachine):
         self.terminal_seen: dict[int, int] = {}
         self.allies: dict[int, str] = {}  # job id -> the node's sybil that opened its dispute
         self.below_min_ok: set[str] = set()  # in the set below min after the owner raised it
-        self.below_min_by_expire: set[str] = set()  # ... after an expire penalty
         self.sybil_draws: list[tuple[float, bool]] = []  # (uniform chance, sybil picked)
         self.steps = 0
         self.seen_accounts: dict[str, Any] = {}
@@ -832,10 +826,6 @@ class MarketMachine(RuleBasedStateMachine):
             refund, penalty = self.books.expire(js)
             ev = self.event(self.market, "JobExpired")
             assert (ev.job_id, ev.refund, ev.penalty) == (js.job_id, refund, penalty)
-            ns = self.books.nodes[js.job.node]
-            if ns.serving and ns.stake < self.books.params.min_stake:
-                event("expire left its node below the minimum stake in the active set")
-                self.below_min_by_expire.add(js.job.node)
 
     @rule(seconds=time_step)
     def time_travel(self, seconds: int) -> None:
@@ -1342,18 +1332,16 @@ class MarketMachine(RuleBasedStateMachine):
     def active_set_is_staked(self, full: bool = True) -> None:
         """The active set is the model's, and no node in it has less than the minimum
         stake, unless the owner raised the minimum since it joined (then anyone may remove
-        it) or an expire penalty took it below (tolerated unless STRICT_SETS)."""
+        it): serve needs it, and unbond, expire and the court's slashes below it leave."""
         b, min_stake = self.books, self.books.params.min_stake
         serving = {a for a, n in b.nodes.items() if n.serving}
         assert set(self.market.model_nodes(MODEL_ID)) == serving
-        for node in list(self.below_min_ok | self.below_min_by_expire):
+        for node in list(self.below_min_ok):
             if node not in serving or b.nodes[node].stake >= min_stake:
                 self.below_min_ok.discard(node)
-                self.below_min_by_expire.discard(node)
-        allowed = self.below_min_ok | (set() if STRICT_SETS else self.below_min_by_expire)
         for node in serving:
             ns = b.nodes[node]
-            assert ns.stake >= min_stake or node in allowed, (node, ns.stake, min_stake)
+            assert ns.stake >= min_stake or node in self.below_min_ok, (node, ns.stake)
             assert not ns.slashed and ns.registered
             if full:
                 assert self.market.serve_price(node, MODEL_ID) == ns.price
