@@ -28,6 +28,13 @@ Figures:
 BENCH_JOBS=n changes the job count; BENCH_LOG_LEVEL=INFO shows the node's per-batch lines;
 BENCH_KEEP=1 keeps the node log; BENCH_PYSPY=out.txt records every node process with py-spy
 (raw collapsed stacks) during the flood.
+
+BENCH_MODELS (default ``bench,smollm2``) says which models run, one after the other, each on a
+fresh chain, Redis and node: ``bench`` is the bench model above, ``smollm2`` the real
+SmolLM2-135M-Instruct (134.5 M parameters, ``verinfer.models.smollm2``; its raw engine is
+measured at batch 32 only, BENCH_SMOLLM2_BATCHES=8,16,32 for more). Each model's figures add
+``output_tokens_per_s`` (pipeline and raw) and ``infer_worker_peak_rss_mb`` (the largest
+inference worker process). The last line is ``{"models": {"<model name>": {...}, ...}}``.
 """
 
 from __future__ import annotations
@@ -77,13 +84,37 @@ def log(msg: str) -> None:
 
 
 def main() -> int:
+    results: dict[str, Any] = {}
+    for key in os.environ.get("BENCH_MODELS", "bench,smollm2").split(","):
+        name, result = bench(key.strip())
+        log(f"== {name}: {json.dumps(result)}")
+        results[name] = result
+    print(json.dumps({"models": results}))
+    return 0
+
+
+def bench_model(key: str) -> tuple[Path, tuple[int, ...]]:
+    """The model directory of ``key`` (``bench`` or ``smollm2``) and the raw batch sizes."""
+    if key == "smollm2":
+        from verinfer.models.smollm2 import ensure_smollm2
+
+        batches = os.environ.get("BENCH_SMOLLM2_BATCHES", "32")
+        return ensure_smollm2(), tuple(int(b) for b in batches.split(","))
+    if key != "bench":
+        raise SystemExit(f"bench-node: unknown model {key!r} in BENCH_MODELS (bench, smollm2)")
+    from verinfer.models.tiny import TinyConfig, tiny_model_path
+
+    return tiny_model_path(seed=11, config=TinyConfig(**BENCH_CONFIG)), BATCHES  # type: ignore[arg-type]
+
+
+def bench(key: str) -> tuple[str, dict[str, Any]]:
+    """Flood one node serving model ``key``; returns the model name and its figures."""
     import psutil
     import redis
     from verinfer.digest import SamplingParams
     from verinfer.inputs import encode_text_input
     from verinfer.jobs import JobRecord, JobStatus
     from verinfer.models.manifest import MANIFEST_NAME, Manifest
-    from verinfer.models.tiny import TinyConfig, tiny_model_path
     from verinfer.node.devchain import UNIT, deploy_protocol, start_anvil, transact
     from verinfer.node.localnet import CLIENT_A, NODE_A, PRICE, Net
     from verinfer.node.metrics import Metrics
@@ -95,8 +126,9 @@ def main() -> int:
     redis_proc, redis_url = start_redis(tmp / "redis")
     node = None
     try:
-        path = tiny_model_path(seed=11, config=TinyConfig(**BENCH_CONFIG))  # type: ignore[arg-type]
+        path, batches = bench_model(key)
         manifest = Manifest.load(path / MANIFEST_NAME)
+        log(f"== {manifest.name}: {path}")
         dev = deploy_protocol(rpc)
         net = Net(dev, rpc, redis_url, tmp, manifest.model_id, path)
         transact(
@@ -110,7 +142,7 @@ def main() -> int:
         dev.fund_client(net.addr(CLIENT_A), 10_000 * UNIT)
         log("== raw engine on the same prompts")
         prompts = [f"Job {i}: explain how open models are served." for i in range(N_JOBS)]
-        raw_rate, best_batch = raw_engine(path, prompts, BATCHES)
+        raw_rate, best_batch = raw_engine(path, prompts, batches)
         # the node's own layout too (its workers x their threads): raw is the best of both
         layout = (INFER_WORKERS, NODE_THREADS or auto_engine_threads(INFER_WORKERS))
         raw_rates = {f"1x{THREADS}": raw_rate}
@@ -175,6 +207,12 @@ def main() -> int:
         cpu0 = sum(sum(p.cpu_times()[:2]) for p in procs)
         engine0 = metrics.get("engine_cpu_s")
         peak = [0.0]
+        peak_by_pid: dict[int, float] = {}
+        infer_pids = set()
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if ":infer" in " ".join(p.cmdline()):  # celery worker -Q <namespace>:infer
+                    infer_pids.add(p.pid)
         stop = threading.Event()
 
         def sample() -> None:
@@ -182,8 +220,10 @@ def main() -> int:
                 rss = 0
                 for p in procs:
                     with contextlib.suppress(psutil.NoSuchProcess):
-                        rss += p.memory_info().rss
-                peak[0] = max(peak[0], rss / 2**20)
+                        mb = p.memory_info().rss / 2**20
+                        rss += mb
+                        peak_by_pid[p.pid] = max(peak_by_pid.get(p.pid, 0.0), mb)
+                peak[0] = max(peak[0], rss)
 
         threading.Thread(target=sample, daemon=True).start()
         spy = None
@@ -219,7 +259,7 @@ def main() -> int:
         blocks: set[int] = set()
         records: dict[int, JobRecord] = {}
         seen_block = int(w3.eth.block_number) - 2
-        end = time.monotonic() + 600
+        end = time.monotonic() + 1800  # SmolLM2 on a shared 2-core CPU takes minutes
         submitted_ev, published_ev = market.events.JobSubmitted(), market.events.ResultPublished()
         while len(got) < N_JOBS and time.monotonic() < end:
             head = int(w3.eth.block_number)
@@ -284,6 +324,12 @@ def main() -> int:
             "p50_submit_to_result_s": round(statistics.median(lat), 2),
             "p95_submit_to_result_s": round(lat[int(0.95 * (len(lat) - 1))], 2),
             "node_peak_rss_mb": round(peak[0]),
+            "infer_worker_peak_rss_mb": round(
+                max((peak_by_pid.get(pid, 0.0) for pid in infer_pids), default=0.0)
+            ),
+            "pipeline_output_tokens_per_s": round(pipeline_rate * MAX_TOKENS, 1),
+            "raw_output_tokens_per_s": round(raw_rate * MAX_TOKENS, 1),
+            "max_tokens": MAX_TOKENS,
             "raw_jobs_per_s_by_layout": {k: round(v, 2) for k, v in raw_rates.items()},
             "node_layout": f"{layout[0]} inference workers x {layout[1]} torch threads",
         }
@@ -296,8 +342,7 @@ def main() -> int:
             log(f"   kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    print(json.dumps(result))
-    return 0
+    return manifest.name, result
 
 
 def raw_engine(path: Path, prompts: list[str], batches: tuple[int, ...]) -> tuple[float, int]:
