@@ -25,7 +25,8 @@ Figures:
 * p50/p95_submit_to_result_s: from the client's submission to the client holding a result
   whose digest it checked.
 
-BENCH_JOBS=n changes the job count; BENCH_LOG_LEVEL=INFO shows the node's per-batch lines;
+BENCH_RAW=node measures the raw engine in the node's layout only; BENCH_JOBS=n changes the
+job count; BENCH_LOG_LEVEL=INFO shows the node's per-batch lines;
 BENCH_KEEP=1 keeps the node log; BENCH_PYSPY=out.txt records every node process with py-spy
 (raw collapsed stacks) during the flood.
 
@@ -70,6 +71,10 @@ INFER_WORKERS = int(
 )
 NODE_THREADS = int(os.environ.get("BENCH_NODE_THREADS", "0"))
 BATCHES = (8, 16, 32)
+# BENCH_RAW=node: the raw engine only in the node's own layout (the baseline), at the
+# last of the model's batch sizes; the one-process layout of THREADS threads is skipped (on a
+# CPU shared with other jobs, two torch threads that wait on each other crawl)
+RAW_LAYOUTS = os.environ.get("BENCH_RAW", "both")
 BENCH_CONFIG = dict(
     hidden_size=384,
     intermediate_size=1152,
@@ -142,10 +147,13 @@ def bench(key: str) -> tuple[str, dict[str, Any]]:
         dev.fund_client(net.addr(CLIENT_A), 10_000 * UNIT)
         log("== raw engine on the same prompts")
         prompts = [f"Job {i}: explain how open models are served." for i in range(N_JOBS)]
-        raw_rate, best_batch = raw_engine(path, prompts, batches)
-        # the node's own layout too (its workers x their threads): raw is the best of both
         layout = (INFER_WORKERS, NODE_THREADS or auto_engine_threads(INFER_WORKERS))
-        raw_rates = {f"1x{THREADS}": raw_rate}
+        one_process = RAW_LAYOUTS != "node" or layout == (1, THREADS)
+        raw_rates: dict[str, float] = {}
+        best_batch = batches[-1]
+        if one_process:
+            raw_rates[f"1x{THREADS}"], best_batch = raw_engine(path, prompts, batches)
+        # the node's own layout too (its workers x their threads): raw is the best of both
         if layout != (1, THREADS):
             raw_rates[f"{layout[0]}x{layout[1]}"] = raw_layout(path, prompts, best_batch, *layout)
         node = net.node(
@@ -306,9 +314,10 @@ def bench(key: str) -> tuple[str, dict[str, Any]]:
         node.stop()
         node = None
         log("== raw engine again (after the flood), same prompts")
-        raw_rates[f"1x{THREADS}"] = max(
-            raw_rates[f"1x{THREADS}"], raw_engine(path, prompts, (best_batch,))[0]
-        )
+        if one_process:
+            raw_rates[f"1x{THREADS}"] = max(
+                raw_rates[f"1x{THREADS}"], raw_engine(path, prompts, (best_batch,))[0]
+            )
         if layout != (1, THREADS):
             key = f"{layout[0]}x{layout[1]}"
             raw_rates[key] = max(raw_rates[key], raw_layout(path, prompts, best_batch, *layout))
