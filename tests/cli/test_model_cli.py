@@ -69,3 +69,35 @@ def test_model_manifest__bad_dtype__one_line_error_and_exit_1(tmp_path):
     assert made.returncode == 1
     assert made.stderr.startswith("verinfer: dtype 'int3' not in")
     assert len(made.stderr.strip().splitlines()) == 1
+
+
+def test_model_fetch_smollm2__checked_cache__pinned_id__same_as_import_gguf():
+    from verinfer.models.smollm2 import SMOLLM2_MODEL_ID, smollm2_dir
+
+    fetched = run_cli("model", "fetch", "smollm2", "--json")
+    assert fetched.returncode == 0, fetched.stderr
+    data = json.loads(fetched.stdout)
+    assert data["model_id"] == SMOLLM2_MODEL_ID
+    assert (data["name"], data["revision"]) == (
+        "SmolLM2-135M-Instruct",
+        "gguf-b179c9523d0e6a0f-import1",
+    )
+    assert data["path"] == str(smollm2_dir())
+    imported = run_cli("model", "import-gguf", "--json")  # the packaged GGUF: the same cache
+    assert json.loads(imported.stdout) == data
+
+
+def test_model_import_gguf__errors_one_line(tmp_path):
+    no_out = run_cli("model", "import-gguf", str(tmp_path / "x.gguf"))
+    assert no_out.returncode == 2
+    assert "--out is required with a GGUF path, --name or --revision" in no_out.stderr
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_text("x")
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    busy = run_cli(
+        "model", "import-gguf", str(tmp_path / "m.gguf"), "--out", str(tmp_path / "full")
+    )
+    assert (busy.returncode, busy.stderr) == (1, f"verinfer: {tmp_path / 'full'} is not empty\n")
+    bad = run_cli("model", "import-gguf", str(tmp_path / "m.gguf"), "--out", str(tmp_path / "o"))
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
+    assert bad.stderr.startswith(f"verinfer: {tmp_path / 'm.gguf'} does not load as a causal LM")

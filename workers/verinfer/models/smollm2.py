@@ -146,11 +146,11 @@ def import_gguf(
     if out.exists() and any(out.iterdir()):
         raise ModelFileError(f"{out} is not empty")
     digest = sha256_file(gguf_path)
-    meta = _gguf_fields(gguf_path)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the legacy-tokenizer notice and the progress bar
     hf_logging.disable_progress_bar()
     try:  # stderr silenced: the de-quantization's own tqdm bar
+        meta = _gguf_fields(gguf_path)
         with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
             tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
             model = AutoModelForCausalLM.from_pretrained(
