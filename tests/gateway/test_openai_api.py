@@ -253,6 +253,10 @@ def test_error__over_the_per_request_limit__400_nothing_sent(net: Net, gw: Gatew
         gw.openai().chat.completions.create(model=MODEL, messages=CHAT, max_tokens=60)
     err = error_of(info.value)
     assert (err["code"], err["param"]) == ("max_payment_per_request_exceeded", "max_tokens")
+    assert err["message"] == (  # token units, not base units
+        "this request escrows 0.06 vUSD, more than the gateway's max payment per request "
+        "(0.05 vUSD); ask for fewer max_tokens"
+    )
     assert len(submitted(net)) == jobs
 
 
@@ -264,7 +268,10 @@ def test_error__insufficient_balance__402_nothing_sent(net: Net, broke_gw: Gatew
     assert info.value.status_code == 402
     err = error_of(info.value)
     assert (err["type"], err["code"]) == ("insufficient_quota", "insufficient_balance")
-    assert str(5 * PRICE) in err["message"]
+    assert err["message"] == (  # token units, not base units
+        "insufficient balance: job escrows 0.005 vUSD, prepaid balance left is 0 vUSD "
+        "(deposit more with `verinfer balance deposit`)"
+    )
     assert len(submitted(net)) == jobs
 
 
@@ -274,6 +281,8 @@ def test_error__over_the_daily_limit__429_not_retried(net: Net, broke_gw: Gatewa
         broke_gw.openai().chat.completions.create(model=MODEL, messages=CHAT, max_tokens=20)
     assert info.value.response.headers["x-should-retry"] == "false"
     assert error_of(info.value)["code"] == "daily_limit_exceeded"
+    assert error_of(info.value)["message"].startswith("daily spending limit reached: 0 vUSD of ")
+    assert error_of(info.value)["message"].endswith(", this request escrows 0.02 vUSD")
     assert len(submitted(net)) == jobs
 
 

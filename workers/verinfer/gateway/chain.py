@@ -304,6 +304,7 @@ class ChainWorker:
         self.limits = SpendLimits(
             int(self.settings.max_payment_per_request * scale),
             int(self.settings.max_payment_per_day * scale),
+            fmt=conn.fmt,
         )
         provider = chain.provider
         url = getattr(provider, "http_uri", None) or provider.uri
@@ -470,8 +471,8 @@ class ChainWorker:
         for i, spec in enumerate(specs):
             if spec.max_payment > prepaid:
                 out[i] = ClientError(
-                    f"insufficient balance: job escrows {spec.max_payment}, "
-                    f"prepaid balance left is {max(prepaid, 0)}"
+                    f"insufficient balance: job escrows {self.client.fmt(spec.max_payment)}, "
+                    f"prepaid balance left is {self.client.fmt(max(prepaid, 0))}"
                 )
                 continue
             prepaid -= spec.max_payment

@@ -18,11 +18,16 @@ class SpendLimits:
     """Per-request and per-day caps in token base units (thread-safe)."""
 
     def __init__(
-        self, per_request: int, per_day: int, clock: Callable[[], float] = time.time
+        self,
+        per_request: int,
+        per_day: int,
+        clock: Callable[[], float] = time.time,
+        fmt: Callable[[int], str] = lambda units: f"{units} base units",
     ) -> None:
         self.per_request = per_request
         self.per_day = per_day
         self._clock = clock
+        self._fmt = fmt  # amounts in messages, for people (the gateway: whole tokens)
         self._lock = threading.Lock()
         self._entries: dict[int, tuple[float, int]] = {}  # ticket -> (time, amount)
         self._next = 0
@@ -41,8 +46,9 @@ class SpendLimits:
         """Count ``amount`` against today; returns a ticket. LimitError when over a cap."""
         if amount > self.per_request:
             raise LimitError(
-                f"this request escrows {amount} base units, more than the gateway's "
-                f"max payment per request ({self.per_request}); ask for fewer max_tokens",
+                f"this request escrows {self._fmt(amount)}, more than the gateway's "
+                f"max payment per request ({self._fmt(self.per_request)}); ask for fewer "
+                "max_tokens",
                 "max_payment_per_request_exceeded",
             )
         with self._lock:
@@ -50,8 +56,9 @@ class SpendLimits:
             spent = self._spent(now)
             if spent + amount > self.per_day:
                 raise LimitError(
-                    f"daily spending limit reached: {spent} of {self.per_day} base units spent "
-                    f"in the last 24 hours, this request escrows {amount}",
+                    f"daily spending limit reached: {self._fmt(spent)} of "
+                    f"{self._fmt(self.per_day)} spent in the last 24 hours, this request "
+                    f"escrows {self._fmt(amount)}",
                     "daily_limit_exceeded",
                 )
             self._next += 1
