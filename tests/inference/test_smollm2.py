@@ -26,6 +26,7 @@ from verinfer.models.smollm2 import (
     smollm2_dir,
     smollm2_without_layer,
 )
+from verinfer.tokenizers_local import decode_tokens
 from verinfer.verifier import Claim, Verdict, verify_batch
 
 IM_START, IM_END = 1, 2
@@ -124,6 +125,11 @@ def test_text_prompt__no_bos_added__digits_split_one_by_one(smollm2: LoadedModel
     ids = tokenize_input(tok, encode_text_input("Hello 2024 world"))
     assert tok.convert_ids_to_tokens(ids) == ["Hello", "Ġ", "2", "0", "2", "4", "Ġworld"]
     assert tok.decode(ids) == "Hello 2024 world"
+    # a client decodes with tokenizer.json alone (no transformers): plain byte-level decoder
+    text = "Paris, café, ▁x <|im_end|>"
+    ids = tokenize_input(tok, encode_text_input(text))
+    assert ids[-1] == IM_END
+    assert decode_tokens(smollm2.model_id, ids) == "Paris, café, ▁x "
 
 
 def test_chat_input__the_models_own_template__default_system_prompt(smollm2: LoadedModel):
