@@ -52,6 +52,7 @@ from typing import Any
 import torch
 from verinfer.digest import MAX_UINT32, FinishReason, SamplingParams
 from verinfer.engines import Job, TransformersEngine
+from verinfer.engines.base import prompt_ids_for
 from verinfer.engines.hf import generate_batch
 from verinfer.inputs import encode_chat_input, encode_text_input
 from verinfer.models import MANIFEST_NAME, LoadedModel, Manifest, load_model, tiny_model_path
@@ -59,6 +60,7 @@ from verinfer.verifier import (
     DEFAULT_JOB_RULE,
     DEFAULT_TAU,
     Claim,
+    JobRule,
     NodeEvidence,
     Verdict,
     teacher_forced_logits,
@@ -69,6 +71,10 @@ QUICK = os.environ.get("BENCH_QUICK") == "1"
 RESUME = os.environ.get("BENCH_RESUME") == "1"  # reuse saved honest claims and sections
 ALL_SECTIONS = ["honest", "cheats", "subtle", "cost", "bf16"]
 SECTIONS = os.environ.get("BENCH_SECTIONS", ",".join(ALL_SECTIONS)).split(",")
+TAG = os.environ.get("BENCH_TAG", "")  # names the saved figures of a split run
+# "i/n": this process generates and verifies honest jobs i, i + n, i + 2n, ... of the full set
+SLICE = tuple(int(x) for x in os.environ.get("BENCH_SLICE", "0/1").split("/"))
+POOL = int(os.environ.get("BENCH_POOL", "500"))  # jobs of a cheats-only run's own honest pool
 STATE_DIR = Path(os.environ.get("BENCH_STATE_DIR", ".cache/bench-verify"))
 NEVER_STOP = (MAX_UINT32,)  # a stop id outside the vocabulary: exactly max_tokens tokens
 SUBTLE_LENGTHS = (16, 64, 256)
@@ -91,7 +97,7 @@ class Scale:
 SCALES = {
     ("tiny", False): Scale(512, 200, 64, 128, 64, 64, 0.25),
     ("tiny", True): Scale(128, 32, 24, 48, 24, 32, 0.5),
-    ("smollm2", False): Scale(1000, 200, 24, 24, 24, 32, 0.1),
+    ("smollm2", False): Scale(1000, 200, 24, 16, 16, 16, 0.1),
     ("smollm2", True): Scale(40, 12, 4, 6, 6, 8, 0.25),
 }
 # (batch size, torch threads, share of the honest jobs)
@@ -210,7 +216,9 @@ def job_params(rng: random.Random, index: int, max_tokens: int) -> SamplingParam
     return SamplingParams(max_tokens, temp, top_k, seed)
 
 
-def honest_jobs(model: LoadedModel, kind: str, n: int, rng: random.Random) -> list[Job]:
+def honest_jobs(
+    model: LoadedModel, kind: str, n: int, rng: random.Random, short_prompts: bool = False
+) -> list[Job]:
     """``n`` honest jobs: prompt lengths and output lengths mixed (most outputs short)."""
     corpus = _corpus()
     jobs = []
@@ -234,7 +242,7 @@ def honest_jobs(model: LoadedModel, kind: str, n: int, rng: random.Random) -> li
             prompt = (1, *(rng.randrange(5, model.vocab_size) for _ in range(length)))
             jobs.append(Job(model.model_id, params, prompt_ids=prompt))
         else:
-            r = rng.random()
+            r = rng.random() * (0.85 if short_prompts else 1.0)
             target = (
                 rng.randrange(5, 12)
                 if r < 0.1
@@ -246,9 +254,21 @@ def honest_jobs(model: LoadedModel, kind: str, n: int, rng: random.Random) -> li
     return jobs
 
 
+def batch_order(model: LoadedModel, jobs: Sequence[Job], indices: Sequence[int]) -> list[int]:
+    """``indices`` ordered so that consecutive jobs have similar output and prompt lengths
+    (a left-padded batch costs its longest prompt and its longest output for every row)."""
+
+    def key(i: int) -> tuple[int, int]:
+        max_tokens = jobs[i].params.max_tokens
+        bucket = 0 if max_tokens <= 16 else 1 if max_tokens <= 64 else max_tokens
+        return bucket, len(prompt_ids_for(model, jobs[i]))
+
+    return sorted(indices, key=key)
+
+
 def claims_of(jobs: Sequence[Job], model: LoadedModel, batch: int = 32) -> list[Claim]:
-    """Generate every job with ``model`` (batches of similar output length) as claims."""
-    order = sorted(range(len(jobs)), key=lambda i: jobs[i].params.max_tokens)
+    """Generate every job with ``model`` (batches of similar lengths) as claims."""
+    order = batch_order(model, jobs, range(len(jobs)))
     results = TransformersEngine(model, max_batch_size=batch).generate([jobs[i] for i in order])
     out: list[Claim | None] = [None] * len(jobs)
     for i, res in zip(order, results, strict=True):
@@ -354,7 +374,7 @@ def generate_honest(
     start = 0
     for n_cfg, (bs, threads, share) in enumerate(GEN_CONFIGS):
         end = len(jobs) if n_cfg == len(GEN_CONFIGS) - 1 else start + round(share * len(jobs))
-        idx = sorted(range(start, end), key=lambda i: jobs[i].params.max_tokens)
+        idx = batch_order(model, jobs, range(start, end))
         start = end
         torch.set_num_threads(threads)
         worst = 0.0
@@ -446,6 +466,9 @@ def honest_side(
             # the bound's prediction checked where it can be: honest jobs over the threshold
             # of alpha 1e-2 / 1e-3 (must be at most 1 % / 0.1 % of the jobs)
             "honest_over_threshold_at_alpha": {str(a): n for a, n in over.items()},
+            "node_statistic": evidence.statistic,
+            "node_positions": evidence.positions,
+            "node_checks": evidence.checks,
             "node_statistic_over_threshold": evidence.statistic / evidence.threshold(),
             "node_flagged": evidence.flagged,
         },
@@ -547,6 +570,18 @@ CHEAT_KINDS = [
 ]
 
 
+def cheat_pool(model: LoadedModel, kind: str, n: int, rng: random.Random) -> list[Job]:
+    """Short honest jobs (8-16 tokens) for a cheats-only run: greedy 20 %, sampled with top-k
+    off 10 %, top_k = 2 40 %, top_k in {3, 5, 10, 40} 30 %."""
+    jobs = []
+    for i, job in enumerate(honest_jobs(model, kind, n, rng, short_prompts=True)):
+        slot, seed, max_tokens = i % 10, rng.getrandbits(64), rng.randrange(8, 17)
+        temp = 0 if slot < 2 else rng.choice((700, 800, 900, 1000))
+        top_k = 0 if slot < 3 else 2 if slot < 7 else rng.choice((3, 5, 10, 40))
+        jobs.append(replace(job, params=SamplingParams(max_tokens, temp, top_k, seed)))
+    return jobs
+
+
 def cheat_side(
     model: LoadedModel, honest: list[Claim], rng: random.Random, n: int
 ) -> tuple[dict[str, list[int]], dict[str, dict[str, int]]]:
@@ -554,7 +589,8 @@ def cheat_side(
     oracle: LoadedModel | None = None
     results: dict[str, list[int]] = {}
     detail: dict[str, dict[str, int]] = {}
-    for kind in CHEAT_KINDS:
+    kinds = os.environ.get("BENCH_CHEAT_KINDS", ",".join(CHEAT_KINDS)).split(",")
+    for kind in kinds:
         cheats, base = cheat_claims(kind, model, honest, rng, n)
         differ = [c for c, h in zip(cheats, base, strict=True) if c.token_ids != h.token_ids]
         verdicts = verdicts_of(model, differ)
@@ -585,7 +621,7 @@ SUBTLE_KINDS: dict[str, Callable[[torch.nn.Module], None]] = {
 
 def subtle_jobs(model: LoadedModel, kind: str, n: int, rng: random.Random) -> list[Job]:
     """``n`` jobs of exactly 256 output tokens, greedy and sampled."""
-    jobs = honest_jobs(model, kind, n, rng)
+    jobs = honest_jobs(model, kind, n, rng, short_prompts=True)
     return [
         replace(
             j, params=replace(j.params, max_tokens=SUBTLE_LENGTHS[-1], stop_token_ids=NEVER_STOP)
@@ -662,7 +698,7 @@ def bf16_side(
 ) -> dict[str, Any]:
     """bf16 claims judged by the bf16 verifier (both rules) and by the float32 one."""
     bf = as_dtype(model, "bfloat16")
-    jobs = honest_jobs(bf, kind_name, scale.bf16_honest, rng)
+    jobs = honest_jobs(bf, kind_name, scale.bf16_honest, rng, short_prompts=True)
     jobs = [
         replace(j, params=replace(j.params, max_tokens=min(j.params.max_tokens, 64))) for j in jobs
     ]
@@ -729,12 +765,12 @@ def cost_ratio(
     one torch thread, timed in interleaved rounds (load from other processes hits both)."""
     jobs = [
         replace(j, params=replace(j.params, max_tokens=64, stop_token_ids=NEVER_STOP))
-        for j in honest_jobs(model, kind, n, rng)
+        for j in honest_jobs(model, kind, n, rng, short_prompts=True)
     ]
-    engines = {bs: TransformersEngine(model, max_batch_size=bs) for bs in (16, 32)}
+    engines = {bs: TransformersEngine(model, max_batch_size=bs) for bs in (32,)}
     claims = claims_of(jobs, model)
     gen_times = dict.fromkeys(engines, math.inf)
-    ver_times = dict.fromkeys((8, 16), math.inf)
+    ver_times = dict.fromkeys((16,), math.inf)
     for _ in range(rounds):
         for bs, engine in engines.items():
             t0 = time.perf_counter()
@@ -776,6 +812,7 @@ def run_model(kind: str) -> tuple[str, dict[str, Any]]:
     name = model.manifest.name
     mode = "-quick" if QUICK else ""
     part = "" if SECTIONS == ALL_SECTIONS else "-" + "-".join(SECTIONS)
+    part += f"-{TAG}" if TAG else ""
     state = STATE_DIR / f"{kind}{mode}{part}.json"
     state.parent.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Any] = {}
@@ -785,18 +822,23 @@ def run_model(kind: str) -> tuple[str, dict[str, Any]]:
         state.write_text(json.dumps(figures, indent=1, default=str))
 
     log(f"{name}: {scale}")
-    saved = STATE_DIR / f"{kind}{mode}-honest.pkl"
+    saved = STATE_DIR / f"{kind}{mode}-honest{part}.pkl"
     honest: list[Claim] = []
     if "honest" not in SECTIONS:
-        if "cheats" in SECTIONS:  # the cheats run on the jobs of a saved honest run
+        if "cheats" in SECTIONS and saved.is_file():  # the jobs of a saved honest run
             honest = pickle.loads(saved.read_bytes())
+        elif "cheats" in SECTIONS:  # no honest run yet: honest claims of short jobs of its own
+            t = time.perf_counter()
+            honest = claims_of(cheat_pool(model, kind, POOL, rng), model)
+            log(f"  cheat pool: {len(honest)} honest claims")
+            save("cheat_pool", t)
     elif RESUME and state.is_file() and saved.is_file():
         figures.update(json.loads(state.read_text()))
         honest = pickle.loads(saved.read_bytes())
         log(f"resumed {len(honest)} honest claims, sections {figures.get('section_s')}")
     else:
         t = time.perf_counter()
-        jobs = honest_jobs(model, kind, scale.honest, rng)
+        jobs = honest_jobs(model, kind, scale.honest, rng)[SLICE[0] :: SLICE[1]]
         honest, deltas = generate_honest(model, jobs, record_delta=kind == "tiny")
         saved.write_bytes(pickle.dumps(honest))
         figures.update(honest_side(model, honest, rng, scale.recheck_share))
@@ -840,6 +882,54 @@ def run_model(kind: str) -> tuple[str, dict[str, Any]]:
     return name, figures
 
 
+def merge_honest(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """The honest figures of two slices of the honest jobs, combined."""
+    out = dict(b)
+    for key in (
+        "honest_jobs",
+        "honest_false_invalid",
+        "honest_positions",
+        "honest_positive_margins",
+        "honest_false_invalid_token_rule",
+        "honest_false_invalid_job_rule",
+        "honest_finish_stop",
+        "honest_output_tokens",
+        "verified_twice",
+    ):
+        out[key] = a[key] + b[key]
+    out["max_honest_margin"] = max(a["max_honest_margin"], b["max_honest_margin"])
+    out["min_honest_margin"] = min(a["min_honest_margin"], b["min_honest_margin"])
+    ja, jb = a["job_rule"], b["job_rule"]
+    rule = JobRule(jb["cap"], jb["rate"], jb["alpha"])
+    node = NodeEvidence(rule)
+    node.statistic = ja["node_statistic"] + jb["node_statistic"]
+    node.positions = ja["node_positions"] + jb["node_positions"]
+    node.checks = ja["node_checks"] + jb["node_checks"]
+    out["job_rule"] = {
+        **jb,
+        "measured_rate": (
+            ja["measured_rate"] * a["honest_positions"]
+            + jb["measured_rate"] * b["honest_positions"]
+        )
+        / max(out["honest_positions"], 1),
+        "max_honest_statistic_over_threshold": max(
+            ja["max_honest_statistic_over_threshold"], jb["max_honest_statistic_over_threshold"]
+        ),
+        "honest_over_threshold_at_alpha": {
+            k: v + jb["honest_over_threshold_at_alpha"][k]
+            for k, v in ja["honest_over_threshold_at_alpha"].items()
+        },
+        "node_statistic": node.statistic,
+        "node_positions": node.positions,
+        "node_checks": node.checks,
+        "node_statistic_over_threshold": node.statistic / node.threshold(),
+        "node_flagged": ja["node_flagged"]
+        or jb["node_flagged"]
+        or node.statistic > node.threshold(),
+    }
+    return out
+
+
 def merged(kind: str) -> tuple[str, dict[str, Any]]:
     """One model's figures from the saved state of runs split by BENCH_SECTIONS."""
     figures: dict[str, Any] = {}
@@ -847,9 +937,13 @@ def merged(kind: str) -> tuple[str, dict[str, Any]]:
     for path in sorted(STATE_DIR.glob(f"{kind}{mode}*.json"), key=lambda p: p.stat().st_mtime):
         if QUICK or "-quick" not in path.name:
             part = json.loads(path.read_text())
-            sections = {**figures.get("section_s", {}), **part.get("section_s", {})}
-            figures.update(part)
-            figures["section_s"] = sections
+            if "honest_jobs" in part and "honest_jobs" in figures:  # another honest slice
+                part = merge_honest(figures, part)
+            for key, value in part.items():
+                if isinstance(value, dict) and isinstance(figures.get(key), dict):
+                    figures[key] = {**figures[key], **value}
+                else:
+                    figures[key] = value
     names = {"tiny": "verinfer-tiny-llama", "smollm2": "SmolLM2-135M-Instruct"}
     return names[kind], figures
 
