@@ -186,7 +186,7 @@ def job_appeal(conn: Conn, as_json: bool, job_id: int, no_draw: bool, timeout: f
     with spinner(as_json, "appealing..."):
         data = conn.client.appeal(job_id, draw=not no_draw, timeout=timeout)
     if not data["draw_pending"] and data["phase"] == "VERDICT":
-        what = "too few nodes for a panel: bond returned, the verdict stands"
+        what = "no node left for a panel: the appeal is void, bond returned, window open again"
     else:
         what = _draw_text(data)
     emit(as_json, data, f"job {job_id} appealed (bond {conn.fmt(data['bond'])}); {what}")

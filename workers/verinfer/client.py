@@ -657,8 +657,9 @@ class Client:
         The bond comes from the prepaid balance (a shortfall is deposited first): the
         dispute bond when we are the accused node, the appeal bond otherwise. Returns
         ``{"job_id", "bond", "seed_block", "panel", "deadline" (the vote deadline),
-        "drawn_by_us", "phase"}``: an empty ``panel`` with phase VERDICT means too few nodes
-        were left (the bond was returned and the verdict stands); phase PANEL_DRAWING
+        "drawn_by_us", "phase"}``: an empty ``panel`` with phase VERDICT means no node was left
+        for it (the appeal is void, its bond returned, the appeal window open again; a panel
+        of 1 or 2 means only those were left, and their majority decides); phase PANEL_DRAWING
         (``draw_pending``) means the draw still waits for a new block (``Client.draw``).
         """
         job_id = job if isinstance(job, int) else job.job_id

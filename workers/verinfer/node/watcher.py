@@ -302,8 +302,8 @@ class Watcher:
         if not first:
             return
         job_id, panel = item.args["job_id"], list(item.args["panel"])
-        if not panel:  # too few nodes: the appeal bond went back, the verdict stands (due now)
-            self.store.schedule("settle", job_id, self.block_time(item) + 1)
+        if not panel:  # no node left: the appeal is void (bond back), the appeal window reopens
+            self.store.schedule("settle", job_id, int(self.p.dispute(job_id)["deadline"]) + 1)
             return
         self.store.schedule("settle", job_id, item.args["vote_deadline"] + 1)
         if self.me in panel:
