@@ -77,6 +77,20 @@ def _verdict(court, job_id, verifier, valid):
     return court.post_verdict(job_id, valid, sender=verifier)
 
 
+def audit_and_settle(court, chain, job_id, job, keeper, by_addr, valid: bool):
+    """A keeper starts the audit of a selected job and draws; the verifier rules `valid`;
+    settled after the appeal window. Returns the verifier."""
+    chain.mine(3)
+    court.start_audit(job_id, job.as_tuple(), sender=keeper)
+    tx = court.draw(job_id, sender=keeper)
+    [assigned] = tx.decode_logs(court.VerifierAssigned)
+    verifier = by_addr[assigned.verifier]
+    _verdict(court, job_id, verifier, valid)
+    chain.pending_timestamp = court.dispute_info(job_id).deadline + 1
+    court.settle(job_id, job.as_tuple(), sender=keeper)
+    return verifier
+
+
 def _appeal(court, job_id, appellant, by_addr, keeper):
     """Appeals and draws the panel; returns the members."""
     court.appeal(job_id, sender=appellant)
@@ -450,14 +464,7 @@ def test_audit__fraud__rewards_keeper_and_pays_audit_fee(
 ):
     job_id, job = published_job
     court.set_param(10, 10_000, sender=owner)
-    chain.mine(3)
-    court.start_audit(job_id, job.as_tuple(), sender=keeper)
-    tx = court.draw(job_id, sender=keeper)
-    [assigned] = tx.decode_logs(court.VerifierAssigned)
-    verifier = by_addr[assigned.verifier]
-    _verdict(court, job_id, verifier, False)
-    chain.pending_timestamp = court.dispute_info(job_id).deadline + 1
-    court.settle(job_id, job.as_tuple(), sender=keeper)
+    verifier = audit_and_settle(court, chain, job_id, job, keeper, by_addr, valid=False)
     share = NODE_STAKE * 2_500 // 10_000
     # the audit reward is bounded by what the job's own audit share funds on average
     reward = min(AUDIT_FEE, PAYMENT * market.audit_share_bps() // court.audit_rate_bps())
