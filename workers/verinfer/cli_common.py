@@ -171,13 +171,26 @@ def connect(
             "no deployment: run `verinfer dev up`, or give --network and --market "
             "(or $VERINFER_NETWORK and $VERINFER_MARKET)"
         )
-    from ape import networks
-    from ape.logging import logger
 
     from verinfer.client import Client
 
-    logger.set_level("WARNING")
+    ctx = enter_network(network)
+    try:
+        from_block = int(dev["from_block"]) if dev and market == dev["market"] else 0
+        acct = account or default_account or "test:1"
+        client = Client(market, acct, from_block=from_block, chain_id=chain_id)
+        yield Conn(client, network, dev)
+    finally:
+        ctx.__exit__(None, None, None)
 
+
+def enter_network(network: str) -> Any:
+    """Connect ape to `network` (quiet); returns the entered context, to be exited by the
+    caller. One-line ClientErrors for an unknown network or an unreachable chain."""
+    from ape import networks
+    from ape.logging import logger
+
+    logger.set_level("WARNING")
     try:
         ctx = networks.parse_network_choice(network)
     except Exception as exc:  # ape's NetworkError lists every choice over many lines
@@ -186,10 +199,4 @@ def connect(
         ctx.__enter__()
     except Exception as exc:
         raise ClientError(f"no chain reachable at {network}: {first_line(exc)}") from None
-    try:
-        from_block = int(dev["from_block"]) if dev and market == dev["market"] else 0
-        acct = account or default_account or "test:1"
-        client = Client(market, acct, from_block=from_block, chain_id=chain_id)
-        yield Conn(client, network, dev)
-    finally:
-        ctx.__exit__(None, None, None)
+    return ctx

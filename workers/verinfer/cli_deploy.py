@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from verinfer.chain_errors import ClientError, first_line
-from verinfer.cli_common import emit, spinner
+from verinfer.chain_errors import ClientError
+from verinfer.cli_common import emit, enter_network, spinner
 from verinfer.deploy import DEFAULT_TIMELOCK_DELAY
 
 
@@ -35,18 +35,7 @@ def deploy(
     network: str, account: str | None, token: str | None, timelock_delay: int, as_json: bool
 ) -> None:
     """Deploy token (local), market and court, wire them, install the Timelock as owner."""
-    from ape import networks
-    from ape.logging import logger
-
-    logger.set_level("WARNING")
-    try:
-        ctx = networks.parse_network_choice(network)
-    except Exception as exc:  # ape's NetworkError lists every choice over many lines
-        raise ClientError(f"unknown network {network!r}: {first_line(exc)}") from None
-    try:
-        ctx.__enter__()
-    except Exception as exc:
-        raise ClientError(f"no chain reachable at {network}: {first_line(exc)}") from None
+    ctx = enter_network(network)
     try:
         with spinner(as_json, "deploying..."):
             data = deploy_on_connected(account, token, timelock_delay)
