@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 from verinfer.digest import MAX_UINT32, SamplingParams
-from verinfer.engines import Job, TransformersEngine
+from verinfer.engines import Job, JobResult, TransformersEngine
 from verinfer.inputs import encode_chat_input
 from verinfer.models import LoadedModel, TinyConfig, load_model, tiny_model_path
 from verinfer.models.manifest import MANIFEST_NAME, Manifest
@@ -55,17 +55,33 @@ def hash_cpu_equals_device(device: str) -> bool:
     return bool(torch.equal(cpu, dev.cpu()))
 
 
+def job_params(i: int, rng: random.Random, **extra: Any) -> SamplingParams:
+    """Job ``i``'s sampling: greedy and sampled in turns, with and without top-k, 64 tokens."""
+    return SamplingParams(
+        max_tokens=64,
+        temperature_milli=(0, 700, 1000, 1300)[i % 4],
+        top_k=(0, 0, 50)[i % 3],
+        seed=rng.getrandbits(64),
+        **extra,
+    )
+
+
+def claims_of(jobs: list[Job], results: list[JobResult]) -> list[Claim]:
+    """The claims of a generation run; an engine error (e.g. a model shape the engine
+    refuses) stops the check with its message instead of a later TypeError."""
+    errors = {r.error for r in results if not r.ok}
+    if errors:
+        raise SystemExit(f"gpu_check: {sorted(errors)[0]}")
+    return [
+        Claim(j, r.token_ids, int(r.finish_reason or 0)) for j, r in zip(jobs, results, strict=True)
+    ]
+
+
 def make_jobs(model: LoadedModel, n: int, rng: random.Random) -> list[Job]:
     """Greedy and sampled jobs, exactly 64 tokens (the stop id lies outside the vocabulary)."""
     jobs = []
     for i in range(n):
-        params = SamplingParams(
-            max_tokens=64,
-            temperature_milli=(0, 700, 1000, 1300)[i % 4],
-            top_k=(0, 0, 50)[i % 3],
-            seed=rng.getrandbits(64),
-            stop_token_ids=(MAX_UINT32,),
-        )
+        params = job_params(i, rng, stop_token_ids=(MAX_UINT32,))
         prompt = (1, *(rng.randrange(5, model.vocab_size) for _ in range(rng.randrange(8, 120))))
         jobs.append(Job(model.model_id, params, prompt_ids=prompt))
     return jobs
@@ -88,12 +104,7 @@ def chat_jobs(model: LoadedModel, n: int, rng: random.Random) -> list[Job]:
     the model's EOS (``<|im_end|>`` for SmolLM2) or by max_tokens."""
     jobs = []
     for i in range(n):
-        params = SamplingParams(
-            max_tokens=64,
-            temperature_milli=(0, 700, 1000, 1300)[i % 4],
-            top_k=(0, 0, 50)[i % 3],
-            seed=rng.getrandbits(64),
-        )
+        params = job_params(i, rng)
         text = QUESTIONS[i % len(QUESTIONS)]
         data = encode_chat_input([{"role": "user", "content": text}])
         jobs.append(Job(model.model_id, params, input_data=data))
@@ -174,9 +185,7 @@ def main() -> None:
     hf = TransformersEngine(model, max_batch_size=32)
     hf.generate(jobs[:32])
     hf_results, hf_s = timed(lambda: hf.generate(jobs))
-    hf_claims = [
-        Claim(j, r.token_ids, int(r.finish_reason)) for j, r in zip(jobs, hf_results, strict=True)
-    ]
+    hf_claims = claims_of(jobs, hf_results)
     report["transformers_generated"] = {
         "gen_s": hf_s,
         "verify_bs1": margin_report(model, hf_claims, 1),
@@ -191,10 +200,7 @@ def main() -> None:
         engine = VllmEngine(model, gpu_memory_utilization=0.5, enforce_eager=False)
         engine.generate(jobs[:8])
         v_results, v_s = timed(lambda: engine.generate(jobs))
-        v_claims = [
-            Claim(j, r.token_ids, int(r.finish_reason))
-            for j, r in zip(jobs, v_results, strict=True)
-        ]
+        v_claims = claims_of(jobs, v_results)
         same = sum(
             a == b
             for v, h in zip(v_results, hf_results, strict=True)

@@ -108,14 +108,9 @@ def dispute_info(chain: Chain, job_id: int) -> Any:
     return chain.court.dispute_info(job_id)
 
 
-def test_accused_keeps_its_appeal_when_a_front_runners_panel_thins_out(chain: Chain) -> None:
-    """An attacker challenges an honest result, its verifier rules 'invalid', and the
-    attacker appeals first while two of its own nodes serve the model, then takes them out
-    of the set (unbond below the minimum) before the panel draw. Found on the first court
-    v2: the draw came up short of 3, returned the bond, kept the appeal as used and let
-    the verdict stand, so the accused got 'court: already appealed' and lost its whole
-    stake. Now the members left form the panel and their majority decides; with nobody
-    left the appeal is void and the accused can appeal."""
+def _framed(chain: Chain) -> tuple[str, str, str, int, Any]:
+    """An attacker disputes an honest result and the only candidate, its verifier, rules
+    'invalid' (a lie): returns (accused, verifier, attacker, job_id, job)."""
     accused, verifier = chain.node("accused"), chain.node("lying verifier")
     mine()
     attacker = boa.env.generate_address("attacker")
@@ -126,10 +121,22 @@ def test_accused_keeps_its_appeal_when_a_front_runners_panel_thins_out(chain: Ch
         chain.court.dispute(job_id, job)
     mine()
     chain.court.draw(job_id)
-    assert dispute_info(chain, job_id).verifier == verifier  # the only candidate
+    assert dispute_info(chain, job_id).verifier == verifier
     with boa.env.prank(verifier):
         chain.court.accept(job_id)
         chain.court.post_verdict(job_id, False)  # a lie: the result is the true one
+    return accused, verifier, attacker, job_id, job
+
+
+def test_accused_keeps_its_appeal_when_a_front_runners_panel_thins_out(chain: Chain) -> None:
+    """An attacker challenges an honest result, its verifier rules 'invalid', and the
+    attacker appeals first while two of its own nodes serve the model, then takes them out
+    of the set (unbond below the minimum) before the panel draw. Found on the first court
+    v2: the draw came up short of 3, returned the bond, kept the appeal as used and let
+    the verdict stand, so the accused got 'court: already appealed' and lost its whole
+    stake. Now the members left form the panel and their majority decides; with nobody
+    left the appeal is void and the accused can appeal."""
+    accused, verifier, attacker, job_id, job = _framed(chain)
     honest = [chain.node("honest 1"), chain.node("honest 2")]
     sybils = [chain.node("attacker node 1"), chain.node("attacker node 2")]
     mine()
@@ -154,19 +161,7 @@ def test_accused_keeps_its_appeal_when_a_front_runners_panel_thins_out(chain: Ch
 def test_void_appeal_reopens_the_window_for_the_accused(chain: Chain) -> None:
     """The same, but every panel candidate leaves before the draw: the appeal is void, its
     bond goes back, and the accused appeals once nodes serve the model again."""
-    accused, verifier = chain.node("accused"), chain.node("lying verifier")
-    mine()
-    attacker = boa.env.generate_address("attacker")
-    chain.fund(attacker)
-    job_id, job = chain.job()
-    job = chain.publish(job_id, chain.claim(job_id, job, accused))
-    with boa.env.prank(attacker):
-        chain.court.dispute(job_id, job)
-    mine()
-    chain.court.draw(job_id)
-    with boa.env.prank(verifier):
-        chain.court.accept(job_id)
-        chain.court.post_verdict(job_id, False)
+    accused, _, attacker, job_id, job = _framed(chain)
     sybils = [chain.node(f"attacker node {i}") for i in range(3)]
     mine()
     balance = chain.market.balance_of(attacker)
