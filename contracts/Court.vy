@@ -55,6 +55,16 @@ PH_PANEL_DRAWING: constant(uint8) = 8  # an appeal panel draw is requested
 
 KEEPER_CUT: constant(uint256) = 10  # an audit's keeper earns 1/10 of the audit reward
 
+# private jobs (docs/protocol.md §8): the market marks one in submitted_at's top bit
+PRIVATE_FLAG: constant(uint64) = 2**63
+MAX_WRAPPED: constant(uint256) = 512  # a job key wrapped to the verifier or to each panel member
+K_PRIVATE: constant(uint256) = 1  # _keys: private job
+K_PANEL: constant(uint256) = 2  # _keys: the key was handed to the drawn panel
+K_ROUND_SHIFT: constant(uint256) = 8  # _keys: the verifier round the key was handed for
+K_DEADLINE_SHIFT: constant(uint256) = 64  # _keys: the hand deadline of the current recipients
+K_ROUND_MASK: constant(uint256) = 255 << 8
+K_NEW_WINDOW: constant(uint256) = 2**64 - 1 - K_PANEL  # keeps all but the panel bit and deadline
+
 P_DISPUTE_BOND: constant(uint8) = 0
 P_APPEAL_BOND: constant(uint8) = 1
 P_ACCEPT_WINDOW: constant(uint8) = 2
@@ -99,6 +109,8 @@ _voted: HashMap[uint256, DynArray[address, PANEL_SIZE]]
 _excluded: HashMap[uint256, HashMap[address, bool]]  # verifiers replaced for lateness
 _votes: HashMap[uint256, HashMap[address, uint8]]  # 1 valid, 2 invalid
 _draw: HashMap[uint256, uint256]  # seed block | min_stake at the opening << 64
+# private jobs only: K_PRIVATE | K_PANEL | handed round << 8 | hand deadline << 64
+_keys: HashMap[uint256, uint256]
 
 
 @deploy
@@ -232,6 +244,8 @@ def dispute(job_id: uint256, job: IMarket.Job):
     @param job The job's fields as last emitted.
     """
     assert msg.sender != job.node, "court: node cannot dispute own job"
+    if job.submitted_at >= PRIVATE_FLAG:
+        assert msg.sender == job.client, "court: only the client disputes a private job"
     bond: uint256 = self.dispute_bond
     extcall market.court_open(job_id, job, msg.sender, bond)
     self._open(job_id, KIND_DISPUTE, msg.sender, bond, job)
@@ -295,6 +309,7 @@ def draw(job_id: uint256):
             d.phase = PH_ASSIGNED
             d.deadline = convert(block.timestamp + self.accept_window, uint64)
             self._verifier[job_id] = d.verifier
+            self._key_window(job_id, False)
             log ICourt.VerifierAssigned(job_id=job_id, verifier=d.verifier, round=d.rounds, accept_deadline=d.deadline)
         self._meta[job_id] = self._pack(d)
         return
@@ -315,6 +330,7 @@ def draw(job_id: uint256):
     d.deadline = convert(block.timestamp + self.vote_window, uint64)
     self._meta[job_id] = self._pack(d)
     self._panel[job_id] = panel
+    self._key_window(job_id, True)
     log ICourt.PanelDrawn(job_id=job_id, panel=panel, vote_deadline=d.deadline)
 
 
@@ -366,9 +382,13 @@ def post_verdict(job_id: uint256, valid: bool):
     deadline: uint64 = convert(block.timestamp + self.appeal_window, uint64)
     d.phase = PH_VERDICT
     d.verdict_valid = valid
+    if self._withheld(job_id, d.rounds):
+        # a private job whose key was not handed to this verifier in time: an audit proves
+        # the node withheld it (fraud), a dispute fails (the client withheld it)
+        d.verdict_valid = d.kind == KIND_DISPUTE
     d.deadline = deadline
     self._meta[job_id] = self._pack(d)
-    log ICourt.VerdictPosted(job_id=job_id, verifier=msg.sender, valid=valid, appeal_deadline=deadline)
+    log ICourt.VerdictPosted(job_id=job_id, verifier=msg.sender, valid=d.verdict_valid, appeal_deadline=deadline)
 
 
 @external
@@ -398,6 +418,56 @@ def replace_verifier(job_id: uint256):
         self._meta[job_id] = self._pack(d)
 
 
+# ---- private jobs ----
+@external
+def hand_key(job_id: uint256, wrapped: Bytes[MAX_WRAPPED]):
+    """
+    @notice Hands a private job's key to its drawn verifier (or, during an appeal, to the
+            panel), wrapped to their registered encryption keys, before the hand deadline
+            (accept window after the draw). Only the node or, for a dispute, the client
+            (the challenger) holds the key. A verdict on a private job whose key was not
+            handed to its verifier in time is fixed by the court: invalid for an audit
+            (the node withheld it), valid for a dispute (the client withheld it), and it
+            cannot be appealed. Whether the key matches the commitment in the job's input
+            is checked off chain by the verifier and the panel (docs/privacy.md).
+    @param job_id The job id.
+    @param wrapped verinfer.privacy.wrap_key of the job key for each recipient, in order.
+    """
+    k: uint256 = self._keys[job_id]
+    assert k & K_PRIVATE != 0, "court: not a private job"
+    d: ICourt.Dispute = self._load(job_id, True)
+    assert msg.sender == d.node or (d.kind == KIND_DISPUTE and msg.sender == d.challenger), "court: not a key holder"
+    assert len(wrapped) > 0, "court: empty key"
+    recipients: DynArray[address, PANEL_SIZE] = [d.verifier]
+    if d.phase == PH_APPEALED:
+        recipients = d.panel
+        k |= K_PANEL
+    else:
+        assert d.phase == PH_ASSIGNED or d.phase == PH_ACCEPTED, "court: nobody to hand the key to"
+        k = (k & ~K_ROUND_MASK) | (convert(d.rounds, uint256) << K_ROUND_SHIFT)
+    assert block.timestamp <= k >> K_DEADLINE_SHIFT, "court: key deadline passed"
+    self._keys[job_id] = k
+    log ICourt.KeyHanded(job_id=job_id, holder=msg.sender, recipients=recipients, wrapped=wrapped)
+
+
+@view
+@external
+def key_info(job_id: uint256) -> (bool, bool, uint8, uint64):
+    """
+    @notice A private job's key-handing record.
+    @param job_id The job id.
+    @return (private job under verification, handed to the panel, verifier round it was
+            handed for (0: none), hand deadline of the current recipients).
+    """
+    k: uint256 = self._keys[job_id]
+    return (
+        k & K_PRIVATE != 0,
+        k & K_PANEL != 0,
+        convert((k >> K_ROUND_SHIFT) & 255, uint8),
+        convert(k >> K_DEADLINE_SHIFT, uint64),
+    )
+
+
 # ---- appeal ----
 @external
 def appeal(job_id: uint256):
@@ -412,6 +482,7 @@ def appeal(job_id: uint256):
     assert self._appeal[job_id] == 0, "court: already appealed"
     assert d.phase == PH_VERDICT, "court: no verdict to appeal"
     assert block.timestamp <= convert(d.deadline, uint256), "court: appeal window closed"
+    assert not self._withheld(job_id, d.rounds), "court: key withheld"
     d.appellant = msg.sender
     now: DynArray[address, MAX_NODES] = staticcall market.draw_candidates(d.model_id, block.number, self._draw[job_id] >> 64)
     assert len(self._lowest(job_id, d, now, empty(bytes32), PANEL_SIZE)) == PANEL_SIZE, "court: panel unavailable"
@@ -437,14 +508,19 @@ def panel_vote(job_id: uint256, valid: bool):
     assert msg.sender not in d.voted, "court: already voted"
     assert block.timestamp <= convert(d.deadline, uint256), "court: vote deadline passed"
     self._voted[job_id].append(msg.sender)
-    if valid:
+    vote: bool = valid
+    k: uint256 = self._keys[job_id]
+    if k & K_PRIVATE != 0 and k & K_PANEL == 0:
+        # nobody handed the key to the panel: it cannot re-execute, the verdict stands
+        vote = d.verdict_valid
+    if vote:
         d.votes_valid += 1
         self._votes[job_id][msg.sender] = 1
     else:
         d.votes_invalid += 1
         self._votes[job_id][msg.sender] = 2
     self._meta[job_id] = self._pack(d)
-    log ICourt.PanelVoted(job_id=job_id, member=msg.sender, valid=valid)
+    log ICourt.PanelVoted(job_id=job_id, member=msg.sender, valid=vote)
 
 
 # ---- settlement ----
@@ -550,6 +626,8 @@ def _open(job_id: uint256, kind: uint8, challenger: address, bond: uint256, job:
     self._challenger[job_id] = challenger
     self._node[job_id] = job.node
     self._model[job_id] = job.model_id
+    if job.submitted_at >= PRIVATE_FLAG:
+        self._keys[job_id] = K_PRIVATE
     self._request(job_id, False, min_stake)
 
 
@@ -719,6 +797,24 @@ def _pay_fraud(d: ICourt.Dispute, job: IMarket.Job, slashed: uint256, workers: D
         extcall market.court_pay(empty(address), rest)
     if d.kind == KIND_AUDIT:
         self._pay_audit(d, job, workers)
+
+
+@internal
+def _key_window(job_id: uint256, panel: bool):
+    """Private jobs: opens the hand window of newly drawn recipients (one accept window)."""
+    k: uint256 = self._keys[job_id]
+    if k & K_PRIVATE == 0:
+        return
+    k &= K_NEW_WINDOW
+    self._keys[job_id] = k | ((block.timestamp + self.accept_window) << K_DEADLINE_SHIFT)
+
+
+@view
+@internal
+def _withheld(job_id: uint256, verifier_round: uint8) -> bool:
+    """Whether a private job's key was not handed to the verifier of this round."""
+    k: uint256 = self._keys[job_id]
+    return k & K_PRIVATE != 0 and (k >> K_ROUND_SHIFT) & 255 != convert(verifier_round, uint256)
 
 
 @pure

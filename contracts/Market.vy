@@ -50,6 +50,8 @@ MAX_SUBMIT_BATCH: constant(uint256) = 16
 MAX_BATCH_INPUT_ABI: constant(uint256) = 2_048
 MAX_BATCH_OUTPUT_ABI: constant(uint256) = 2_176
 STATUS_MASK: constant(uint256) = 255
+PRIVATE_FORMAT: constant(bytes1) = 0x02  # an input starting with it is a private envelope
+PRIVATE_FLAG: constant(uint64) = 2**63  # top bit of submitted_at: a private job (docs/protocol.md §8)
 HASH_MASK: constant(uint256) = max_value(uint256) - 255
 LOW128: constant(uint256) = 2**128 - 1
 PRICE_LIMIT: constant(uint256) = 2**160
@@ -1219,6 +1221,8 @@ def _submit(
     job.max_payment = max_payment
     job.preferred_node = preferred_node
     job.submitted_at = convert(block.timestamp, uint64)
+    if convert(slice(input, 0, 1), bytes1) == PRIVATE_FORMAT:
+        job.submitted_at |= PRIVATE_FLAG
     job.claim_deadline = claim_deadline
     job.result_deadline = result_deadline
     self._jobs[job_id] = self._hash(job) | OPEN
