@@ -12,13 +12,14 @@ export TRANSFORMERS_OFFLINE := 1
 
 PY_STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
+WEB_STAMP := web/dist/.built
 FUZZ_EXAMPLES ?= 150
 CHAIN ?= anvil
 MODEL ?= smollm2
 
-.PHONY: setup test fuzz lint fmt demo bench-gas bench-verify bench-node bench-gateway compile clean
+.PHONY: setup test fuzz lint fmt demo bench-gas bench-verify bench-node bench-gateway compile clean browser web
 
-setup: $(PY_STAMP) $(NPM_STAMP)
+setup: $(PY_STAMP) $(NPM_STAMP) $(WEB_STAMP) browser
 
 $(PY_STAMP): pyproject.toml requirements.lock requirements-models.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +33,23 @@ $(NPM_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# the web page (web/ -> web/dist, ignored): viem + the compiled ABIs, bundled by esbuild
+$(WEB_STAMP): $(NPM_STAMP) web/index.html web/build.mjs $(wildcard web/src/*) $(wildcard workers/verinfer/abi/*.json)
+	node web/build.mjs
+	@touch $@
+
+# Debian's chromium for the browser tests (tests/web); without it they skip, saying why
+browser:
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "setup: installing Debian's chromium for tests/web"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "setup: no chromium and no root/apt to install it: tests/web will skip"; fi
+
+# the page on http://127.0.0.1:8577/ for the running dev chain (`verinfer dev up`)
+web: setup
+	verinfer web
+
 compile: setup
 	ape compile
 
@@ -39,9 +57,12 @@ test: setup
 	ape compile
 	pytest tests -q
 
-# Long stateful fuzzing run: FUZZ_EXAMPLES examples x 100 steps per token kind (make test: 8).
+# Long stateful fuzzing run: FUZZ_EXAMPLES examples x 100 steps per token kind (make test: 8),
+# and the revert-grinding draw test at 32 draws (make test: 8).
 fuzz: setup
 	VERINFER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) pytest tests/contracts/fuzz -q
+	VERINFER_GRIND_ROUNDS=4 pytest -q \
+	  tests/contracts/test_court_exploits.py::test_revert_grinding__sybil_drawn_no_more_than_uniform
 
 lint: setup
 	ruff check workers scripts tests

@@ -225,6 +225,9 @@ for _cmd in OPERATOR_COMMANDS:
 from verinfer.cli_deploy import deploy  # noqa: E402
 
 main.add_command(deploy)
+from verinfer.web import web  # noqa: E402
+
+main.add_command(web)
 
 if __name__ == "__main__":
     main()

@@ -34,6 +34,9 @@ def dev_up(
 
     with spinner(as_json, "starting anvil and deploying..."):
         s = devnet.up(port, chain_id, challenge_window, redis, model)
+    from verinfer.web import DEFAULT_PORT
+
+    web_url = f"http://127.0.0.1:{DEFAULT_PORT}/"  # the default of `verinfer web`
     human = (
         f"anvil pid {s['pid']} at {s['rpc_url']} (chain {s['chain_id']})\n"
         f"  market {s['market']}\n  court  {s['court']}\n  token  {s['token']}\n"
@@ -41,7 +44,8 @@ def dev_up(
         f"  clients {', '.join(s['clients'])} (test:1, test:2)\n"
         f"  nodes   {', '.join(s['nodes'])} (test:3, test:4)\n"
         + (f"  redis  pid {s['redis_pid']} {s['redis_url']}\n" if "redis_pid" in s else "")
-        + f"  state  {s['home']}/dev.json"
+        + f"  state  {s['home']}/dev.json\n"
+        + f"  web    `verinfer web` serves the page at {web_url}"
     )
     emit(as_json, s, human)
 
