@@ -418,7 +418,9 @@ class Client:
         payment = max_tokens * price if max_payment is None else max_payment
         from ape import chain
 
-        now = int(chain.blocks.head.timestamp)
+        # the submission's block comes after the head and not before now (a chain that mines
+        # on demand can have a head minutes old: short windows would start in the past)
+        now = max(int(chain.blocks.head.timestamp), int(time.time()))
         args = [
             mid,
             data,
@@ -764,6 +766,59 @@ class Client:
         with guard("finalize"):
             self.market.finalize(handle.job_id, handle.record.as_settlement(), sender=self.account)
         return self.job(handle.job_id).result()
+
+    # ---- track records and routing (verinfer.indexer, verinfer.routing, verinfer.failover) ----
+    def indexer(self, db_path: str | os.PathLike[str] | None = None) -> Any:
+        """The track-record indexer of this market (SQLite, default
+        ``$VERINFER_HOME/index/<chain>-<market>.sqlite``), on this connection; one per client."""
+        if getattr(self, "_indexer", None) is None:
+            from pathlib import Path
+
+            from ape import chain
+
+            from verinfer.indexer import Indexer
+            from verinfer.node.contracts import Protocol
+            from verinfer.node.settings import auto_confirmations
+
+            if db_path is None:
+                home = Path(os.environ.get("VERINFER_HOME", Path.home() / ".verinfer"))
+                db_path = home / "index" / f"{self.chain_id}-{self.market.address.lower()}.sqlite"
+            db_path = Path(db_path)
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+            w3 = chain.provider.web3
+            protocol = Protocol(w3, self.market.address, self.court.address)
+            self._indexer = Indexer(
+                db_path, protocol, confirmations=auto_confirmations(self.chain_id),
+                from_block=self.from_block,
+            )  # fmt: skip
+        with guard("index"):
+            self._indexer.sync()
+        return self._indexer
+
+    def router(self, attempts: int = 3, on_event: Any = None, db_path: Any = None) -> Any:
+        """A ``verinfer.failover.Router`` of this client: records, ranking, failover."""
+        from verinfer.failover import Router
+
+        return Router(self, self.indexer(db_path), attempts=attempts, on_event=on_event)
+
+    def submit_routed(
+        self,
+        model: str | bytes,
+        policy: Any = None,
+        attempts: int = 3,
+        timeout: float = 600.0,
+        on_event: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Submit to the best node by its record (``policy``: a ``routing.RoutePolicy``: pin,
+        exclude, weights, price limit), fail over until served or ``attempts`` are used, and
+        return the ``failover.RoutedJob`` (``.result``, ``.served``, ``.attempts``)."""
+        from verinfer.routing import RoutePolicy
+
+        router = self.router(attempts, on_event)
+        job = router.start({"model": model, **kwargs}, policy or RoutePolicy())
+        router.run([job], timeout)
+        return job
 
     # ---- logs ----
     def _logs(

@@ -1,0 +1,130 @@
+"""Routing and failover end to end on Anvil with three real node processes: good, slow
+(its inference worker waits 3 s before each batch: it publishes late) and flaky (only its
+chain worker runs: open jobs it claims and never publishes; the jobs that name it, which a node
+runs before it claims, it never takes). After a warm-up the router sends the jobs
+to the good node; with the good node stopped, jobs fall open, are cancelled at their claim
+deadline and resubmitted, and are served without any double payment."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from verinfer.failover import RoutedJob, Router
+from verinfer.node.devchain import transact
+from verinfer.node.localnet import CHEATER, CLIENT_A, NODE_A, NODE_B, Net, NodeProcess, wait_for
+from verinfer.routing import RoutePolicy
+
+pytestmark = pytest.mark.timeout(300)
+
+EXCLUSIVE_S = 2
+REQUEST = {"prompt": "route me", "max_tokens": 4, "claim_window": 7, "result_window": 14}
+
+
+class ChainOnlyNode(NodeProcess):
+    """A node with its chain worker and no inference worker (its inference hosts are down)."""
+
+    def start(self) -> NodeProcess:
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "verinfer.cli", "node", "run", "--role", "chain"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        return self
+
+
+@pytest.fixture(scope="module")
+def nodes(net: Net) -> dict[str, NodeProcess]:
+    owner = net.addr(0)
+    transact(net.w3, net.dev.market.functions.set_param(3, EXCLUSIVE_S), owner)
+    fast = {"deadline_margin_s": 1, "est_job_s": 0.5}
+    good = net.node(NODE_A, "good", **fast).start()
+    slow = net.node(NODE_B, "slow", batch_wait_s=3, batch_max_wait_s=3, **fast).start()
+    flaky_env = net.node_env(CHEATER, "flaky", **fast)
+    flaky = ChainOnlyNode("flaky", flaky_env, net.tmp / "flaky.log").start()
+    net.nodes.append(flaky)
+    good.wait_ready(180)
+    slow.wait_ready(180)
+    wait_for(lambda: "sender ready" in flaky.log(), 60, "flaky ready")
+    return {"good": good, "slow": slow, "flaky": flaky}
+
+
+@pytest.fixture(scope="module")
+def routed(net: Net, nodes: dict[str, NodeProcess], tmp_dir: Any) -> Iterator[Any]:
+    """A client (Alice) with ape on the net's chain, and its router."""
+    from ape import networks
+    from verinfer.client import Client
+
+    with networks.parse_network_choice(f"ethereum:local:{net.rpc_url}"):
+        client = Client(net.dev.market.address, f"test:{CLIENT_A}")
+        said: list[str] = []
+        router = client.router(attempts=3, on_event=said.append, db_path=tmp_dir / "idx.sqlite")
+        yield client, router, said
+
+
+def _route(router: Router, n: int, policy: RoutePolicy | None = None) -> list[RoutedJob]:
+    jobs = [router.start({"model": _model(router), **REQUEST}, policy or RoutePolicy())]
+    for _ in range(n - 1):
+        jobs.append(router.start({"model": _model(router), **REQUEST}, policy or RoutePolicy()))
+    router.run(jobs, timeout=90)
+    return jobs
+
+
+def _model(router: Router) -> str:
+    (model,) = router.client.models()
+    return "0x" + model.model_id.hex()
+
+
+def test_warm_up_then_routing__good_node_gets_the_jobs(net: Net, routed: Any) -> None:
+    client, router, said = routed
+    good, slow, flaky = net.addr(NODE_A), net.addr(NODE_B), net.addr(CHEATER)
+    warm = _route(router, 6)
+    first = [j.attempts[0].node for j in warm]
+    assert sorted(first) == sorted([good, slow, flaky] * 2)  # every node tried twice
+    assert all(j.served for j in warm), [j.as_dict()["attempts"] for j in warm]
+    flaky_jobs = [j for j in warm if j.attempts[0].node == flaky]
+    for job in flaky_jobs:  # never taken: cancelled at the deadline, refunded, served elsewhere
+        assert job.attempts[0].outcome == "cancelled"
+        assert job.attempts[0].refund == job.attempts[0].escrow
+        assert job.result is not None and job.result.node in (good, slow)
+    assert any("nobody claimed it by its deadline: cancelled" in line for line in said)
+    router.sync(force=True)
+    recs = {r.node: r for r in router.indexer.records(client.resolve_model(_model(router)))}
+    assert (recs[flaky].offered, recs[flaky].missed, recs[flaky].published) == (2, 2, 0)
+    assert recs[slow].publish_p50_s > recs[good].publish_p50_s
+    measured = _route(router, 10)
+    to_good = sum(1 for j in measured if j.attempts[0].node == good)
+    assert to_good >= 9, [j.attempts[0].node for j in measured]
+    assert all(j.served and j.result and j.result.digest_ok for j in measured)
+
+
+def test_good_node_stopped__jobs_fail_over__nothing_paid_twice(
+    net: Net, nodes: dict[str, NodeProcess], routed: Any
+) -> None:
+    client, router, said = routed
+    good, slow = net.addr(NODE_A), net.addr(NODE_B)
+    assert nodes["good"].stop() == 0
+    said.clear()
+    before = client.balances()
+    jobs = _route(router, 2, RoutePolicy(exclude=frozenset({net.addr(CHEATER).lower()})))
+    after = client.balances()
+    for job in jobs:
+        assert job.served, job.as_dict()["attempts"] and job.result is not None and job.result.node == slow
+        assert job.attempts[0].node == good and job.attempts[0].outcome == "cancelled"
+        assert job.attempts[0].refund == job.attempts[0].escrow
+        assert job.attempts[-1].outcome == "served"
+    assert any("did not claim within its exclusive window" in line for line in said)
+    assert any("cancelled, escrow refunded" in line for line in said)
+    # the prepaid balance paid the served attempts' escrows and nothing else
+    held = sum(j.attempts[-1].escrow for j in jobs)
+    assert before.prepaid - after.prepaid == held
+    cancelled = {int(e["args"]["job_id"]): e["args"]["refund"] for e in net.events("JobCancelled")}
+    for job in jobs:
+        assert cancelled[job.attempts[0].job_id] == job.attempts[0].escrow
