@@ -168,6 +168,8 @@ def export_site(out: Path, config: dict[str, Any], model_ids: list[str]) -> list
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for f in sorted(DIST.iterdir()):
+        if f.name.startswith(".") or not f.is_file():
+            continue  # make's stamp
         shutil.copyfile(f, out / f.name)
         written.append(f.name)
     (out / "config.json").write_text(json.dumps(config, indent=1) + "\n")
