@@ -17,7 +17,7 @@ FUZZ_EXAMPLES ?= 150
 CHAIN ?= anvil
 MODEL ?= smollm2
 
-.PHONY: setup test fuzz lint fmt demo bench-gas bench-verify bench-node bench-gateway compile clean browser web
+.PHONY: setup test fuzz lint fmt demo bench-gas bench-verify bench-node bench-gateway compile clean browser web web-screenshot
 
 setup: $(PY_STAMP) $(NPM_STAMP) $(WEB_STAMP) browser
 
@@ -49,6 +49,11 @@ browser:
 # the page on http://127.0.0.1:8577/ for the running dev chain (`verinfer dev up`)
 web: setup
 	verinfer web
+
+# docs/img/web-chat.png: the page in chromium, a real SmolLM2 answer (WEB_SHOT_MODEL=tiny)
+web-screenshot: setup
+	ape compile
+	python scripts/web_screenshot.py
 
 compile: setup
 	ape compile
