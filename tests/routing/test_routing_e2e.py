@@ -7,6 +7,7 @@ deadline and resubmitted, and are served without any double payment."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -105,6 +106,46 @@ def test_warm_up_then_routing__good_node_gets_the_jobs(net: Net, routed: Any) ->
     assert all(j.served and j.result and j.result.digest_ok for j in measured)
 
 
+def _cli(net: Net, tmp_dir: Any, *args: str) -> Any:
+    from click.testing import CliRunner
+    from verinfer.cli import main
+
+    env = {
+        "VERINFER_HOME": str(tmp_dir / "cli-home"),
+        "VERINFER_NETWORK": f"ethereum:local:{net.rpc_url}",
+        "VERINFER_MARKET": net.dev.market.address,
+        "VERINFER_ACCOUNT": None,
+        "VERINFER_CHAIN_ID": None,
+    }
+    return CliRunner(mix_stderr=False).invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def test_cli_node_list_and_info__records_and_scores(net: Net, routed: Any, tmp_dir: Any) -> None:
+    good, slow, flaky = net.addr(NODE_A), net.addr(NODE_B), net.addr(CHEATER)
+    model = _model(routed[1])
+    out = _cli(net, tmp_dir, "node", "list", "--model", model, "--json")
+    assert out.exit_code == 0, out.stderr
+    listed = json.loads(out.stdout)
+    assert listed["model_id"] == model
+    assert [n["node"] for n in listed["nodes"]] == [good, slow, flaky]  # best first
+    top = listed["nodes"][0]
+    assert top["published"] >= 12 and top["missed"] == 0 and top["score"] > 0.7
+    assert listed["nodes"][2]["published"] == 0 and listed["nodes"][2]["score"] < 0.4
+    human = _cli(net, tmp_dir, "node", "list", "--model", model)
+    assert human.exit_code == 0 and "score" in human.stdout and "warm-up" not in human.stdout
+    out = _cli(net, tmp_dir, "node", "list", "--model", model, "--exclude", good, "--json")
+    assert [n["node"] for n in json.loads(out.stdout)["nodes"]] == [slow, flaky]
+    info = _cli(net, tmp_dir, "node", "info", flaky, "--json")
+    assert info.exit_code == 0, info.stderr
+    (record,) = json.loads(info.stdout)["record"]
+    assert (record["offered"], record["missed"], record["model_id"]) == (2, 2, model)
+    bad = _cli(net, tmp_dir, "node", "list", "--model", model, "--weights", "speed=1")
+    assert bad.exit_code == 1
+    assert bad.stderr.strip() == (
+        "verinfer: bad --weights: unknown weight 'speed' (reliability, latency, price, stake)"
+    )
+
+
 def test_good_node_stopped__jobs_fail_over__nothing_paid_twice(
     net: Net, nodes: dict[str, NodeProcess], routed: Any
 ) -> None:
@@ -116,7 +157,8 @@ def test_good_node_stopped__jobs_fail_over__nothing_paid_twice(
     jobs = _route(router, 2, RoutePolicy(exclude=frozenset({net.addr(CHEATER).lower()})))
     after = client.balances()
     for job in jobs:
-        assert job.served, job.as_dict()["attempts"] and job.result is not None and job.result.node == slow
+        assert job.served, job.as_dict()["attempts"]
+        assert job.result is not None and job.result.node == slow
         assert job.attempts[0].node == good and job.attempts[0].outcome == "cancelled"
         assert job.attempts[0].refund == job.attempts[0].escrow
         assert job.attempts[-1].outcome == "served"

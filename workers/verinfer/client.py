@@ -770,7 +770,9 @@ class Client:
     # ---- track records and routing (verinfer.indexer, verinfer.routing, verinfer.failover) ----
     def indexer(self, db_path: str | os.PathLike[str] | None = None) -> Any:
         """The track-record indexer of this market (SQLite, default
-        ``$VERINFER_HOME/index/<chain>-<market>.sqlite``), on this connection; one per client."""
+        ``$VERINFER_HOME/index/<chain>-<market>.sqlite``, VERINFER_HOME defaulting to
+        ``./.verinfer`` as for the CLI), on this connection; one per client, synced on each
+        call."""
         if getattr(self, "_indexer", None) is None:
             from pathlib import Path
 
@@ -781,7 +783,7 @@ class Client:
             from verinfer.node.settings import auto_confirmations
 
             if db_path is None:
-                home = Path(os.environ.get("VERINFER_HOME", Path.home() / ".verinfer"))
+                home = Path(os.environ.get("VERINFER_HOME") or ".verinfer").resolve()
                 db_path = home / "index" / f"{self.chain_id}-{self.market.address.lower()}.sqlite"
             db_path = Path(db_path)
             db_path.parent.mkdir(parents=True, exist_ok=True)
