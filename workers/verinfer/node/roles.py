@@ -11,6 +11,7 @@ from typing import Any
 
 from verinfer.digest import pack_tokens, result_digest
 from verinfer.jobs import JobRecord, JobStatus
+from verinfer.node import private
 from verinfer.node.contracts import Protocol
 from verinfer.node.metrics import Metrics
 from verinfer.node.sender import TxRejected, TxSender
@@ -19,6 +20,7 @@ from verinfer.node.watcher import Dispatch
 
 log = logging.getLogger("verinfer.node")
 
+FIELDS_MISMATCH = "job fields mismatch"  # the market's reason for a stale Job struct
 PUBLISH_BATCH = 16  # Market.publish_many: at most 16 results ...
 BATCH_OUTPUT_BYTES = 2_176  # ... of at most 2,176 output bytes (512 tokens + overhead) each
 
@@ -26,9 +28,18 @@ BATCH_OUTPUT_BYTES = 2_176  # ... of at most 2,176 output bytes (512 tokens + ov
 class ChainRole:
     """Turns chain actions into transactions through the node's single TxSender."""
 
+    enc_key: Any = None  # the node's private-job EncryptionKey (tasks.chain_role loads it)
+
     def __init__(
-        self, protocol: Protocol, sender: TxSender, store: Store, metrics: Metrics
+        self,
+        protocol: Protocol,
+        sender: TxSender,
+        store: Store,
+        metrics: Metrics,
+        start_block: int = 0,
     ) -> None:
+        """``start_block``: where a job's logs are looked for when its record is rebuilt."""
+        self.start_block = start_block
         self.p = protocol
         self.sender = sender
         self.store = store
@@ -42,7 +53,13 @@ class ChainRole:
         if method is None:
             raise ValueError(f"unknown chain action {action!r}")
         try:
-            return method(*args)
+            try:
+                return method(*args)
+            except TxRejected as exc:
+                # a record from before a reorg: rebuilt from the canonical chain, tried once more
+                if FIELDS_MISMATCH not in exc.reason or not args or not self._rebuild(args[0]):
+                    raise
+                return method(*args)
         except TxRejected as exc:
             log.info("skip action=%s args=%s reason=%s", action, list(args)[:2], exc.reason)
             if action in ("claim", "claim_and_publish", "publish") and args:
@@ -147,6 +164,27 @@ class ChainRole:
         assert len(done) == len(calls), "every call is in a group or sent singly"
         return done
 
+    def _rebuild(self, job_id: Any) -> bool:
+        """Replace the stored record of ``job_id`` with the canonical chain's (rebuilt from
+        its logs) when the market's fields differ; True when it changed."""
+        if not isinstance(job_id, int):
+            return False
+        record = self.store.get_job(job_id)
+        if record is not None and self.p.matches_chain(record):
+            return False
+        fresh = self.p.rebuild_job(job_id, self.start_block)
+        if fresh is None:
+            return False
+        self.store.put_job(fresh)
+        log.warning("job=%d record rebuilt from the chain (its fields had changed)", job_id)
+        return True
+
+    def _canonical(self, job_id: int) -> JobRecord:
+        """The job's record with the fields the market has now: the stored one, or rebuilt
+        from the canonical chain's logs when they differ (a reorg). For the keeper's calls."""
+        self._rebuild(int(job_id))
+        return self._record(job_id)
+
     def _skip(self, action: str, job_id: int, reason: str) -> None:
         log.info("skip action=%s args=%s reason=%s", action, [job_id], reason)
         self.store.inflight_remove(job_id)
@@ -180,6 +218,9 @@ class ChainRole:
 
     def do_claim(self, job_id: int, key: str) -> bytes | None:
         record = self._record(job_id)
+        why = private.claim_check(record, self.enc_key)  # a private job it cannot open
+        if why is not None:
+            raise TxRejected("claim", why)
         return self._once("claim", job_id, key, self.market.claim(job_id, record.as_struct()))
 
     def do_publish(self, job_id: int, key: str) -> bytes | None:
@@ -191,6 +232,34 @@ class ChainRole:
         record = self._record(job_id)
         fn = self.market.claim_and_publish(job_id, record.as_struct(), *self._result(record))
         return self._once("claim_and_publish", job_id, key, fn)
+
+    def do_rederive(self, job_id: int, key: str) -> bytes | None:
+        """A job of this node whose transactions a reorg may have dropped (the watcher found
+        it open again, or claimed by this node without its result): the dropped transactions
+        are sent again first (``TxSender.recover_dropped``); when none of them is about this
+        job, what the canonical chain needs is sent: a claim of an open job, the publish of
+        a claimed one whose output is stored. Nothing otherwise (one log line)."""
+        self.sender.recover_dropped()
+        if self.sender.has_pending_for(int(job_id)):
+            log.info("reorg: job=%s its transaction is sent again", job_id)
+            return None
+        record = self._canonical(job_id)
+        status = JobStatus(self.market.job_status(int(job_id)).call())
+        if status == JobStatus.OPEN:
+            return self._once("claim", job_id, key, self.market.claim(job_id, record.as_struct()))
+        mine = record.node == self.sender.address
+        if status == JobStatus.CLAIMED and mine and self.store.get_output(int(job_id)):
+            fn = self.market.publish(job_id, record.as_struct(), *self._result(record))
+            return self._once("publish", job_id, key, fn)
+        log.info("reorg: job=%s nothing to send (status %s)", job_id, status.name)
+        return None
+
+    def do_hand_key(self, job_id: int, key: str) -> bytes | None:
+        """Hand this node's private job key to the drawn verifier or panel (Court.hand_key)."""
+        call = private.hand_key_call(self.p, self._record(job_id), self.enc_key)
+        if isinstance(call, str):
+            raise TxRejected("hand_key", call)
+        return self._once("hand_key", job_id, key, call)
 
     def do_accept(self, job_id: int, key: str) -> bytes | None:
         return self._once("accept", job_id, key, self.court.accept(job_id))
@@ -229,6 +298,8 @@ class ChainRole:
         return self._once("appeal", job_id, key, self.court.appeal(int(job_id)))
 
     def do_finalize(self, job_ids: Sequence[int]) -> bytes | None:
+        for job_id in job_ids:  # fields as the market has them (a reorg may have changed them)
+            self._rebuild(int(job_id))
         records = [r for r in self.store.get_jobs([int(j) for j in job_ids]) if r is not None]
         live = [
             r for r in records if self.market.job_status(r.job_id).call() == JobStatus.PUBLISHED
@@ -239,7 +310,7 @@ class ChainRole:
         return self.sender.send("finalize", fn)
 
     def do_start_audit(self, job_id: int) -> bytes | None:
-        record = self._record(job_id)
+        record = self._canonical(job_id)
         return self.sender.send("start_audit", self.court.start_audit(job_id, record.as_struct()))
 
     def do_replace_verifier(self, job_id: int) -> bytes | None:
@@ -261,15 +332,15 @@ class ChainRole:
         return tx
 
     def do_expire(self, job_id: int) -> bytes | None:
-        record = self._record(job_id)
+        record = self._canonical(job_id)
         return self.sender.send("expire", self.market.expire(job_id, record.as_struct()))
 
     def do_cancel(self, job_id: int) -> bytes | None:
-        record = self._record(job_id)
+        record = self._canonical(job_id)
         return self.sender.send("cancel", self.market.cancel(job_id, record.as_struct()))
 
     def do_settle(self, job_id: int) -> bytes | None:
-        record = self._record(job_id)
+        record = self._canonical(job_id)
         return self.sender.send("settle", self.court.settle(job_id, record.as_struct()))
 
     def do_withdraw(self) -> bytes | None:
@@ -278,6 +349,10 @@ class ChainRole:
 
 class InferRole:
     """Runs batches of jobs through the engine and claims through the verifier."""
+
+    enc_key: Any = None  # private jobs (tasks.infer_role sets these three)
+    protocol: Any = None
+    me: str = ""
 
     def __init__(
         self, engine: Any, registry: Any, store: Store, metrics: Metrics, dispatch: Dispatch
@@ -305,12 +380,21 @@ class InferRole:
         todo: list[tuple[JobRecord, str]] = []
         records = self.store.get_jobs([int(c[1]) for c in calls])
         served = self.store.done_many([f"serve:{c[1]}:{c[2]}" for c in calls])
+        inputs: dict[int, bytes] = {}  # private jobs: the decrypted input
+        job_keys: dict[int, bytes] = {}
         for (_, _, key), record, done in zip(calls, records, served, strict=True):
             if record is not None and not done:
+                opened = private.open_for_serving(record, self.enc_key)
+                if isinstance(opened, str):
+                    self._skip_job(record.job_id, key, opened)
+                    continue
+                inputs[record.job_id] = opened[0].input
+                if opened[1] is not None:
+                    job_keys[record.job_id] = opened[1]
                 todo.append((record, key))
         if not todo:
             return
-        jobs = [Job(r.model_id, r.sampling_params, input_data=r.input) for r, _ in todo]
+        jobs = [Job(r.model_id, r.sampling_params, input_data=inputs[r.job_id]) for r, _ in todo]
         cpu0, wall0 = time.process_time(), time.perf_counter()
         results = self.engine.generate(jobs)
         cpu = time.process_time() - cpu0
@@ -330,6 +414,13 @@ class InferRole:
                 self.store.inflight_remove(record.job_id)
                 self.metrics.job("skipped")
                 self.store.mark_done(f"serve:{record.job_id}:{key}")
+                continue
+            if record.job_id in job_keys:
+                outputs[record.job_id] = private.sealed_result(
+                    record, job_keys[record.job_id], list(out.token_ids), int(out.finish_reason)
+                )
+                claimed = record.node.lower() != "0x" + "00" * 20
+                publish.append(["publish" if claimed else "claim_and_publish", record.job_id, key])
                 continue
             digest = result_digest(
                 record.job_id,
@@ -354,6 +445,12 @@ class InferRole:
         self.dispatch("chain", "batch", [publish])
         self.store.mark_done_many([f"serve:{job_id}:{key}" for _, job_id, key in publish])
 
+    def _skip_job(self, job_id: int, key: str, reason: str) -> None:
+        log.info("skip job=%d reason=%s", job_id, reason)
+        self.store.inflight_remove(job_id)
+        self.metrics.job("skipped")
+        self.store.mark_done(f"serve:{job_id}:{key}")
+
     def _verify(self, calls: Sequence[Sequence[Any]]) -> None:
         from verinfer.engines.base import Job, JobError
         from verinfer.verifier import Claim, verify_batch
@@ -363,6 +460,16 @@ class InferRole:
             record = self.store.get_job(int(job_id))
             if record is None or self.store.is_done(f"verify:{job_id}:{key}"):
                 continue
+            if private.is_private(record):
+                opened = private.open_for_verifying(
+                    self.protocol, record, self.me, self.enc_key, kind
+                )
+                if isinstance(opened, bool):  # no valid key, or an output that does not open
+                    log.info("verdict job=%d valid=%s kind=%s reason=private", job_id, opened, kind)
+                    self.dispatch("chain", kind, [int(job_id), key, opened])
+                    self.store.mark_done(f"verify:{job_id}:{key}")
+                    continue
+                record = opened
             by_model.setdefault(record.model_id, []).append((record, key, kind))
         for model_id, items in by_model.items():
             if model_id not in self.registry:

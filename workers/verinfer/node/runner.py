@@ -18,9 +18,10 @@ from typing import Any
 import redis
 
 from verinfer.node.celery_app import Dispatcher, make_app, restore_unacked
-from verinfer.node.contracts import Protocol, connect
+from verinfer.node.contracts import Protocol, connect, network_facts
 from verinfer.node.keeper import Keeper
 from verinfer.node.keys import load_account
+from verinfer.node.lease import wait_for_free_lease
 from verinfer.node.metrics import Metrics, RedisCollector
 from verinfer.node.policy import Policy, ServedModel
 from verinfer.node.settings import NodeSettings
@@ -28,6 +29,48 @@ from verinfer.node.store import Store
 from verinfer.node.watcher import Watcher
 
 log = logging.getLogger("verinfer.node")
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+class NodeRefused(RuntimeError):
+    """The node must not start (another live sender holds the key's lease)."""
+
+
+def set_parent_death_signal(sig: int, parent: int) -> None:
+    """Have the kernel send ``sig`` to this process when its parent dies (Linux prctl
+    PR_SET_PDEATHSIG, kept across exec); exit at once if the parent ``parent`` is already
+    gone. Elsewhere a no-op (the workers' heartbeat checks the parent instead)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def token_formatter(protocol: Protocol) -> Any:
+    """Base units of the market's payment token -> ``"0.001 vUSD"`` (base units when the
+    token does not say its decimals)."""
+    from decimal import Decimal
+
+    from verinfer.node.contracts import load_abi
+
+    try:
+        token = protocol.w3.eth.contract(
+            address=protocol.market.functions.token().call(), abi=load_abi("TestToken")
+        )
+        decimals = int(token.functions.decimals().call())
+        symbol = str(token.functions.symbol().call())
+    except Exception:
+        return lambda units: f"{units} base units"
+
+    def fmt(units: int) -> str:
+        value = Decimal(units) / (Decimal(10) ** decimals)
+        return f"{format(value.normalize(), 'f') if value else '0'} {symbol}"
+
+    return fmt
 
 
 def worker_command(settings: NodeSettings, role: str, name: str) -> list[str]:
@@ -75,6 +118,7 @@ class NodeRunner:
         self.procs: dict[str, subprocess.Popen] = {}
         self.threads: list[threading.Thread] = []
         self.exit_code = 0
+        self.pid = os.getpid()
 
     def start(self) -> None:
         """Check everything, then start the workers and the watcher/keeper threads."""
@@ -83,24 +127,38 @@ class NodeRunner:
         self.me = account.address
         client = redis.Redis.from_url(s.redis_url)
         client.ping()
+        if "chain" in self.roles:  # one sender per key: never next to a live one
+            held = wait_for_free_lease(client, s.namespace, 2 * s.sender_lease_ttl_s)
+            if held is not None:
+                raise NodeRefused(
+                    f"another node is sending with {self.me}: its chain worker ({held[0]}) "
+                    f"holds the key's lease (renewed, expires in {held[1]:.0f}s unless renewed);"
+                    " stop it first"
+                )
         self.store = Store(client, s.namespace)
         self.metrics = Metrics(client, s.namespace)
         self.protocol = Protocol(
             connect(s.rpc_url, s.rpc_timeout_s, quiet_retries=False), s.market, s.court
         )
+        s.resolve_network(*network_facts(self.protocol.w3))
         models = {m.model_id: m for m in (ServedModel.from_path(p) for p in s.models)}
-        self.policy = Policy(models, s.price_floor, s.capacity, s.est_job_s, s.deadline_margin_s)
+        self.policy = self._policy(models)
         restored = restore_unacked(s)
         if restored:
             log.warning("restored %d tasks held by a worker that did not stop", restored)
-        env = {**(self.worker_env or os.environ), **self._env()}
+        env = {
+            **(self.worker_env or os.environ),
+            **self._env(),
+            "VERINFER_SUPERVISOR_PID": str(os.getpid()),
+        }
         for role in self.roles:
             for i in range(s.infer_workers if role == "infer" else 1):
                 key = role if i == 0 else f"{role}-{i}"
+                nice = role == "chain"
                 self.procs[key] = subprocess.Popen(
                     worker_command(s, role, f"{key}-{os.getpid()}"),
                     env=env,
-                    preexec_fn=self._lower_priority if role == "chain" else None,
+                    preexec_fn=lambda nice=nice: self._child_setup(nice),  # type: ignore[misc]
                 )
         self._lower_priority()  # before the watcher/keeper threads exist: they inherit it
         dispatch = Dispatcher(make_app(s), s)
@@ -127,6 +185,51 @@ class NodeRunner:
                 "under the registered model ids; its results fail disputes and get it slashed",
                 s.dev_cheat_weights,
             )
+
+    def _policy(self, models: dict[bytes, ServedModel]) -> Policy:
+        """The admission policy: the node's own on-chain price of each served model, the
+        operator's floor and fraction, the expected gas; one start line says what it takes."""
+        s, market = self.s, self.protocol.market.functions
+        prices = {m: int(market.serve_price(self.me, m).call()) for m in models}
+        fmt = token_formatter(self.protocol)
+        policy = Policy(
+            models,
+            s.price_floor,
+            s.capacity,
+            s.est_job_s,
+            s.deadline_margin_s,
+            own_prices=prices,
+            price_fraction=s.price_fraction,
+            gas_per_job=s.gas_per_job,
+            gas_token_rate=s.gas_token_rate,
+            fmt=fmt,
+        )
+        policy.enc_key = _encryption_key(s)  # private jobs (verinfer.node.private)
+        for model_id in models:
+            log.info(
+                "policy model=0x%s own_price=%s takes jobs paying at least %s per token%s",
+                model_id.hex()[:16],
+                fmt(prices[model_id]),
+                fmt(policy.price(model_id)),
+                f" ({s.price_fraction:g} of its own price)" if s.price_fraction != 1 else "",
+            )
+            if prices[model_id] == 0:
+                log.warning(
+                    "policy model=0x%s: this node does not serve it on chain", model_id.hex()[:16]
+                )
+        if not s.gas_token_rate:
+            log.warning(
+                "policy: gas is not counted against a job's escrow (VERINFER_GAS_TOKEN_RATE=0: "
+                "set the payment token's base units per wei of gas)"
+            )
+        return policy
+
+    def _child_setup(self, nice: bool) -> None:
+        """In a worker process before exec: die with the supervisor (Linux parent-death
+        signal: SIGTERM, a warm shutdown), and lower the chain worker's priority."""
+        set_parent_death_signal(signal.SIGTERM, self.pid)
+        if nice:
+            self._lower_priority()
 
     def _lower_priority(self) -> None:
         """Nice the calling process by ``support_nice`` (the engine keeps its priority)."""
@@ -184,3 +287,10 @@ class NodeRunner:
                 log.error("%s worker did not stop in %.0fs; killing it", role, timeout_s)
                 proc.kill()
         log.info("node stopped")
+
+
+def _encryption_key(s: Any) -> Any:
+    """The node's private-job key (``<account>.enc`` in the keystore), or None."""
+    from verinfer.node.private import load_key
+
+    return load_key(s.account, s.passphrase.get_secret_value(), s.keystore_dir)

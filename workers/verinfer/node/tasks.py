@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
+import time
 from typing import Any
 
 from celery import signals
@@ -40,9 +43,12 @@ def _base() -> tuple[Any, Any, Any]:
 
 
 def chain_role() -> Any:
-    """The chain worker's ChainRole (built once per process)."""
+    """The chain worker's ChainRole (built once per process): the key's lease first (one
+    sender per key; SystemExit when another live sender holds it), then the sender."""
     if "chain" not in _roles:
+        from verinfer.node.contracts import network_facts
         from verinfer.node.keys import load_account
+        from verinfer.node.lease import SenderLease, lease_holder
         from verinfer.node.roles import ChainRole
         from verinfer.node.sender import TxSender
 
@@ -50,6 +56,16 @@ def chain_role() -> Any:
         account = load_account(
             settings.account, settings.passphrase.get_secret_value(), settings.keystore_dir
         )
+        settings.resolve_network(*network_facts(protocol.w3))
+        lease = SenderLease(store.r, settings.namespace, settings.sender_lease_ttl_s)
+        if not lease.acquire(wait_s=2 * settings.sender_lease_ttl_s):
+            held = lease_holder(store.r, settings.namespace)
+            log.error(
+                "another sender holds the lease of %s: %s; this chain worker exits",
+                account.address,
+                held[0] if held else "?",
+            )
+            os._exit(3)  # from a signal handler: celery must not go on without a sender
         sender = TxSender(
             protocol.w3,
             account,
@@ -59,10 +75,22 @@ def chain_role() -> Any:
             stuck_after_s=settings.tx_stuck_after_s,
             fee_bump=settings.tx_fee_bump,
             priority_fee_wei=settings.tx_priority_fee_wei,
+            finality=settings.finality,
+            confirmations=settings.depth(),
+            lease=lease,
         )
+        lease.start(on_lost=_stop_self)
         sender.start()
-        _roles["chain"] = ChainRole(protocol, sender, store, metrics)
-        log.info("sender ready account=%s nonce=%d", account.address, sender._nonce)
+        _roles["chain"] = ChainRole(protocol, sender, store, metrics, settings.start_block)
+        _roles["chain"].enc_key = _encryption_key()
+        log.info(
+            "sender ready account=%s nonce=%d lease_epoch=%d finality=%s confirmations=%d",
+            account.address,
+            sender._nonce,
+            lease.epoch,
+            settings.finality,
+            settings.depth(),
+        )
     return _roles["chain"]
 
 
@@ -85,12 +113,61 @@ def infer_role() -> Any:
             log.warning("DEV CHEAT: serving the weights of %s under the served model ids", cheat)
         engine = TransformersEngine(registry, max_batch_size=settings.batch_size)
         _roles["infer"] = InferRole(engine, registry, store, metrics, Dispatcher(app, settings))
+        _roles["infer"].enc_key = _encryption_key()
+        _roles["infer"].protocol, _roles["infer"].me = _base()[0], _own_address()
         log.info(
             "engine ready models=%s torch_threads=%d",
             [f"0x{m.hex()[:12]}" for m in registry.ids()],
             torch.get_num_threads(),
         )
     return _roles["infer"]
+
+
+def _encryption_key() -> Any:
+    """The node's private-job key (``<account>.enc`` beside the transaction key), or None."""
+    from verinfer.node.private import load_key
+
+    return load_key(settings.account, settings.passphrase.get_secret_value(), settings.keystore_dir)
+
+
+def _own_address() -> str:
+    """The node's address, read from its keystore file (no decryption needed)."""
+    import json
+
+    from web3 import Web3
+
+    from verinfer.node.keys import keystore_dir
+
+    path = keystore_dir(settings.keystore_dir) / f"{settings.account}.json"
+    return str(Web3.to_checksum_address("0x" + json.loads(path.read_text())["address"]))
+
+
+def _stop_self(holder: str) -> None:
+    """The lease went to another sender: this worker stops (warm shutdown; nothing more is
+    signed: every signature checks the lease)."""
+    log.error("stopping this chain worker: the key's lease is held by %s", holder)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _heartbeat(names: list[str], store: Any) -> None:
+    """Renew this worker's entries in ``workers`` every ``WORKER_HEARTBEAT_S`` (`verinfer node
+    status` lists live workers only). A worker started by `verinfer node run`
+    (``VERINFER_SUPERVISOR_PID``) whose supervisor is gone stops (the parent-death signal
+    covers Linux; this covers the rest)."""
+    from verinfer.node.store import WORKER_HEARTBEAT_S
+
+    parent = int(os.environ.get("VERINFER_SUPERVISOR_PID", "0") or 0)
+    while True:
+        time.sleep(WORKER_HEARTBEAT_S)
+        if parent and os.getppid() != parent:
+            log.error("supervisor pid=%d is gone; this worker stops", parent)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        try:
+            for name in names:
+                store.worker_up(name)
+        except Exception as exc:  # Redis down: the next beat tries again
+            log.warning("worker heartbeat failed: %s", exc)
 
 
 @signals.setup_logging.connect
@@ -107,9 +184,16 @@ def _worker_name(role: str) -> str:
 @signals.worker_ready.connect
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     queues = {q.name for q in sender.task_consumer.queues} if sender is not None else set()
+    names, store = [], None
     for role, build in (("chain", chain_role), ("infer", infer_role)):
         if settings.queue(role) in queues:  # type: ignore[arg-type]
-            build().store.worker_up(_worker_name(role))  # `verinfer node status` lists it
+            store = build().store
+            store.worker_up(_worker_name(role))  # `verinfer node status` lists it
+            names.append(_worker_name(role))
+    if store is not None:
+        threading.Thread(
+            target=_heartbeat, args=(names, store), name="heartbeat", daemon=True
+        ).start()
 
 
 @signals.worker_shutting_down.connect
@@ -117,6 +201,7 @@ def _on_shutdown(**_: Any) -> None:
     role = _roles.get("chain")
     if role is not None:
         role.sender.stop(drain_s=10.0)
+        role.sender.lease.release()
     for name, built in _roles.items():
         built.store.worker_down(_worker_name(name))
 
@@ -147,10 +232,15 @@ def chain(self: Any, action: str, *args: Any) -> None:
     (RpcUnavailable after the sender's own retries, or any other endpoint error) the task is
     retried later with doubling delays (at most 60 s), one log line each time, until the
     endpoint is back; an action that no longer applies then is skipped by its simulation."""
-    from verinfer.node.sender import describe, is_transient
+    from celery.exceptions import Reject
+
+    from verinfer.node.sender import SenderFenced, describe, is_transient
 
     try:
         chain_role().run(action, *args)
+    except SenderFenced as exc:  # another sender holds the key now: the message is its work
+        log.error("not sent action=%s: %s; task handed back", action, exc)
+        raise Reject(str(exc), requeue=True) from exc
     except Exception as exc:
         if not (isinstance(exc, RpcUnavailable) or is_transient(exc)):
             raise

@@ -59,6 +59,8 @@ class Watcher:
         self.dispatch = dispatch
         self.me = Web3.to_checksum_address(me)
         self.handled = 0
+        self._touched: dict[int, set[int]] = {}  # block -> job ids whose records its logs changed
+        self._published: set[int] = set()  # jobs with a ResultPublished in the range being read
         self._times: dict[bytes, float] = {}  # block hash -> timestamp
 
     # ---- loop ----
@@ -80,7 +82,7 @@ class Watcher:
     def poll_once(self) -> bool:
         """Handle the next range of confirmed blocks; True when caught up with the head."""
         head = self.w3.eth.block_number
-        target = head - self.s.confirmations
+        target = head - self.s.depth()
         cursor = self.store.cursor()
         if cursor is None:
             cursor = self.s.start_block - 1
@@ -94,6 +96,9 @@ class Watcher:
             block = self.w3.eth.get_block(n)
             hashes[n] = bytes(block["hash"])
             self._remember_time(hashes[n], float(block["timestamp"]))
+        if hashes:  # the gas price of the policy's expected gas per job
+            base_fee = int(block.get("baseFeePerGas", 0) or 0)
+            self.policy.gas_price_wei = base_fee + self.s.tx_priority_fee_wei
         raw = self.w3.eth.get_logs(
             {"fromBlock": cursor + 1, "toBlock": to, "address": self.p.addresses}  # type: ignore[typeddict-item]
         )
@@ -102,10 +107,14 @@ class Watcher:
             if n in hashes and bytes(entry["blockHash"]) != hashes[n]:
                 log.warning("watcher: block %d changed while reading; reading again", n)
                 return False
-        for entry in raw:
-            item = self.p.decode(entry)
-            if item is not None:
-                self.handle(item)
+        items = [d for d in (self.p.decode(entry) for entry in raw) if d is not None]
+        self._published = {int(i.args["job_id"]) for i in items if i.event == "ResultPublished"}
+        self._touched = {}
+        for item in items:
+            self.handle(item)
+        for number, job_ids in self._touched.items():
+            self.store.touch(number, job_ids)
+        self.store.trim_touched(to - self.s.reorg_window)
         self.store.save_progress(to, hashes, self.s.reorg_window)
         return to >= target
 
@@ -138,8 +147,68 @@ class Watcher:
             "watcher: reorg detected depth=%d; reading again from block %d", cursor - n, n + 1
         )
         self.metrics.incr("reorgs")
+        self.rederive(self.store.touched_after(n), n)
         self.store.rewind(n)
         return n
+
+    def rederive(self, job_ids: list[int], block: int) -> None:
+        """After a reorg back to ``block``: rebuild the records of ``job_ids`` (jobs that logs
+        of the orphaned blocks changed) from the canonical chain's logs up to ``block``, so
+        the keeper's and the sender's calls carry the fields the market has (the logs after
+        ``block`` are read again next), and schedule their cancel/expire again. A job of this
+        node that the new chain has open again (its claim dropped) goes through the policy
+        again; one it has claimed without its result is published (or run) again; the chain
+        worker first sends again what the reorg dropped (``ChainRole.do_rederive``). One log
+        line per job."""
+        zero = "0x" + "00" * 20
+        for job_id in job_ids:
+            old = self.store.get_job(job_id)
+            record = self.p.rebuild_job(job_id, self.s.start_block, to_block=block)
+            if record is None:
+                self.store.drop_job(job_id)
+                self.store.inflight_remove(job_id)
+                log.warning("reorg: job=%d not on the canonical chain; forgotten", job_id)
+                continue
+            self.store.put_job(record)
+            mine = (old is not None and old.node == self.me) or bool(
+                self.store.r.sismember(self.store.key("inflight"), job_id)
+            )
+            key = f"reorg:{job_id}:{block}"
+            open_ = record.node.lower() == zero
+            if self.s.expire_others:  # the work items of the orphaned chain were used up
+                if open_:
+                    self.store.schedule("cancel", job_id, record.claim_deadline + 1)
+                elif record.published_block == 0:
+                    self.store.schedule("expire", job_id, record.result_deadline + 1)
+            state = "open" if open_ else "claimed" if record.published_block == 0 else "published"
+            log.warning(
+                "reorg: job=%d rebuilt from the chain state=%s mine=%s", job_id, state, mine
+            )
+            if not mine:
+                continue
+            if open_:
+                self.store.inflight_remove(job_id)
+                decision = self.policy.decide(
+                    record, self._chain_time(), self.store.inflight_count()
+                )
+                if not decision.take:
+                    log.info("skip job=%d reason=%s", job_id, decision.reason)
+                    continue
+                self.store.inflight_add(job_id)
+                self.dispatch("chain", "rederive", [job_id, key])
+            elif record.node == self.me and record.published_block == 0:
+                self.store.inflight_add(job_id)
+                if self.store.get_output(job_id) is not None:
+                    self.dispatch("chain", "rederive", [job_id, key])
+                else:
+                    self.dispatch("infer", "serve", [job_id, key])
+            elif record.node == self.me:
+                self.store.unschedule("finalize", job_id)
+                due = record.published_at + self.challenge_window() + 1
+                self.store.schedule("finalize", job_id, due)
+
+    def _chain_time(self) -> float:
+        return float(self.w3.eth.get_block("latest")["timestamp"])
 
     # ---- logs -> work ----
     def handle(self, item: DecodedLog) -> None:
@@ -148,6 +217,8 @@ class Watcher:
         if handler is None:
             return
         key = event_key(item)
+        if item.contract == "market" and "job_id" in item.args:
+            self._touched.setdefault(item.block_number, set()).add(int(item.args["job_id"]))
         first = not self.store.seen(key)
         handler(item, key, first)
         if first:  # marked after the hand-on: a crash in between hands it on again
@@ -169,11 +240,15 @@ class Watcher:
         self.store.r.hset(self.store.key("seen_at"), record.job_id, time.time())
         if self.s.expire_others:
             self.store.schedule("cancel", record.job_id, record.claim_deadline + 1)
-        decision = self.policy.decide(record, self.block_time(item), self.store.inflight_count())
+        self._take(record, key, self.block_time(item))
+
+    def _take(self, record: JobRecord, key: str, now: float) -> None:
+        """Run the policy on an open job; claim it (or run it first) when it is taken, else
+        one ``skip job=N reason=...`` line (also for a model this node does not serve)."""
+        decision = self.policy.decide(record, now, self.store.inflight_count())
         if not decision.take:
-            if record.model_id in self.policy.models:
-                log.info("skip job=%d reason=%s", record.job_id, decision.reason)
-                self.metrics.job("skipped")
+            log.info("skip job=%d reason=%s", record.job_id, decision.reason)
+            self.metrics.job("skipped")
             return
         self.store.inflight_add(record.job_id)
         targeted = record.preferred_node == self.me
@@ -194,9 +269,13 @@ class Watcher:
             self.store.schedule("expire", record.job_id, record.result_deadline + 1)
         if record.node == self.me:
             self.metrics.job("claimed")
-            # run-first (claim_and_publish) stores the output before its claim: nothing to run
+            # run-first (claim_and_publish) stores the output before its claim: nothing to run;
+            # a claim sent again after a reorg dropped it (the output is stored, its result
+            # not published in the same transaction): publish again
             if self.store.get_output(record.job_id) is None:
                 self.dispatch("infer", "serve", [record.job_id, key])
+            elif record.job_id not in self._published:
+                self.dispatch("chain", "rederive", [record.job_id, key])
         else:
             self.store.inflight_remove(record.job_id)  # someone else took it
 
@@ -274,6 +353,7 @@ class Watcher:
         if not first:
             return
         job_id = int(item.args["job_id"])
+        self._hand_key(job_id, key)
         if item.args["verifier"] == self.me:
             self.dispatch("chain", "accept", [job_id, key])
         elif self.store.r.sismember(self.store.key("disputes"), job_id):
@@ -306,8 +386,18 @@ class Watcher:
             self.store.schedule("settle", job_id, int(self.p.dispute(job_id)["deadline"]) + 1)
             return
         self.store.schedule("settle", job_id, item.args["vote_deadline"] + 1)
+        self._hand_key(job_id, key)
         if self.me in panel:
             self.dispatch("infer", "verify", [job_id, key, "panel"])
+
+    def _hand_key(self, job_id: int, key: str) -> None:
+        """A verifier or panel was drawn for this node's own private job: hand it the job key
+        (verinfer.node.private; an audit whose key is not handed in time is fraud)."""
+        from verinfer.node.private import is_private
+
+        record = self.store.get_job(job_id)
+        if record is not None and record.node == self.me and is_private(record):
+            self.dispatch("chain", "hand_key", [job_id, key])
 
     def on_DisputeSettled(self, item: DecodedLog, key: str, first: bool) -> None:
         job_id = item.args["job_id"]
