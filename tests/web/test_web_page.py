@@ -328,3 +328,51 @@ def test_chat__real_answer_cost_refund__then_dispute_the_cheater__slash__withdra
     assert net.dev.market.functions.claimable(client).call() == 0
     (out,) = net.events("DepositWithdrawn", account=client)
     assert out["args"]["amount"] == 5 * UNIT
+
+
+def test_rpc_drops__banner__then_back(page: Page, net: Net, screens: Path) -> None:
+    page.route(lambda url: url.startswith(net.rpc_url), lambda route: route.abort())
+    try:
+        expect(page.locator("#banner")).to_contain_text(
+            f"The RPC does not answer ({net.rpc_url})", timeout=15_000
+        )
+        shot(page, screens, "10-rpc-down")
+    finally:
+        page.unroute_all()
+    expect(page.locator("#banner")).to_be_hidden(timeout=15_000)
+
+
+def test_no_node_claims__cancel_shows_the_refund(
+    browser: Any, site: str, net: Net, screens: Path
+) -> None:
+    """A model only node B serves, and node B runs no process: nobody claims."""
+    owner, node_b, client = net.addr(0), net.addr(NODE_B), net.addr(CLIENT_C)
+    market = net.dev.market.functions
+    transact(net.w3, market.register_model("verinfer-web-unserved", "r1", b"\x01" * 32), owner)
+    (reg,) = [
+        e for e in net.events("ModelRegistered") if e["args"]["name"] == "verinfer-web-unserved"
+    ]
+    transact(net.w3, market.serve_model(reg["args"]["model_id"], PRICE), node_b)
+    other = open_page(browser, site, net, CLIENT_C)
+    other.click("#connect")
+    expect(other.locator("#net-status")).to_contain_text("right network")
+    other.select_option("#model", label="verinfer-web-unserved@r1")
+    other.fill("#max-tokens", "4")
+    other.fill("#message", "Anyone there?")
+    other.click("#send")
+    answer = other.locator(".msg.assistant").first
+    expect(answer).to_contain_text("submitted: waiting for a node to claim the job")
+    job = int(answer.get_attribute("data-job") or 0)
+    prepaid = market.balance_of(client).call()
+    answer.locator(".cancel").click()
+    expect(other.locator("#chat-step")).to_have_text(
+        f"Job {job} cancelled: {fmt(4 * PRICE)} back in your prepaid balance."
+    )
+    expect(answer.locator(".status")).to_have_text("CANCELLED")
+    expect(answer.locator(".refund")).to_have_text(fmt(4 * PRICE))
+    shot(other, screens, "11-cancelled")
+    assert net.status(job) == JobStatus.CANCELLED
+    (cancelled,) = net.events("JobCancelled", job_id=job)
+    assert cancelled["args"]["refund"] == 4 * PRICE
+    assert market.balance_of(client).call() == prepaid + 4 * PRICE
+    other.close()

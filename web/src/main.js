@@ -402,11 +402,18 @@ async function follow(jobId) {
     parts.push(f.text !== null
       ? `<div class="answer-text">${esc(f.text)}</div>`
       : `<div class="answer-text muted">no tokenizer for this model here: token ids ${esc(f.ids.join(" "))}</div>`);
-  } else if (job.status === "OPEN" && head.timestamp > job.claim_deadline) {
-    parts.push(`<div class="bad">No node claimed this job in time.</div>
-      <button class="cancel">Cancel and refund ${fmt(job.max_payment)}</button>`);
-  } else if (["OPEN", "CLAIMED"].includes(job.status)) {
-    parts.push(`<div class="step"><span class="spinner"></span>${STEPS[job.status]}…</div>`);
+  } else if (job.status === "OPEN") {
+    // the client may cancel an unclaimed job at any time; after the claim deadline anyone may
+    parts.push(head.timestamp > job.claim_deadline
+      ? `<div class="bad">No node claimed this job in time.</div>`
+      : `<div class="step"><span class="spinner"></span>${STEPS.OPEN}…</div>`);
+    parts.push(`<button class="secondary cancel">Cancel and refund ${fmt(job.max_payment)}</button>`);
+  } else if (job.status === "CLAIMED") {
+    parts.push(`<div class="step"><span class="spinner"></span>${STEPS.CLAIMED}…</div>`);
+  } else if (job.status === "CANCELLED") {
+    parts.push(`<div class="bad">Cancelled before any node claimed it.</div>`);
+  } else if (job.status === "EXPIRED") {
+    parts.push(`<div class="bad">The node did not deliver in time: the job expired and the node was penalised.</div>`);
   }
   const held = job.published_block > 0n
     ? (f.held ? '<span class="ok">held (digest checked)</span>' : '<span class="bad">digest mismatch: not held</span>')
