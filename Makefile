@@ -17,7 +17,7 @@ FUZZ_EXAMPLES ?= 150
 CHAIN ?= anvil
 MODEL ?= smollm2
 
-.PHONY: setup test fuzz lint fmt demo bench-gas bench-verify bench-node bench-gateway compile clean browser web web-screenshot
+.PHONY: setup test fuzz lint fmt demo bench-gas bench-verify bench-node bench-gateway bench-routing compile clean browser web web-screenshot
 
 setup: $(PY_STAMP) $(NPM_STAMP) $(WEB_STAMP) browser
 
@@ -105,6 +105,11 @@ bench-node: setup
 bench-gateway: setup
 	ape compile
 	python scripts/bench_gateway.py
+
+# 200 jobs through the SDK router against a good, a slow and a flaky node (docs/routing.md)
+bench-routing: setup
+	ape compile
+	python scripts/bench_routing.py
 
 clean:
 	rm -rf .build .cache $(VENV) node_modules
