@@ -33,6 +33,7 @@ from verinfer.chain_errors import ClientError, JobNotFound, JobTimeout, guard
 from verinfer.digest import SamplingParams
 from verinfer.inputs import InputFormatError, check_input, encode_chat_input, encode_text_input
 from verinfer.jobs import DRAW_PHASES, ZERO_ADDRESS, DisputePhase, JobRecord, JobStatus
+from verinfer.private_jobs import JobKeys
 from verinfer.tokenizers_local import context_error, decode_tokens
 
 TERMINAL = frozenset(
@@ -254,6 +255,7 @@ class Client:
         )
         self.account = resolve_account(account, passphrase)
         self.address = str(self.account.address)
+        self.job_keys = JobKeys(actual, address)  # keys of our private jobs (docs/privacy.md)
         self._topics = {
             keccak(text=getattr(self.market, name).abi.selector): name
             for name in (*JOB_EVENTS, "JobSubmitted")
@@ -465,16 +467,32 @@ class Client:
         claim_window: int = 600,
         result_window: int = 1200,
         top_k: int = 0,
+        private: bool = False,
     ) -> JobHandle:
         """Submit a job; pays ``max_payment`` (default: max_tokens x the highest price) into
         escrow from the prepaid balance, depositing (and approving) any shortfall first.
 
+        ``private``: the input is encrypted to the node's registered key (``node``, else the
+        cheapest eligible node with a valid key) and the answer is decrypted here; the job key
+        is kept in ``self.job_keys`` (docs/privacy.md).
+
         Raises ClientError for an unknown model, no serving node, or too few tokens.
         """
+        pubkey = b""
+        if private:
+            from verinfer.private_jobs import require_key
+
+            node = to_checksum_address(node) if node else self.private_node(model)
+            pubkey = require_key(self.market, node)
         args, payment, _ = self._submit_args(
             model, prompt, messages, max_tokens, temperature, seed, max_payment, node,
             claim_window, result_window, top_k,
         )  # fmt: skip
+        job_key = None
+        if private:
+            from verinfer.private_jobs import seal
+
+            args[1], job_key = seal(args[1], pubkey)
         prepaid = int(self.market.balance_of(self.address))
         need = max(0, payment - prepaid)
         if need:
@@ -492,7 +510,45 @@ class Client:
                 receipt = self.market.submit(*args, sender=self.account)
         log = self.market.JobSubmitted.from_receipt(receipt)[0]
         record = JobRecord.from_submitted(log)
+        if job_key is not None:
+            self.job_keys.put(record.job_id, job_key)
         return JobHandle(self, record, JobStatus.OPEN, int(receipt.block_number))
+
+    def private_node(self, model: str | bytes) -> str:
+        """The node a private job goes to when none is named: the cheapest eligible node of
+        the model with a valid registered encryption key."""
+        from verinfer.private_jobs import node_pubkey, pick_node
+
+        mid = self.resolve_model(model)
+        with guard("private node"):
+            nodes = [n for n in self.market.model_nodes(mid) if self.market.is_eligible(n, mid)]
+            candidates = [
+                (str(n), int(self.market.serve_price(n, mid)), node_pubkey(self.market, n))
+                for n in nodes
+            ]
+        return pick_node(candidates)
+
+    def hand_key(self, job: JobHandle | int) -> bool:
+        """Hand our private job's key to its drawn verifier (or appeal panel), wrapped to
+        their registered keys (``Court.hand_key``). False when there is nobody to hand it to
+        yet (the draw is pending); ClientError without the key."""
+        from verinfer.private_jobs import hand_key_args
+
+        job_id = job if isinstance(job, int) else job.job_id
+        job_key = self.job_keys.get(job_id)
+        if job_key is None:
+            raise ClientError(f"no key of private job {job_id} on this machine")
+        state = self.dispute_state(job_id)
+        if state["phase"] == DisputePhase.APPEALED.name:
+            recipients = state["panel"]
+        elif state["phase"] in (DisputePhase.ASSIGNED.name, DisputePhase.ACCEPTED.name):
+            recipients = [state["verifier"]]
+        else:
+            return False
+        wrapped = hand_key_args(self.market, job_id, job_key, recipients)
+        with guard("hand key"):
+            self.court.hand_key(job_id, wrapped, sender=self.account)
+        return True
 
     def job(self, job_id: int) -> JobHandle:
         """A handle on any job of this market, rebuilt from its events; JobNotFound if none."""
@@ -578,10 +634,10 @@ class Client:
         token_ids: list[int] = []
         text = None
         if published:
-            token_ids = rec.output_token_ids
+            token_ids, digest_ok = self._opened(rec)
             # a finalized job's word is deleted by the market: its record then rests on the
             # market's own events alone
-            digest_ok = rec.expected_digest() == rec.result_digest and (
+            digest_ok = digest_ok and (
                 handle.status == JobStatus.FINALIZED or self._hash_matches(rec, stored_hash)
             )
             text = decode_tokens(rec.model_id, token_ids)
@@ -606,6 +662,15 @@ class Client:
             refund=refund,
             max_payment=rec.max_payment,
         )
+
+    def _opened(self, rec: JobRecord) -> tuple[list[int], bool]:
+        """Published token ids and whether the digest matches: a private job's are
+        decrypted with our job key ([] and False without it)."""
+        from verinfer.private_jobs import is_private, open_tokens
+
+        if is_private(rec):
+            return open_tokens(rec, self.job_keys.get(rec.job_id))
+        return rec.output_token_ids, rec.expected_digest() == rec.result_digest
 
     def _hash_matches(self, rec: JobRecord, stored: bytes | None = None) -> bool:
         """The market's stored job hash equals the hash of the struct rebuilt from events
@@ -649,6 +714,8 @@ class Client:
             drawn = self.draw(handle.job_id, timeout=timeout)
         except JobTimeout:
             return {**out, **self.dispute_state(handle.job_id), "drawn_by_us": False}
+        if self.job_keys.get(handle.job_id) is not None:  # our private job: hand the key
+            drawn["key_handed"] = self.hand_key(handle.job_id)
         return {**out, **drawn}
 
     def appeal(
