@@ -36,6 +36,12 @@ def _result_text(conn: Conn, r: dict[str, Any]) -> str:
 @click.option("--max-payment", help="Escrow in tokens (default: max tokens x highest price).")
 @click.option("--node", help="Preferred node (it alone may claim during the exclusive window).")
 @click.option("--wait", "wait_s", type=float, help="Then wait up to this many seconds.")
+@click.option(
+    "--private",
+    is_flag=True,
+    help="Encrypt the prompt to the node's registered key (--node, else the cheapest with a "
+    "valid key); only this machine can read the answer (docs/privacy.md).",
+)
 @chain_options
 def job_submit(
     conn: Conn,
@@ -49,6 +55,7 @@ def job_submit(
     max_payment: str | None,
     node: str | None,
     wait_s: float | None,
+    private: bool,
 ) -> None:
     """Submit a job for MODEL (name, name@revision or 0x id) on PROMPT (or --chat)."""
     messages = None
@@ -69,6 +76,11 @@ def job_submit(
         "node": node,
     }
     client = conn.client
+    if private:  # refused here, before anything is paid, if the node has no valid key
+        from verinfer.private_jobs import require_key
+
+        kwargs["node"] = node or client.private_node(model)
+        require_key(client.market, kwargs["node"])
     est = client.estimate(model, **kwargs)
     if not as_json:
         click.echo(
@@ -77,12 +89,14 @@ def job_submit(
             + f", gas ~{est.gas} (fee ~{est.fee_wei / 1e18:.2e} ETH)"
         )
     with spinner(as_json, "sending the job..."):
-        handle = client.submit(model, **kwargs)
+        handle = client.submit(model, **kwargs, private=private)
     data: dict[str, Any] = {
         "job_id": handle.job_id,
         "model_id": "0x" + handle.record.model_id.hex(),
         "client": client.address,
         "max_payment": handle.record.max_payment,
+        "private": private,
+        "node": handle.record.preferred_node,
         "estimate": {
             "price_per_token": est.price_per_token,
             "deposit_needed": est.deposit_needed,
@@ -95,6 +109,8 @@ def job_submit(
         with spinner(as_json, f"waiting for job {handle.job_id}'s result..."):
             data["result"] = handle.wait(timeout=wait_s).as_dict()
     human = f"job {handle.job_id} submitted (escrow {conn.fmt(handle.record.max_payment)})"
+    if private:
+        human += f", private to node {handle.record.preferred_node}"
     if "result" in data:
         human += "\n" + _result_text(conn, data["result"])
     emit(as_json, data, human)
