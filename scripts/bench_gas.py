@@ -9,7 +9,10 @@ Deploys everything, then measures `gasUsed` of every receipt for
   `claim_and_publish` transaction per job (`happy_path_total_batched_per_job_tx`); and with
   the 10 submitted in one `submit_many` as well (`happy_path_total_all_batched`);
 * one dispute: dispute -> draw (the next block: anyone, here the challenger) -> accept ->
-  post_verdict -> settle (after the appeal window); `dispute_draw` is the draw alone.
+  post_verdict -> settle (after the appeal window); `dispute_draw` is the draw alone;
+* the private path (issue 12, docs/privacy.md): the same 256-byte prompt sealed to the node
+  (`private_*`: submit, claim, publish of the sealed 64 tokens, finalize, total), and the
+  client's `Court.hand_key` to the drawn verifier in a private dispute (`private_hand_key`).
 The last stdout line is one JSON object.
 """
 
@@ -23,6 +26,7 @@ from ape.logging import LogLevel, logger
 from verinfer.deploy import DeployConfig, deploy_all
 from verinfer.digest import SamplingParams, encode_params, model_id, pack_tokens, result_digest
 from verinfer.jobs import JobRecord
+from verinfer.privacy import EncryptionKey, private_result_digest, seal_input, seal_output, wrap_for
 
 BATCH = 10
 INPUT = bytes((i * 31 + 7) % 251 + 1 for i in range(256))
@@ -190,6 +194,50 @@ def dispute_path(b: Bench) -> tuple[int, int]:
     return total, draw
 
 
+def private_path(b: Bench) -> dict[str, int]:
+    """One private job (the 256-byte prompt sealed to the node, the 64 tokens sealed back),
+    one transaction per step, then a client's dispute of a second one up to `hand_key`."""
+    key = EncryptionKey.generate()
+    for node in (b.node, b.verifier):
+        b.market.update_node(key.pubkey, "http://bench", sender=node)
+    out: dict[str, int] = {}
+    for run in ("happy", "dispute"):
+        envelope, job_key = seal_input(b"\x00" + INPUT[1:], key.pubkey)
+        now = chain.pending_timestamp
+        tx = b.market.submit(
+            b.model_id, envelope, PARAMS, b.unit, b.node.address, now + 600, now + 1_200,
+            sender=b.client,
+        )  # fmt: skip
+        [log] = tx.decode_logs(b.market.JobSubmitted)
+        job, submit = JobRecord.from_submitted(log), tx.gas_used
+        claim = b.claim(job)
+        digest = private_result_digest(
+            job.job_id, job.model_id, envelope, PARAMS, OUTPUT, 1, job_key
+        )
+        sealed = seal_output(OUTPUT, job_key, job.job_id)
+        tx = b.market.publish(
+            job.job_id, job.as_struct(), sealed, len(OUTPUT), 1, digest, sender=b.node
+        )
+        [published] = tx.decode_logs(b.market.ResultPublished)
+        job.apply_published(published)
+        publish = tx.gas_used
+        if run == "dispute":
+            b.court.dispute(job.job_id, job.as_struct(), sender=b.client)
+            b.court.draw(job.job_id, sender=b.client)
+            tx = b.court.hand_key(job.job_id, wrap_for(job_key, [key.pubkey]), sender=b.client)
+            out["private_hand_key"] = tx.gas_used
+            return out
+        b.pass_time(b.market.challenge_window() + 1)
+        finalize = b.market.finalize(job.job_id, job.as_settlement(), sender=b.client).gas_used
+        assert b.status(job) == 5, "private job not finalized"
+        steps = {"submit": submit, "claim": claim, "publish": publish, "finalize": finalize}
+        out.update({f"private_{k}": v for k, v in steps.items()})
+        out["private_happy_path_total"] = sum(steps.values())
+        out["private_input_bytes"] = len(envelope)
+        out["private_output_bytes"] = len(sealed)
+    return out
+
+
 def main() -> None:
     """Run the three paths and print the gas figures as JSON on the last line."""
     bench = Bench()
@@ -204,6 +252,7 @@ def main() -> None:
         "happy_path_total_all_batched": batched_path(bench, one_tx=True, submit_many=True),
     }
     result["dispute_total"], result["dispute_draw"] = dispute_path(bench)
+    result.update(private_path(bench))
     # ape logs "Stopping 'anvil' process." to stdout at exit; keep the JSON line last.
     logger.set_level(LogLevel.ERROR)
     print(json.dumps(result), flush=True)
