@@ -20,11 +20,16 @@ job with the teacher-forced verifier and posts the verdict. The dev chain's cloc
 past the challenge and appeal windows; the nodes' keepers settle the dispute (the cheater's
 whole stake is slashed), finalize the honest jobs and withdraw the earnings. The script
 prints the slash and every party's balances before and after, stops everything (also on an
-error or Ctrl-C), and exits non-zero if anything failed.
+error or Ctrl-C), and exits non-zero if anything failed. Before stopping, Alice sends one
+private job to node-a (docs/privacy.md): the script prints the submit calldata's size and
+whether the prompt text is found in it (it is not), decrypts the answer, disputes the job,
+hands the job key to the drawn verifier, which decrypts and verifies it.
 
 Its last line is one JSON object: {"jobs": 4, "finalized": 4, "disputes": 1, "slashed": 1,
 ...} with the chain, the node addresses, which node served each job, the verifier, the
-verdict, the slashed node and the nodes' exit codes. Logs: .verinfer/demo-<chain>/.
+verdict, the slashed node, the nodes' exit codes and ``private`` (the private job: calldata
+size, whether the prompt was found in it, its verifier and verdict, its final status).
+Logs: .verinfer/demo-<chain>/.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ PROMPTS = {
     ],
 }
 CHEAT_PROMPT = "What is the capital of France? Answer in one sentence."
+PRIVATE_PROMPT = "Confidential: our Q3 revenue fell 17 percent. Draft a calm note to staff."
 MAX_TOKENS = 48
 MODELS = ("smollm2", "tiny")
 UNIT = 10**18
@@ -156,6 +162,7 @@ def run_demo(net: Any, chain: str, result: dict[str, Any]) -> bool:
 
     before = balances()
 
+    enc_keys = private_keys(net, addr)
     log("== starting three `verinfer node run` processes (watcher, keeper, Celery workers)")
     nodes = {
         "node-a": net.node(NODE_A, "node-a", audits="false"),
@@ -293,6 +300,7 @@ def run_demo(net: Any, chain: str, result: dict[str, Any]) -> bool:
     statuses = [net.status(j) for j in ids]
     result["finalized"] = sum(s == JobStatus.FINALIZED for s in statuses)
     result["slashed"] = int(net.status(cheat) == JobStatus.SLASHED)
+    result["private"] = private_job(net, addr, name_of, enc_keys, ask)
 
     log("== stopping the nodes (SIGTERM: they finish their work and exit)")
     codes = net.stop_nodes()
@@ -317,11 +325,92 @@ def run_demo(net: Any, chain: str, result: dict[str, Any]) -> bool:
         "honest nodes served the jobs": set(served.values()) == honest,
         "an honest node's verdict, invalid": result["verifier"] in honest and not valid,
         "nodes stopped cleanly": all(c == 0 for c in codes.values()),
+        "private job: only ciphertext on chain": not result["private"]["prompt_in_calldata"],
+        "private job: disputed, verified valid": result["private"]["status"] == "FINALIZED"
+        and result["private"]["verdict_valid"],
     }
     for what, good in checks.items():
         if not good:
             log(f"   FAILED: {what}")
     return all(checks.values())
+
+
+def private_keys(net: Any, addr: dict[str, str]) -> dict[str, Any]:
+    """Each node's encryption key (docs/privacy.md), encrypted at rest beside its transaction
+    key, its public key registered with update_node."""
+    from verinfer.node.devchain import transact
+    from verinfer.node.localnet import PASSPHRASE
+    from verinfer.privacy import EncryptionKey, encryption_key_alias, save_encryption_key
+
+    keys = {}
+    for name in ("node-a", "node-b", "cheater"):
+        key = EncryptionKey.generate()
+        alias = encryption_key_alias(name)
+        save_encryption_key(key, alias, PASSPHRASE, net.tmp / "keystore", iterations=2**10)
+        fn = net.dev.market.functions.update_node(key.pubkey, "http://node.invalid")
+        transact(net.w3, fn, addr[name])
+        keys[name] = key
+    return keys
+
+
+def private_job(
+    net: Any, addr: dict[str, str], name_of: dict[str, str], keys: dict[str, Any], ask: Any
+) -> dict[str, Any]:
+    """Alice's private job to node-a: only ciphertext on chain; she decrypts the answer,
+    disputes it and hands the key to the drawn verifier, which verifies it."""
+    from verinfer.digest import unpack_tokens
+    from verinfer.jobs import JobStatus
+    from verinfer.node.devchain import transact
+    from verinfer.node.localnet import CLIENT_A, wait_for
+    from verinfer.node.policy import ServedModel
+    from verinfer.privacy import open_output, seal_input, wrap_for
+
+    market, court = net.dev.market.functions, net.dev.court.functions
+    log("== a private job: alice encrypts her prompt to node-a's registered key (ECIES)")
+    pubkey = bytes(market.node_info(addr["node-a"]).call()[6])
+    envelope, job_key = seal_input(ask(PRIVATE_PROMPT), pubkey)
+    job = net.submit(
+        CLIENT_A, "", MAX_TOKENS, seed=3, preferred=addr["node-a"], input_bytes=envelope
+    )
+    wait_for(lambda: net.status(job) >= JobStatus.PUBLISHED, 240, "the private result")
+    (sub,) = net.events("JobSubmitted", job_id=job)
+    calldata = bytes(net.w3.eth.get_transaction(sub["transactionHash"])["input"])
+    found = PRIVATE_PROMPT.encode() in calldata or any(
+        PRIVATE_PROMPT.encode()[i : i + 8] in calldata for i in range(0, len(PRIVATE_PROMPT) - 8)
+    )
+    record = net.record(job)
+    tokens = unpack_tokens(open_output(record.output, job_key, job))
+    text = ServedModel.from_path(net.model_path).tokenizer.decode(tokens, skip_special_tokens=True)
+    log(f"   job {job} alice (private): {PRIVATE_PROMPT!r}")
+    log(f"        submit calldata {len(calldata)} bytes; the prompt text found in it: {found}")
+    log(f"        published output: {len(record.output)} bytes of ciphertext")
+    log(f"        decrypted by alice: {text!r}")
+    log("== alice disputes it: only she can (a private job); she hands the job key to the")
+    log("   drawn verifier, wrapped to its registered key; node-a hands it too")
+    transact(net.w3, court.dispute(job, record.as_struct()), addr["alice"])
+    net.dev.mine(blocks=3)
+    wait_for(lambda: net.events("VerifierAssigned", "court", job_id=job), 120, "the draw")
+    (assigned,) = net.events("VerifierAssigned", "court", job_id=job)
+    verifier = assigned["args"]["verifier"]
+    vkey = bytes(market.node_info(verifier).call()[6])
+    transact(net.w3, court.hand_key(job, wrap_for(job_key, [vkey])), addr["alice"])
+    wait_for(lambda: net.events("VerdictPosted", "court", job_id=job), 240, "the verdict")
+    (posted,) = net.events("VerdictPosted", "court", job_id=job)
+    valid = bool(posted["args"]["valid"])
+    log(
+        f"   verifier {name_of.get(verifier, verifier)} decrypted and re-executed it: valid={valid}"
+    )
+    net.dev.mine(seconds=court.appeal_window().call() + 1)
+    wait_for(lambda: net.status(job) >= JobStatus.FINALIZED, 120, "the private dispute settled")
+    log(f"   private job {job}: {net.status(job).name} (alice's dispute bond pays the verifier)")
+    return {
+        "job_id": job,
+        "calldata_bytes": len(calldata),
+        "prompt_in_calldata": found,
+        "verifier": verifier,
+        "verdict_valid": valid,
+        "status": net.status(job).name,
+    }
 
 
 if __name__ == "__main__":

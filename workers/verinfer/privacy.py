@@ -161,7 +161,7 @@ def load_encryption_key(alias: str, passphrase: str, directory: Path) -> Encrypt
 
     path = Path(directory) / f"{alias}.json"
     if not path.is_file():
-        raise PrivacyError(f"no encryption key at {path} (verinfer node keygen)")
+        raise PrivacyError(f"no encryption key at {path} (see docs/privacy.md)")
     try:
         return EncryptionKey(bytes(Account.decrypt(json.loads(path.read_text()), passphrase)))
     except ValueError as exc:
