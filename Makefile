@@ -58,9 +58,14 @@ web-screenshot: setup
 compile: setup
 	ape compile
 
+# Two pytest workers (pytest-xdist), each test file whole on one of them: most tests wait on
+# blocks, nodes and Celery, so two run side by side on a 2-core machine. PYTEST_WORKERS=0 runs
+# them in one process.
+PYTEST_WORKERS ?= 2
+
 test: setup
 	ape compile
-	pytest tests -q
+	pytest tests -q -n $(PYTEST_WORKERS) --dist loadfile
 
 # Long stateful fuzzing run: FUZZ_EXAMPLES examples x 100 steps per token kind (make test: 8),
 # and the revert-grinding draw test at 32 draws (make test: 8).

@@ -318,7 +318,7 @@ schema = from_fixture("gateway_schema")
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_openapi_schema__no_server_error(case: Any, gw: Gateway) -> None:
     case.call_and_validate(
         headers={"Authorization": f"Bearer {API_KEY}"}, checks=[not_a_server_error], timeout=60

@@ -7,6 +7,12 @@ cut most batches short (14-29 jobs of 32 in the bench-node flood). `EngineBatche
 timer every ``flush_interval`` but flushes only when the buffer is full, when no message came
 for ``gap`` seconds (the stream paused: the batch will not grow), or when its oldest message
 has waited ``max_wait`` (a slow, steady stream still gets served).
+
+Both waits grow with the engine: a batch may wait up to ``adapt`` (5 %) of the last batch's
+engine time for its gap, and twice that for its first job. A model whose batch takes a minute
+(SmolLM2 on two CPU cores) then waits ~3 s for jobs that the watcher hands on block by block,
+instead of running half-full batches that cost nearly as much as full ones; a fast engine
+keeps the 50 ms / 250 ms floor. A lone job waits at most 10 % of a batch's time more.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ class EngineBatches(Batches):
     abstract = True
     gap: float = 0.05  # seconds without a new message after which the batch goes
     max_wait: float = 0.25  # seconds the oldest buffered message may wait, at most
+    adapt: float = 0.05  # share of the last batch's engine time the gap may grow to
+    _last_batch_s: float = 0.0  # engine time of the last batch that ran
     _last_put: float = 0.0
     _first_put: float | None = None
 
@@ -44,10 +52,16 @@ class EngineBatches(Batches):
             return True
         if self._first_put is None:
             return True  # nothing buffered: let celery-batches stop its timer
-        return now - self._last_put >= self.gap or now - self._first_put >= self.max_wait
+        gap = max(self.gap, self.adapt * self._last_batch_s)
+        max_wait = max(self.max_wait, 2 * gap)
+        return now - self._last_put >= gap or now - self._first_put >= max_wait
 
     def _do_flush(self) -> None:
         if not self.due(monotonic()):
             return
+        had = self._first_put is not None
         self._first_put = None
-        super()._do_flush()
+        started = monotonic()
+        super()._do_flush()  # the solo pool runs the batch here, in this call
+        if had:
+            self._last_batch_s = monotonic() - started
