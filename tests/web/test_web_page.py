@@ -17,10 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from verinfer.inputs import decode_input
+from verinfer.digest import FinishReason
+from verinfer.inputs import decode_input, encode_chat_input
 from verinfer.jobs import JobStatus
 from verinfer.node.devchain import UNIT, transact
 from verinfer.node.localnet import CHEATER, CLIENT_C, NODE_A, NODE_B, PRICE, Net, local_net
+from verinfer.privacy import (
+    EncryptionKey,
+    node_open_input,
+    private_result_digest,
+    seal_output,
+)
 from verinfer.tokenizers_local import decode_tokens
 
 HERE = Path(__file__).resolve().parent
@@ -35,6 +42,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 MAX_TOKENS = 8
+UNSERVED = "verinfer-web-unserved"
+NODE_B_KEY = EncryptionKey(b"\x42" * 32)  # node B's encryption key (a fixed test secret)
 
 try:
     from playwright.sync_api import Page, expect, sync_playwright
@@ -151,6 +160,22 @@ def page(browser: Any, site: str, net: Net, screens: Path) -> Iterator[Page]:
     pg.close()
 
 
+@pytest.fixture(scope="module")
+def unserved(net: Net) -> bytes:
+    """A model only node B serves, with a real encryption key; B runs no process (the tests
+    play its part where they need one). Returns the model id."""
+    market = net.dev.market.functions
+    transact(net.w3, market.register_model(UNSERVED, "r1", b"\x01" * 32), net.addr(0))
+    (reg,) = [e for e in net.events("ModelRegistered") if e["args"]["name"] == UNSERVED]
+    transact(net.w3, market.serve_model(reg["args"]["model_id"], PRICE), net.addr(NODE_B))
+    transact(
+        net.w3,
+        market.update_node(NODE_B_KEY.pubkey, "http://node-b.invalid"),
+        net.addr(NODE_B),
+    )
+    return bytes(reg["args"]["model_id"])
+
+
 def shot(page: Page, screens: Path, name: str) -> None:
     page.screenshot(path=str(screens / f"{name}.png"), full_page=True)
 
@@ -239,7 +264,7 @@ def chat(page: Page, node: str, text: str) -> Any:
     page.fill("#message", text)
     page.click("#send")
     answer = page.locator(".msg.assistant").nth(before)
-    expect(answer.locator(".details")).to_contain_text("held (digest checked)", timeout=60_000)
+    expect(answer.locator(".details")).to_contain_text("held (digest checked)", timeout=90_000)
     return answer
 
 
@@ -281,7 +306,7 @@ def test_chat__real_answer_cost_refund__then_dispute_the_cheater__slash__withdra
     expect(second.locator(".bond")).to_have_text(fmt(100 * UNIT))
     shot(page, screens, "06-dispute-offer")
     second.locator(".dispute-sign").click()
-    expect(second.locator(".verdict")).to_contain_text("the answer is invalid", timeout=60_000)
+    expect(second.locator(".verdict")).to_contain_text("the answer is invalid", timeout=90_000)
     shot(page, screens, "07-verdict")
     (posted,) = net.events("VerdictPosted", "court", job_id=job2)
     assert posted["args"]["verifier"] == net.addr(NODE_A) and posted["args"]["valid"] is False
@@ -291,7 +316,7 @@ def test_chat__real_answer_cost_refund__then_dispute_the_cheater__slash__withdra
     )
     net.dev.mine(seconds=windows + 1)  # time passes; node A's keeper settles
     expect(second.locator(".settled")).to_contain_text(
-        f"slashed {fmt(2_000 * UNIT)}", timeout=60_000
+        f"slashed {fmt(2_000 * UNIT)}", timeout=90_000
     )
     shot(page, screens, "08-slashed")
     assert net.status(job2) == JobStatus.SLASHED
@@ -343,16 +368,11 @@ def test_rpc_drops__banner__then_back(page: Page, net: Net, screens: Path) -> No
 
 
 def test_no_node_claims__cancel_shows_the_refund(
-    browser: Any, site: str, net: Net, screens: Path
+    browser: Any, site: str, net: Net, screens: Path, unserved: bytes
 ) -> None:
     """A model only node B serves, and node B runs no process: nobody claims."""
-    owner, node_b, client = net.addr(0), net.addr(NODE_B), net.addr(CLIENT_C)
+    client = net.addr(CLIENT_C)
     market = net.dev.market.functions
-    transact(net.w3, market.register_model("verinfer-web-unserved", "r1", b"\x01" * 32), owner)
-    (reg,) = [
-        e for e in net.events("ModelRegistered") if e["args"]["name"] == "verinfer-web-unserved"
-    ]
-    transact(net.w3, market.serve_model(reg["args"]["model_id"], PRICE), node_b)
     other = open_page(browser, site, net, CLIENT_C)
     other.click("#connect")
     expect(other.locator("#net-status")).to_contain_text("right network")
@@ -375,4 +395,55 @@ def test_no_node_claims__cancel_shows_the_refund(
     (cancelled,) = net.events("JobCancelled", job_id=job)
     assert cancelled["args"]["refund"] == 4 * PRICE
     assert market.balance_of(client).call() == prepaid + 4 * PRICE
+    other.close()
+
+
+def test_private_job__sealed_to_the_node_in_the_page__opened_and_checked_in_the_page(
+    browser: Any, site: str, net: Net, screens: Path, unserved: bytes
+) -> None:
+    other = open_page(browser, site, net, CLIENT_C)
+    other.click("#connect")
+    expect(other.locator("#net-status")).to_contain_text("right network")
+    other.check("#private")
+    # node A registered no usable encryption key: refused before anything is signed
+    other.select_option("#node", net.addr(NODE_A))
+    other.fill("#message", "A secret question")
+    other.click("#send")
+    expect(other.locator("#chat-step")).to_have_text(
+        "This node has no usable encryption key: it cannot take private jobs."
+    )
+    other.select_option("#model", label=f"{UNSERVED}@r1")
+    other.select_option("#node", net.addr(NODE_B))
+    other.fill("#max-tokens", "4")
+    other.click("#send")
+    answer = other.locator(".msg.assistant").first
+    expect(answer).to_contain_text("submitted: waiting for a node to claim the job")
+    job = int(answer.get_attribute("data-job") or 0)
+    record = net.record(job)
+    # node B's side, with privacy.py: the page's envelope opens to the chat input
+    inner, job_key = node_open_input(record.input, NODE_B_KEY.secret)
+    assert inner == encode_chat_input([{"role": "user", "content": "A secret question"}])
+    assert record.submitted_at >= 2**63  # the market flagged it private
+    tokens = [5, 6, 7]
+    sealed = seal_output(tokens, job_key, job)
+    digest = private_result_digest(
+        job, unserved, record.input, record.params, tokens, FinishReason.STOP, job_key
+    )
+    transact(
+        net.w3,
+        net.dev.market.functions.claim_and_publish(
+            job, record.as_struct(), sealed, len(tokens), int(FinishReason.STOP), digest
+        ),
+        net.addr(NODE_B),
+    )
+    expect(answer.locator(".details")).to_contain_text("held (digest checked)")
+    expect(answer.locator(".details")).to_contain_text(f"job {job} (private)")
+    expect(answer.locator(".answer-text")).to_have_text(
+        "no tokenizer for this model here: token ids 5 6 7"
+    )
+    expect(answer.locator(".cost")).to_have_text(fmt(3 * PRICE))
+    shot(other, screens, "12-private")
+    assert net.status(job) == JobStatus.PUBLISHED
+    (published,) = net.events("ResultPublished", job_id=job)
+    assert published["args"]["result_digest"] == digest
     other.close()

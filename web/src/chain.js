@@ -18,6 +18,7 @@ import {
 } from "viem";
 import marketAbi from "../../workers/verinfer/abi/Market.json";
 import courtAbi from "../../workers/verinfer/abi/Court.json";
+import { FORMAT_PRIVATE, openOutput, privateDigest } from "./private.js";
 
 export { marketAbi, courtAbi, erc20Abi };
 
@@ -59,6 +60,7 @@ export function encodeChatInput(messages) {
 /** Decode input bytes back into a prompt or chat messages (for past jobs). */
 export function decodeInput(hex) {
   const bytes = hexToBytesLocal(hex);
+  if (bytes[0] === FORMAT_PRIVATE) return "(private)";
   const text = new TextDecoder().decode(bytes.slice(1));
   if (bytes[0] === FORMAT_CHAT) {
     try {
@@ -143,6 +145,14 @@ export function asStruct(job) {
   return Object.fromEntries(STRUCT_FIELDS.map((f) => [f, job[f]]));
 }
 
+/** A private job: its input is an envelope (format byte 0x02). */
+export function isPrivate(job) {
+  return job.input.slice(0, 4) === "0x02";
+}
+
+/** Whether this market takes private jobs (its court has the key hand-over). */
+export const PRIVATE_JOBS = courtAbi.some((f) => f.type === "function" && f.name === "hand_key");
+
 // ---- the market ----
 
 export class Market {
@@ -153,7 +163,8 @@ export class Market {
     this.address = config.market;
     this.fromBlock = BigInt(config.from_block || 0);
     const transport = config.rpc_url ? http(config.rpc_url, { retryCount: 1 }) : custom(provider);
-    this.public = createPublicClient({ transport });
+    // no block-number cache: a job's events must show up at the next poll
+    this.public = createPublicClient({ transport, pollingInterval: 500, cacheTime: 0 });
     this.provider = provider;
     this.wallet = provider ? createWalletClient({ transport: custom(provider) }) : null;
     this.topics = Object.fromEntries(JOB_EVENTS.map((n) => [eventTopic(marketAbi, n), n]));
@@ -213,7 +224,8 @@ export class Market {
               this.read("serve_price", [node, id]), this.read("node_info", [node]),
               this.read("is_eligible", [node, id]),
             ]);
-            return { address: node, price, stake: info.stake, eligible, slashed: info.slashed };
+            return { address: node, price, stake: info.stake, eligible, slashed: info.slashed,
+              pubkey: info.pubkey };
           }),
         );
         return { id, name: log.args.name, revision: log.args.revision, nodes };
@@ -283,9 +295,20 @@ export class Market {
   /** Whether the published output is held: the digest recomputed here equals the one the
    * node published, and the market's stored job hash matches the job rebuilt from events
    * (a finalized job's hash is deleted: its record rests on the market's own events). */
-  async digestOk(job) {
+  async digestOk(job, jobKey = null) {
     if (job.published_block === 0n) return false;
-    if (expectedDigest(job) !== job.result_digest) return false;
+    if (isPrivate(job)) {
+      if (!jobKey) return false;
+      let packed;
+      try {
+        packed = openOutput(job.output, jobKey, job.job_id);
+      } catch {
+        return false;
+      }
+      if (privateDigest(job, packed, jobKey) !== job.result_digest) return false;
+    } else if (expectedDigest(job) !== job.result_digest) {
+      return false;
+    }
     if (job.status === "FINALIZED") return true;
     const stored = await this.read("job_hash", [job.job_id]);
     if (stored === ZERO_BYTES32) {

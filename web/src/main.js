@@ -4,7 +4,8 @@ import { BaseError, ContractFunctionRevertedError, UserRejectedRequestError, for
   parseUnits, getAddress } from "viem";
 import { Tokenizer } from "@huggingface/tokenizers";
 import { Market, encodeChatInput, encodeParams, unpackTokens, asStruct, decodeInput,
-  MAX_INPUT_BYTES, ZERO_ADDRESS, STATUS } from "./chain.js";
+  MAX_INPUT_BYTES, ZERO_ADDRESS, isPrivate, PRIVATE_JOBS } from "./chain.js";
+import { sealInput, openOutput, usableKey, saveJobKey, loadJobKey } from "./private.js";
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -89,6 +90,7 @@ async function start() {
   $("model").onchange = () => { fillNodes(); estimate(); };
   $("node").onchange = estimate;
   $("max-tokens").oninput = estimate;
+  $("private-label").hidden = !PRIVATE_JOBS;
   $("message").onkeydown = (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); send(); } };
   await loadMarket();
   setInterval(poll, POLL_MS);
@@ -313,7 +315,17 @@ async function tokenizerFor(modelId) {
 }
 
 async function answerText(job) {
-  const ids = unpackTokens(job.output);
+  let packed = job.output;
+  if (isPrivate(job)) {
+    const key = loadJobKey(state.market.address, job.job_id);
+    if (!key) return { text: null, ids: [], note: "private job: its key is not in this browser" };
+    try {
+      packed = openOutput(job.output, key, job.job_id);
+    } catch {
+      return { text: null, ids: [], note: "private job: the output does not decrypt with its key" };
+    }
+  }
+  const ids = unpackTokens(packed);
   const tok = await tokenizerFor(job.model_id);
   if (!tok) return { text: null, ids };
   return { text: tok.decode(ids, { skip_special_tokens: true }), ids };
@@ -332,7 +344,16 @@ async function send() {
     const maxTokens = Number($("max-tokens").value);
     if (!(maxTokens >= 1)) throw new Error("max tokens must be at least 1.");
     const messages = [...state.conversation, { role: "user", content: text }];
-    const input = encodeChatInput(messages);
+    let input = encodeChatInput(messages);
+    let jobKey = null;
+    if ($("private").checked) {
+      if (node === ZERO_ADDRESS) throw new Error("A private job names its node: pick one.");
+      const pubkey = m.nodes.find((n) => n.address === node)?.pubkey;
+      if (!pubkey || !usableKey(pubkey)) {
+        throw new Error("This node has no usable encryption key: it cannot take private jobs.");
+      }
+      ({ envelope: input, jobKey } = sealInput(input, pubkey));
+    }
     if ((input.length - 2) / 2 > MAX_INPUT_BYTES) {
       throw new Error(`This conversation is too long for one job (${(input.length - 2) / 2} bytes, at most ${MAX_INPUT_BYTES}): start a new conversation.`);
     }
@@ -357,6 +378,7 @@ async function send() {
       ? await state.market.sendMarket(state.account, "deposit_and_submit", [need, ...args])
       : await state.market.sendMarket(state.account, "submit", args);
     const jobId = state.market.submittedId(receipt);
+    if (jobKey) saveJobKey(state.market.address, jobId, jobKey);
     state.conversation = messages;
     $("message").value = "";
     const el = document.createElement("div");
@@ -390,18 +412,19 @@ async function follow(jobId) {
   const parts = [];
   if (job.published_block > 0n) {
     if (f.text === undefined) {
-      const { text, ids } = await answerText(job);
+      const { text, ids, note } = await answerText(job);
       f.text = text;
       f.ids = ids;
+      f.note = note;
     }
-    f.held = await state.market.digestOk(job);
+    f.held = await state.market.digestOk(job, isPrivate(job) ? loadJobKey(state.market.address, jobId) : null);
     if (f.conversation && f.held && !f.added) {
       f.added = true;
       if (f.text) state.conversation = [...state.conversation, { role: "assistant", content: f.text }];
     }
     parts.push(f.text !== null
       ? `<div class="answer-text">${esc(f.text)}</div>`
-      : `<div class="answer-text muted">no tokenizer for this model here: token ids ${esc(f.ids.join(" "))}</div>`);
+      : `<div class="answer-text muted">${esc(f.note || `no tokenizer for this model here: token ids ${f.ids.join(" ")}`)}</div>`);
   } else if (job.status === "OPEN") {
     // the client may cancel an unclaimed job at any time; after the claim deadline anyone may
     parts.push(head.timestamp > job.claim_deadline
@@ -425,13 +448,15 @@ async function follow(jobId) {
     ? `<span>cost <strong class="cost">${fmt(cost)}</strong></span><span>refund <strong class="refund">${fmt(refund)}</strong></span>`
     : `<span>escrowed ${fmt(job.max_payment)}</span>`;
   const txs = Object.entries(job.txs).map(([k, h]) => `<code title="${h}">${k} ${h.slice(0, 10)}</code>`).join(" ");
-  parts.push(`<div class="details"><span>job <strong class="job-id">${job.job_id}</strong></span>
+  parts.push(`<div class="details"><span>job <strong class="job-id">${job.job_id}</strong>${isPrivate(job) ? " (private)" : ""}</span>
     <span>status <strong class="status">${job.status}</strong></span>
     ${job.node !== ZERO_ADDRESS ? `<span>node ${nodeName(job.node)}</span>` : ""}
     ${job.published_block > 0n ? `<span>${job.output_tokens} tokens</span>` : ""}
     ${money} ${held}<br>transactions: ${txs}</div>`);
   if (job.status === "PUBLISHED" && !state.dispute.has(jobId)) {
-    parts.push(`<button class="secondary dispute-open">Dispute this answer</button>`);
+    parts.push(isPrivate(job)
+      ? `<div class="muted">A private job's dispute hands its key to the verifier: not from this page yet.</div>`
+      : `<button class="secondary dispute-open">Dispute this answer</button>`);
   }
   parts.push(`<div class="dispute-box"></div>`);
   const box = f.el.querySelector(".dispute-box");
