@@ -155,7 +155,7 @@ class Router:
             return
         handles = [j.handle for j in live if j.handle is not None]
         self.client.wait_many(handles, timeout=0, poll=0, once=True)
-        now = time.time()
+        now = self._chain_now()
         for job in live:
             self._advance(job, now)
 
@@ -182,7 +182,7 @@ class Router:
                          "escrow refunded")  # fmt: skip
             return
         if status == JobStatus.CLAIMED:
-            if now > rec.result_deadline and self._end(handle, "expire"):
+            if now > rec.result_deadline and self._end(handle, "expire", rec.result_deadline):
                 self.say(f"job {rec.job_id}: node {rec.node} claimed it and published nothing by "
                          "its deadline: expired, escrow refunded")  # fmt: skip
             return
@@ -195,14 +195,30 @@ class Router:
                 job.done, job.finished = True, time.monotonic()
                 job.result = job.result or self.client.result_of(handle)
 
+    @staticmethod
+    def _chain_now() -> float:
+        """The time the next block will have at least: the head's, or the wall clock when the
+        head is older (a chain that mines on demand)."""
+        from ape import chain
+
+        return max(time.time(), float(chain.blocks.head.timestamp))
+
     def _settled(self, attempt: Attempt, outcome: str) -> None:
         attempt.outcome = outcome
         self.inflight[attempt.node] -= 1
 
-    def _end(self, handle: JobHandle, action: str) -> bool:
+    def _end(self, handle: JobHandle, action: str, after: int | None = None) -> bool:
         """Cancel or expire ``handle``'s job (simulated first: a node may have claimed or a
-        keeper expired it meanwhile); True when this client's transaction ended it."""
+        keeper expired it meanwhile); True when this client's transaction ended it.
+        ``after``: the chain time the action needs passed; a local chain that mines on demand
+        mines a block first when its head is older (as ``Client._wait_next_block`` does)."""
+        from ape import chain
+
         from verinfer.chain_errors import guard
+
+        local = chain.provider.network.name == "local"
+        if after is not None and local and int(chain.blocks.head.timestamp) <= after:
+            chain.provider.make_request("evm_mine", [])  # Anvil and Hardhat know it
 
         method = getattr(self.client.market, action)
         args = (handle.job_id, handle.record.as_struct())

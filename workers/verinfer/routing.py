@@ -100,9 +100,8 @@ class RoutePolicy:
     explore_below: int = 2
 
     def without(self, node: str) -> RoutePolicy:
-        """The same policy with ``node`` excluded too (and unpinned if it was the pin)."""
-        pin = None if self.pin and self.pin.lower() == node.lower() else self.pin
-        return replace(self, pin=pin, exclude=self.exclude | {node.lower()})
+        """The same policy with ``node`` excluded too (a pinned node excluded leaves none)."""
+        return replace(self, exclude=self.exclude | {node.lower()})
 
 
 def reliability(record: NodeRecord, half_life: float) -> float:
