@@ -14,6 +14,8 @@ from web3._utils.events import get_event_data
 from web3.contract import Contract
 from web3.providers import HTTPProvider
 
+from verinfer.jobs import JobRecord
+
 
 @cache
 def load_abi(name: str) -> list[dict[str, Any]]:
@@ -74,6 +76,42 @@ class Protocol:
         raw = self.court.functions.dispute_info(job_id).call()
         return dict(zip(names, raw, strict=True))
 
+    def job_logs(
+        self, job_id: int, from_block: int = 0, to_block: int | str = "latest"
+    ) -> list[DecodedLog]:
+        """Every market log of ``job_id`` on the canonical chain (as the endpoint has it now),
+        in chain order (one ``eth_getLogs``: the job id is the first indexed topic)."""
+        query: Any = {
+            "fromBlock": from_block,
+            "toBlock": to_block,
+            "address": self.market.address,
+            "topics": [None, "0x" + job_id.to_bytes(32, "big").hex()],
+        }
+        raw = self.w3.eth.get_logs(query)
+        decoded = [self.decode(entry) for entry in raw]
+        return [d for d in decoded if d is not None and d.args.get("job_id") == job_id]
+
+    def rebuild_job(
+        self, job_id: int, from_block: int = 0, to_block: int | str = "latest"
+    ) -> JobRecord | None:
+        """The job's record rebuilt from the canonical chain's logs (``JobSubmitted``, then
+        every ``JobClaimed`` / ``ResultPublished``), as the market has its fields; None when
+        the chain has no ``JobSubmitted`` of it (a reorg took it away)."""
+        record: JobRecord | None = None
+        for item in self.job_logs(job_id, from_block, to_block):
+            if item.event == "JobSubmitted":
+                record = JobRecord.from_submitted(item.args)
+            elif record is not None and item.event == "JobClaimed":
+                record.apply_claimed(item.args)
+            elif record is not None and item.event == "ResultPublished":
+                record.apply_published(item.args)
+        return record
+
+    def matches_chain(self, record: JobRecord) -> bool:
+        """Whether ``record``'s fields are the ones the market stores now (``job_hash``)."""
+        stored = bytes(self.market.functions.job_hash(record.job_id).call())
+        return stored == record.struct_hash()
+
     @property
     def addresses(self) -> list[str]:
         """Addresses whose logs the watcher reads."""
@@ -98,3 +136,14 @@ class Protocol:
             tx_hash=bytes(log["transactionHash"]),
             log_index=int(log["logIndex"]),
         )
+
+
+def network_facts(w3: Web3) -> tuple[int, bool]:
+    """``(chain id, whether the endpoint knows the "safe" block tag)``, for the per-network
+    defaults (``NodeSettings.resolve_network``)."""
+    chain_id = int(w3.eth.chain_id)
+    try:
+        w3.eth.get_block("safe")
+    except Exception:  # an endpoint without the tag answers with an error
+        return chain_id, False
+    return chain_id, True

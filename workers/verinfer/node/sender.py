@@ -117,6 +117,15 @@ class RpcUnavailable(RuntimeError):
     """The RPC endpoint kept failing after every retry."""
 
 
+class LeaseUnavailable(RpcUnavailable):
+    """The sender's lease was not renewed in time (Redis unreachable): nothing is signed until
+    it is; the chain task is retried later, like an RPC outage."""
+
+
+class SenderFenced(RuntimeError):
+    """Another sender holds this key's lease: this one must never sign again (it stops)."""
+
+
 @dataclass
 class PendingTx:
     """A transaction sent and not yet seen mined."""
@@ -132,6 +141,17 @@ class PendingTx:
     # a batch call's single calls (publish_many: one publish per job), sent one by one if
     # the batch is dropped and no longer applies as a whole
     parts: list[tuple[str, Any]] | None = None
+    jobs: tuple[int, ...] = ()  # the job ids the call is about (its first argument)
+
+
+def jobs_of(fn: Any) -> tuple[int, ...]:
+    """The job ids a contract call is about: its first argument, an id or a list of ids."""
+    args = getattr(fn, "args", None) or ()
+    if args and isinstance(args[0], int):
+        return (args[0],)
+    if args and isinstance(args[0], (list, tuple)):
+        return tuple(int(j) for j in args[0])
+    return ()
 
 
 def revert_reason(exc: BaseException | str) -> str:
@@ -157,7 +177,15 @@ class TxSender:
         fee_bump: float = 1.125,
         priority_fee_wei: int = 10**9,
         track_interval_s: float = 0.5,
+        finality: str = "latest",
+        confirmations: int = 0,
+        lease: Any = None,
     ) -> None:
+        """``finality`` ("latest", "safe" or "finalized": a block tag) and ``confirmations``:
+        a transaction counts as done once its nonce is used in the older of the tag's block
+        and ``head - confirmations``; until then it stays tracked, and one that a reorg drops
+        is sent again (or its nonce filled with a no-op). ``lease``: the ``SenderLease``
+        checked before every signature (None: no lease, for tests of the sender alone)."""
         self.w3 = w3
         self.account = account
         self.address = account.address
@@ -168,12 +196,16 @@ class TxSender:
         self.fee_bump = fee_bump
         self.priority_fee_wei = priority_fee_wei
         self.track_interval_s = track_interval_s
+        self.finality = finality
+        self.confirmations = confirmations
+        self.lease = lease
         self.chain_id = self.rpc("chain_id", lambda: w3.eth.chain_id)
         self._lock = threading.RLock()
         self._nonce: int = self.rpc(
             "nonce", lambda: int(w3.eth.get_transaction_count(self.address, "pending"))
         )
         self._pending: dict[int, PendingTx] = {}
+        self._latest_nonce = self._nonce  # the key's nonce in the latest block, last seen
         self._fees: tuple[float, int, int] = (0.0, 0, 0)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -230,9 +262,9 @@ class TxSender:
             "data": fn._encode_transaction_data(),
             "value": 0,
         }
-        return self.send_tx(action, tx)
+        return self.send_tx(action, tx, jobs_of(fn))
 
-    def send_tx(self, action: str, tx: dict[str, Any]) -> bytes:
+    def send_tx(self, action: str, tx: dict[str, Any], jobs: tuple[int, ...] = ()) -> bytes:
         """Simulate (gas estimate), sign and send a transaction dict ``{to, data, value}``."""
         try:
             gas = self.rpc(action, lambda: self.w3.eth.estimate_gas(tx))  # type: ignore[arg-type]
@@ -253,6 +285,7 @@ class TxSender:
             }
             full.pop("from", None)
             pending = self._sign_and_send(action, full)
+            pending.jobs = jobs
             self._pending[pending.nonce] = pending
             self._nonce += 1
         if self.metrics:
@@ -312,8 +345,10 @@ class TxSender:
         sent: list[PendingTx] = []
         rejected: dict[str, int] = {}
         with self._lock:
+            if self.lease is not None:
+                self.lease.check()  # before any nonce is taken
             max_fee, tip = self._fee_fields()
-            for (action, _), tx, sim in zip(items, txs, sims, strict=True):
+            for (action, fn), tx, sim in zip(items, txs, sims, strict=True):
                 if "error" in sim:
                     rejected[action] = rejected.get(action, 0) + 1
                     out.append(TxRejected(action, revert_reason(str(sim["error"].get("message")))))
@@ -329,7 +364,7 @@ class TxSender:
                     "chainId": self.chain_id,
                     "type": 2,
                 }
-                signed = self.account.sign_transaction(full)
+                signed = self.account.sign_transaction(full)  # lease checked above
                 p = PendingTx(
                     self._nonce,
                     action,
@@ -339,6 +374,7 @@ class TxSender:
                     time.monotonic(),
                 )
                 p.parts = parts
+                p.jobs = jobs_of(fn)
                 self._pending[p.nonce] = p
                 self._nonce += 1
                 sent.append(p)
@@ -387,8 +423,14 @@ class TxSender:
         except TxRejected as exc:
             return exc
 
+    def _sign(self, tx: dict[str, Any]) -> Any:
+        """Sign ``tx`` if this process still holds the key's lease (see ``SenderLease.check``)."""
+        if self.lease is not None:
+            self.lease.check()
+        return self.account.sign_transaction(tx)
+
     def _sign_and_send(self, action: str, tx: dict[str, Any]) -> PendingTx:
-        signed = self.account.sign_transaction(tx)
+        signed = self._sign(tx)
         raw = bytes(signed.raw_transaction)
         try:
             self.rpc(action, lambda: self.w3.eth.send_raw_transaction(raw))
@@ -397,7 +439,7 @@ class TxSender:
             if "nonce too low" in text or "nonce too high" in text:
                 self._resync_nonce()
                 tx = {**tx, "nonce": self._nonce}
-                signed = self.account.sign_transaction(tx)
+                signed = self._sign(tx)
                 raw = bytes(signed.raw_transaction)
                 self.rpc(action, lambda: self.w3.eth.send_raw_transaction(raw))
             elif "already known" not in text:
@@ -418,37 +460,98 @@ class TxSender:
             return len(self._pending)
 
     def track_once(self) -> None:
-        """One pass over pending transactions: receipts, then those pending longer than
-        ``stuck_after_s``: a dropped one (the endpoint no longer knows it) is sent again with
-        its nonce if it still simulates, else its nonce is filled with a no-op (so the ones
-        after it still go through and no nonce is skipped); the one at the head of the queue,
-        if still known, is replaced with higher fees. A hole below our pending transactions
-        (a reorg wiped mined ones) renumbers them from the chain's nonce."""
+        """One pass over pending transactions: those whose nonce is used at the finality
+        block (``finality`` / ``confirmations``) are done (receipts, gas spent); those mined
+        in the latest block but not yet final stay tracked; of the rest, those pending longer
+        than ``stuck_after_s``: a dropped one (the endpoint no longer knows it: evicted, or
+        wiped by a reorg) is sent again with its nonce if it still simulates, else its nonce
+        is filled with a no-op (so the ones after it still go through and no nonce is
+        skipped); the one at the head of the queue, if still known, is replaced with higher
+        fees. A hole below our pending transactions (a reorg deeper than the finality wiped
+        done ones) renumbers them from the chain's nonce."""
         with self._lock:
             if not self._pending:
                 return
-            mined_nonce = self.rpc(
+            latest = self.rpc(
                 "nonce", lambda: self.w3.eth.get_transaction_count(self.address, "latest")
             )
-            mined = [self._pending.pop(n) for n in sorted(self._pending) if n < mined_nonce]
-            self._settle_many(mined)
+            final = latest if self._final_block() is None else self._final_nonce()
+            self._latest_nonce = latest
+            done = [self._pending.pop(n) for n in sorted(self._pending) if n < min(final, latest)]
+            self._settle_many(done)
             if not self._pending:
                 return
             now = time.monotonic()
             old = [
-                p for n, p in sorted(self._pending.items()) if now - p.sent_at >= self.stuck_after_s
+                p
+                for n, p in sorted(self._pending.items())
+                if n >= latest and now - p.sent_at >= self.stuck_after_s
             ]
             if not old:
                 return
-            if min(self._pending) > mined_nonce:
-                self._renumber(mined_nonce)
+            if min(self._pending) > latest:
+                self._renumber(latest)
                 return
             known = self._known_many(old)
             for p, is_known in zip(old, known, strict=True):
                 if not is_known:
                     self._replace_dropped(p)
-                elif p.nonce == mined_nonce:  # stuck at the head: pay more (today's fees at least)
+                elif p.nonce == latest:  # stuck at the head: pay more (today's fees at least)
                     self._resend(p, self._bumped(p.tx), "replaced (stuck)")
+
+    def recover_dropped(self) -> None:
+        """After a reorg: at once (not after ``stuck_after_s``), every pending transaction
+        the endpoint no longer knows is sent again with its nonce, or its nonce filled with
+        a no-op when it no longer applies (``track_once``'s rules)."""
+        with self._lock:
+            if not self._pending:
+                return
+            latest = self.rpc(
+                "nonce", lambda: self.w3.eth.get_transaction_count(self.address, "latest")
+            )
+            self._latest_nonce = latest
+            if min(self._pending) > latest:
+                self._renumber(latest)
+                return
+            waiting = [p for n, p in sorted(self._pending.items()) if n >= latest]
+            for p, known in zip(waiting, self._known_many(waiting), strict=True):
+                if not known:
+                    self._replace_dropped(p)
+
+    def has_pending_for(self, job_id: int) -> bool:
+        """Whether a transaction about ``job_id`` is sent and not yet in the latest block."""
+        with self._lock:
+            return any(
+                job_id in p.jobs for n, p in self._pending.items() if n >= self._latest_nonce
+            )
+
+    def _final_block(self) -> int | str | None:
+        """The block whose nonce says "done": None for the latest (no finality asked)."""
+        if self.finality == "latest" and not self.confirmations:
+            return None
+        if self.finality == "latest":
+            return "latest"
+        return self.finality
+
+    def _final_nonce(self) -> int:
+        """The key's nonce at the finality block (the older of the tag's block and
+        ``head - confirmations``)."""
+        tag = self._final_block()
+        block = self.rpc("final", lambda: self.w3.eth.get_block(tag))  # type: ignore[arg-type]
+        number = int(block["number"])
+        if self.confirmations:
+            head = self.rpc("head", lambda: self.w3.eth.block_number)
+            number = min(number, head - self.confirmations)
+        if number < 0:
+            return 0
+        return int(
+            self.rpc("nonce", lambda: self.w3.eth.get_transaction_count(self.address, number))
+        )
+
+    def unmined_count(self) -> int:
+        """Transactions sent and not yet seen in the latest block (as of the last pass)."""
+        with self._lock:
+            return sum(n >= self._latest_nonce for n in self._pending)
 
     def _still_applies(self, p: PendingTx, then: str = "") -> bool:
         """Simulate the dropped transaction ``p`` again; when it reverts, log it (with
@@ -474,7 +577,7 @@ class TxSender:
         when it no longer applies (its simulation reverts)."""
         if not self._still_applies(p, "; filling its nonce with a no-op"):
             noop = {**p.tx, "to": self.address, "data": b"", "value": 0, "gas": 21_000}
-            p.action, parts, p.parts = "noop", p.parts, None
+            p.action, parts, p.parts, p.jobs = "noop", p.parts, None, ()
             self._resend(p, self._bumped(noop), "no-op sent")
             self._send_parts(parts)  # after the no-op
             return
@@ -605,8 +708,8 @@ class TxSender:
             self._send_parts(parts)
 
     def _resend(self, p: PendingTx, tx: dict[str, Any], why: str) -> None:
-        signed = self.account.sign_transaction(tx)
         try:
+            signed = self._sign(tx)
             self.rpc(
                 p.action, lambda: self.w3.eth.send_raw_transaction(bytes(signed.raw_transaction))
             )
@@ -631,6 +734,9 @@ class TxSender:
             while not self._stop.wait(self.track_interval_s):
                 try:
                     self.track_once()
+                except SenderFenced as exc:
+                    log.error("tracker: %s; it stops", exc)
+                    return
                 except RpcUnavailable as exc:
                     log.error("tracker: %s", exc)
                 except Exception:  # keep tracking; the next pass retries
@@ -640,12 +746,16 @@ class TxSender:
         self._thread.start()
 
     def stop(self, drain_s: float = 10.0) -> None:
-        """Wait up to ``drain_s`` for pending transactions to be mined, then stop the tracker."""
+        """Wait up to ``drain_s`` for pending transactions to be mined (in the latest block,
+        not final: after a restart, the watcher re-derives from the chain the jobs whose
+        transactions a reorg drops), then stop the tracker."""
         deadline = time.monotonic() + drain_s
         while self.pending_count() and time.monotonic() < deadline:
             try:
                 self.track_once()
             except Exception:
+                break
+            if not self.unmined_count():
                 break
             time.sleep(0.2)
         self._stop.set()

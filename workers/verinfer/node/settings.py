@@ -19,7 +19,12 @@ class NodeSettings(BaseSettings):
     market: str = Field(description="Market contract address")
     court: str = Field(description="Court contract address")
     start_block: int = 0  # first block the watcher reads when it has no cursor yet
-    confirmations: int = 0  # blocks to wait before acting on a log (0 on a dev chain)
+    # blocks the watcher waits before acting on a log; None: per network (``auto_confirmations``:
+    # 0 on a dev chain, 2 elsewhere). A deeper reorg is still caught: rewind, records rebuilt
+    confirmations: int | None = Field(default=None, ge=0)
+    # when the sender counts a transaction as done (and stops following it): "auto" uses the
+    # chain's "safe" block tag when the endpoint has it, else "latest" (with ``confirmations``)
+    finality: Literal["auto", "latest", "safe", "finalized"] = "auto"
     poll_interval_s: float = 0.25
     max_log_range: int = 2_000  # blocks per eth_getLogs call
     reorg_window: int = 64  # block hashes kept to detect reorgs
@@ -34,8 +39,14 @@ class NodeSettings(BaseSettings):
     # models served: paths of model directories (each checked against its manifest)
     models: list[Path] = Field(default_factory=list)
 
-    # policy
-    price_floor: int = 0  # wei per output token: claim only if max_payment/max_tokens >= this
+    # policy (economics): claim a job only if its escrow (max_payment) covers
+    # max_tokens x max(price_floor, price_fraction x own on-chain price) + its expected gas
+    price_floor: int = Field(default=0, ge=0)  # token base units per output token, at least
+    price_fraction: float = Field(default=1.0, gt=0)  # of the node's own price (1: all of it)
+    gas_per_job: int = Field(default=150_000, ge=0)  # gas units a job costs the node
+    # payment-token base units per wei of gas (a price the node cannot read from the chain);
+    # 0: gas not counted (the node says so at start)
+    gas_token_rate: float = Field(default=0.0, ge=0)
     capacity: int = 64  # jobs claimed and not yet published, at most
     est_job_s: float = 2.0  # expected engine seconds per job, used for deadline checks
     deadline_margin_s: float = 10.0
@@ -64,6 +75,8 @@ class NodeSettings(BaseSettings):
     tx_stuck_after_s: float = 15.0
     tx_fee_bump: float = 1.125
     tx_priority_fee_wei: int = 1_000_000_000
+    # the sender lease in Redis (one signer per key): expires this long after its last renewal
+    sender_lease_ttl_s: float = Field(default=10.0, gt=0.5)
 
     # keeper
     keeper_interval_s: float = 1.0
@@ -100,6 +113,19 @@ class NodeSettings(BaseSettings):
             raise ValueError("must be at least 1")
         return value
 
+    def depth(self) -> int:
+        """``confirmations`` as set (call ``resolve_network`` first when it is None)."""
+        return self.confirmations or 0
+
+    def resolve_network(self, chain_id: int, has_safe_tag: bool) -> NodeSettings:
+        """Fill the per-network defaults: ``confirmations`` (``auto_confirmations``) and
+        ``finality`` ("safe" where the endpoint knows the tag, else "latest")."""
+        if self.confirmations is None:
+            self.confirmations = auto_confirmations(chain_id)
+        if self.finality == "auto":
+            self.finality = "safe" if has_safe_tag else "latest"
+        return self
+
     def engine_threads(self) -> int:
         """Torch threads of one inference worker: ``torch_threads``, or when it is 0
         ``auto_engine_threads(infer_workers)``."""
@@ -127,3 +153,12 @@ def auto_engine_threads(workers: int) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
     cores = cores or os.cpu_count() or 1
     return max(1, -(-(cores - 1) // workers))
+
+
+DEV_CHAIN_IDS = (31337, 1337)  # Anvil and Hardhat, a Geth --dev
+
+
+def auto_confirmations(chain_id: int) -> int:
+    """The watcher's default depth: 0 on a dev chain (it mines on demand), 2 elsewhere
+    (docs/operations.md, "Reorgs and finality")."""
+    return 0 if chain_id in DEV_CHAIN_IDS else 2

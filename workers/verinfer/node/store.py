@@ -17,6 +17,8 @@ from verinfer.jobs import JobRecord
 
 DEDUP_TTL_S = 7 * 24 * 3600
 RECORD_TTL_S = 14 * 24 * 3600
+WORKER_HEARTBEAT_S = 5.0  # how often a worker renews its entry in ``workers``
+WORKER_STALE_S = 3 * WORKER_HEARTBEAT_S  # an entry older than this is a dead worker
 _BYTES_FIELDS = {
     "model_id",
     "input_hash",
@@ -90,6 +92,24 @@ class Store:
             pipe.hdel(self.key("blocks"), *later)
         pipe.set(self.key("cursor"), block)
         pipe.execute()
+
+    # ---- jobs touched per block (rebuilt from the chain when a reorg takes those blocks) ----
+    def touch(self, block: int, job_ids: set[int]) -> None:
+        """Record that logs of block ``block`` changed the records of ``job_ids``."""
+        if job_ids:
+            self.r.zadd(self.key("touched"), {str(j): block for j in job_ids}, gt=True)
+
+    def touched_after(self, block: int) -> list[int]:
+        """Jobs whose records logs after ``block`` changed."""
+        return [int(j) for j in self.r.zrangebyscore(self.key("touched"), f"({block}", "+inf")]
+
+    def trim_touched(self, below: int) -> None:
+        """Forget the jobs last touched before block ``below`` (out of the reorg window)."""
+        self.r.zremrangebyscore(self.key("touched"), "-inf", f"({below}")
+
+    def drop_job(self, job_id: int) -> None:
+        """Forget the record of a job that the canonical chain does not have."""
+        self.r.delete(self.key("job", job_id))
 
     # ---- idempotency ----
     def seen(self, task_key: str) -> bool:
@@ -198,14 +218,21 @@ class Store:
 
     # ---- workers: Celery worker processes of this node that are up (role ready) ----
     def worker_up(self, name: str) -> None:
-        """Record that worker ``name`` (``role@host:pid``) is ready."""
+        """Record that worker ``name`` (``role@host:pid``) is up (ready, then every heartbeat)."""
         self.r.hset(self.key("workers"), name, time.time())
 
     def worker_down(self, name: str) -> None:
         """Forget worker ``name`` (it stopped)."""
         self.r.hdel(self.key("workers"), name)
 
-    def workers(self) -> dict[str, float]:
-        """Workers up, with the time each became ready."""
+    def workers(self, max_age_s: float = WORKER_STALE_S) -> dict[str, float]:
+        """Live workers, with the time of their last heartbeat (``worker_up``, every
+        ``WORKER_HEARTBEAT_S``); entries older than ``max_age_s`` (a worker killed without
+        its clean stop) are dropped."""
         raw = self.r.hgetall(self.key("workers"))
-        return {k.decode(): float(v) for k, v in raw.items()}
+        now = time.time()
+        live = {k.decode(): float(v) for k, v in raw.items() if now - float(v) <= max_age_s}
+        stale = [k for k in raw if k.decode() not in live]
+        if stale:
+            self.r.hdel(self.key("workers"), *stale)
+        return live
