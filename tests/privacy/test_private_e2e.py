@@ -152,6 +152,13 @@ def _settle(net: Net, job: int, status: JobStatus) -> None:
 def test_private_job__served_decrypted__cheater_disputed_and_slashed(
     net: Net, enc_keys: dict[int, P.EncryptionKey], nodes: dict[int, NodeProcess]
 ) -> None:
+    # bad input to node A: sealed to another node's key, and a truncated envelope
+    wrong_node = P.seal_input(encode_text_input("not for A"), enc_keys[NODE_B].pubkey)[0]
+    truncated = P.seal_input(encode_text_input("cut short"), enc_keys[NODE_A].pubkey)[0][:80]
+    skipped = [
+        net.submit(CLIENT_C, "", input_bytes=data, preferred=net.addr(NODE_A))
+        for data in (wrong_node, truncated)
+    ]
     # an honest private job: node A decrypts, runs and seals the answer; the client opens it
     job, job_key, inner = _submit_private(net, CLIENT_A, NODE_A, PROMPT)
     # a private job the cheater serves with other weights
@@ -177,6 +184,21 @@ def test_private_job__served_decrypted__cheater_disputed_and_slashed(
     assert slash["args"]["whole_stake"] is True
     honest = nodes[NODE_A] if verifier == net.addr(NODE_A) else nodes[NODE_B]
     assert f"verdict job={bad} valid=False kind=verdict" in honest.log()
+    # the bad inputs: one skip line each at node A, never claimed, escrow back through cancel
+    log_a = nodes[NODE_A].log()
+    assert log_a.count(f"skip job={skipped[0]} reason=") == 1
+    assert f"skip job={skipped[0]} reason=bad input: private input cannot be opened: key " in log_a
+    assert f"skip job={skipped[1]} reason=bad input: private input cannot be opened: " in log_a
+    assert "truncated envelope" in log_a
+    market = net.dev.market.functions
+    for job_id in skipped:  # the client cancels (the nodes' keepers may have, after the deadline)
+        assert net.events("JobClaimed", job_id=job_id) == []
+        if net.status(job_id) == JobStatus.OPEN:
+            fn = market.cancel(job_id, net.record(job_id).as_struct())
+            transact(net.w3, fn, net.addr(CLIENT_C))
+        (cancelled,) = net.events("JobCancelled", job_id=job_id)
+        assert cancelled["args"]["refund"] == net.record(job_id).max_payment
+        assert net.status(job_id) == JobStatus.CANCELLED
 
 
 def test_private_job__disputed_valid__framing_with_wrong_key_fails(
@@ -198,8 +220,47 @@ def test_private_job__disputed_valid__framing_with_wrong_key_fails(
     _settle(net, job, JobStatus.FINALIZED)
     after = net.dev.market.functions.balance_of(net.addr(CLIENT_C)).call()
     assert after < balance - 99 * 10**18  # the dispute bond is lost
-    assert f"job={job} key hand-over refused" in nodes[NODE_B].log()
+    # what the client handed opens for the verifier but fails the commitment: refused
+    (mine,) = [h for h in handed if h["args"]["holder"] == net.addr(CLIENT_C)]
+    with pytest.raises(P.PrivacyError, match="does not match the envelope's commitment"):
+        P.check_handed_key(
+            bytes(mine["args"]["wrapped"]), 0, enc_keys[NODE_B].secret, net.record(job).input
+        )
     assert f"verdict job={job} valid=True kind=verdict" in nodes[NODE_B].log()
+
+
+def test_gateway__private_request__sealed_on_chain__answer_decrypted(
+    net: Net, enc_keys: dict[int, P.EncryptionKey], nodes: dict[int, NodeProcess]
+) -> None:
+    """The OpenAI-compatible gateway with `"private": true` in a request: the prompt goes
+    on chain sealed to the chosen node's key; the gateway decrypts the answer."""
+    import httpx
+
+    from tests.gateway.conftest import API_KEY, start_gateway, stop_gateway
+
+    gw = start_gateway(net, CLIENT_B, "gateway-private")
+    try:
+        text = "Private: list three risks of the Zeta merger."
+        body = {"model": "0x" + net.model_id.hex(), "prompt": text, "max_tokens": 6}
+        r = httpx.post(
+            gw.base_url + "/completions",
+            json={**body, "private": True, "seed": 5},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        ext = r.json()["verinfer"]
+        job = int(ext["job_id"])
+        record = net.record(job)
+        assert record.input[0] == P.FORMAT_PRIVATE and text.encode() not in record.input
+        assert record.preferred_node == ext["node"] and ext["digest_ok"] is True
+        assert r.json()["usage"]["completion_tokens"] == record.output_tokens > 0
+        key = enc_keys[NODE_A if ext["node"] == net.addr(NODE_A) else NODE_B]
+        inner, job_key = P.node_open_input(record.input, key.secret)
+        assert inner == encode_text_input(text)
+        SCANNED.append((inner, _decrypt(net, job, job_key)))
+    finally:
+        assert stop_gateway(gw) == 0
 
 
 def test_private_job__audit__node_withholds_key__slashed(
@@ -245,7 +306,7 @@ def test_nothing_readable_on_chain(net: Net, nodes: dict[int, NodeProcess]) -> N
     """Every transaction's calldata, every log and the protocol's storage, searched for
     fragments of each private job's plaintext and of its tokens packed as the digest packs
     them (and their hashes): none found."""
-    assert len(SCANNED) == 4
+    assert len(SCANNED) == 5
     head = net.w3.eth.block_number
     blobs: list[bytes] = []
     for n in range(head + 1):

@@ -101,6 +101,30 @@ def create_app(worker: ChainWorker, api_key: str) -> FastAPI:
             )
         return {"object": "list", "data": data}
 
+    @app.get("/v1/providers", dependencies=[Depends(check_key)])
+    async def list_providers(model: str | None = None) -> dict[str, Any]:
+        """Read-only: every node's track record and routing score (docs/routing.md), per
+        model (``?model=NAME``: that model's only), best first."""
+
+        def read(w: ChainWorker) -> list[dict[str, Any]]:
+            from verinfer.routing import rank
+
+            assert w.client is not None
+            models = w.models()
+            chosen = [w.resolve(model)] if model is not None else models
+            indexer = w.client.indexer()
+            return [
+                {
+                    "model": model_label(m, models),
+                    "model_id": "0x" + m.model_id.hex(),
+                    "providers": [s.as_dict() for s in rank(indexer.records(m.model_id))],
+                }
+                for m in chosen
+            ]
+
+        data = await asyncio.wrap_future(worker.call(read))
+        return {"object": "list", "token": worker.symbol, "data": data}
+
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)], response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         """A chat completion, run as one on-chain job."""
@@ -153,7 +177,8 @@ def create_app(worker: ChainWorker, api_key: str) -> FastAPI:
                 )
         temperature = 1.0 if body.temperature is None else body.temperature
         seed = body.seed if body.seed is not None else secrets.randbits(63)
-        job = JobRequest(body.model, data, max_tokens, temperature, seed, timeout)
+        private = settings.private if body.private is None else body.private
+        job = JobRequest(body.model, data, max_tokens, temperature, seed, timeout, private)
         pending = asyncio.wrap_future(worker.submit(job))
         model_id = worker.cached_model_id(body.model)
         counting: asyncio.Future[int] | None = None

@@ -71,6 +71,8 @@ class JobRequest:
     temperature: float
     seed: int
     timeout_s: float
+    private: bool = False  # encrypt to the node's key (docs/privacy.md); input becomes the envelope
+    job_key: bytes | None = None
     future: Future = field(default_factory=Future)
     sent: Future = field(default_factory=Future)  # set once its transaction is handed to send
     arrived: float = field(default_factory=time.perf_counter)
@@ -394,7 +396,12 @@ class ChainWorker:
             except ClientError as exc:
                 req.future.set_exception(errors.job_failed(str(exc), "chain_error"))
                 continue
-            spec = JobSpec(model.model_id, req.input, params, payment)
+            try:
+                spec = self._spec(req, model.model_id, params, payment)
+            except ClientError as exc:
+                self.limits.settle(ticket, 0)
+                req.future.set_exception(errors.bad_request(str(exc), "private"))
+                continue
             accepted.append((req, model, ticket, spec))
         if not accepted:
             return
@@ -405,6 +412,20 @@ class ChainWorker:
         for (req, _, ticket, _), out in zip(accepted, outcomes, strict=True):
             if isinstance(out, ClientError):
                 self._refuse(req, ticket, out)
+
+    def _spec(
+        self, req: JobRequest, model_id: bytes, params: SamplingParams, payment: int
+    ) -> JobSpec:
+        """The job to send; a private request's input is sealed to the chosen node's key
+        (the cheapest eligible node with a valid one) and its job key kept for the answer."""
+        if not req.private:
+            return JobSpec(model_id, req.input, params, payment)
+        from verinfer.private_jobs import require_key, seal
+
+        assert self.client is not None
+        node = self.client.private_node(model_id)
+        req.input, req.job_key = seal(req.input, require_key(self.client.market, node))
+        return JobSpec(model_id, req.input, params, payment, node=node)
 
     def _refuse(self, req: JobRequest, ticket: int, exc: ClientError) -> None:
         """Answer a request whose job was not sent (its reservation is released)."""
@@ -781,6 +802,8 @@ class ChainWorker:
             ):
                 seen.add(int(lg.job_id))
                 record = JobRecord.from_submitted(lg)
+                if p.request.job_key is not None:  # a private job: its answer opens with it
+                    self.client.job_keys.put(record.job_id, p.request.job_key)
                 p.handle = JobHandle(self.client, record, JobStatus.OPEN, lg.block_number)
                 p.handle.sent_at = p.sent_at
                 self._by_job[record.job_id] = p

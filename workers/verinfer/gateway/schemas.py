@@ -56,6 +56,7 @@ class _Common(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     stop: str | list[str] | None = None
     user: str | None = None
+    private: bool | None = None  # verinfer: encrypt end to end (default: the gateway's setting)
 
 
 class ChatCompletionRequest(_Common):

@@ -36,3 +36,4 @@ class GatewaySettings(BaseSettings):
     backstop_s: float = Field(default=1.0, gt=0)
     models_ttl_s: float = Field(default=30.0, ge=0)
     price_ttl_s: float = Field(default=5.0, ge=0)
+    private: bool = False  # every job private unless a request says "private": false

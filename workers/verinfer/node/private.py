@@ -157,18 +157,33 @@ def find_key(
     protocol: Any, record: JobRecord, me: str, key: EncryptionKey, from_block: int = 0
 ) -> tuple[bytes, bytes] | None:
     """``(job key, plaintext input)`` from a hand-over addressed to ``me`` that opens and
-    matches the commitment, or None."""
-    for item in reversed(handed_keys(protocol, record.job_id, from_block)):
+    matches the commitment, or None. Every hand-over to ``me`` is checked (a refused one is
+    logged once), so a wrong key handed next to the right one is on record."""
+    found = None
+    for item in handed_keys(protocol, record.job_id, from_block):
         recipients = [str(r) for r in item.args["recipients"]]
         if me not in recipients:
             continue
         try:
-            return check_handed_key(
+            opened = check_handed_key(
                 bytes(item.args["wrapped"]), recipients.index(me), key.secret, record.input
             )
         except PrivacyError as exc:
-            log.info("job=%d key hand-over refused: %s", record.job_id, exc)
-    return None
+            mark = (record.job_id, item.block_number, item.log_index)
+            if mark not in _refused:
+                _refused.add(mark)
+                log.info(
+                    "job=%d key hand-over refused holder=%s: %s",
+                    record.job_id,
+                    item.args["holder"],
+                    exc,
+                )
+            continue
+        found = found or opened
+    return found
+
+
+_refused: set[tuple[int, int, int]] = set()
 
 
 def wait_for_key(
