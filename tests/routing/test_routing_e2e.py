@@ -146,6 +146,32 @@ def test_cli_node_list_and_info__records_and_scores(net: Net, routed: Any, tmp_d
     )
 
 
+def test_gateway_providers__read_only_records_per_model(net: Net, routed: Any) -> None:
+    import httpx
+
+    from tests.gateway.conftest import start_gateway
+
+    model = _model(routed[1])
+    gw = start_gateway(net, 2, "gateway-providers")
+    try:
+        auth = {"Authorization": f"Bearer {gw.key}"}
+        answer = httpx.get(f"{gw.base_url}/providers", params={"model": model}, headers=auth)
+        assert answer.status_code == 200, answer.text
+        (entry,) = answer.json()["data"]
+        assert entry["model_id"] == model
+        nodes = [p["node"] for p in entry["providers"]]
+        assert nodes[0] == net.addr(NODE_A) and set(nodes) == {
+            net.addr(NODE_A), net.addr(NODE_B), net.addr(CHEATER)
+        }  # fmt: skip
+        assert entry["providers"][0]["published"] >= 12
+        assert httpx.get(f"{gw.base_url}/providers").status_code == 401
+        unknown = httpx.get(f"{gw.base_url}/providers", params={"model": "nope"}, headers=auth)
+        assert unknown.status_code == 404
+    finally:
+        gw.proc.terminate()
+        gw.proc.wait(timeout=30)
+
+
 def test_good_node_stopped__jobs_fail_over__nothing_paid_twice(
     net: Net, nodes: dict[str, NodeProcess], routed: Any
 ) -> None:
