@@ -61,6 +61,7 @@ class JobState:
     job: Job
     status: int = OPEN
     honest: bool = True  # whether the published result is the true one (harness's truth)
+    private: bool = False  # input with format byte 0x02 (docs/protocol.md §5a)
 
 
 @dataclass
@@ -449,6 +450,14 @@ class Dispute:
     panel: list[str] = field(default_factory=list)
     votes: dict[str, bool] = field(default_factory=dict)
     replaced: set[str] = field(default_factory=set)  # verifiers replaced for lateness
+    private: bool = False  # a private job: Court.hand_key rules (docs/protocol.md §5a)
+    handed_round: int = 0  # the verifier round the key was handed for
+    panel_handed: bool = False
+    hand_deadline: int = 0
+
+    def withheld(self) -> bool:
+        """A private job whose key was not handed to the current verifier's round."""
+        return self.private and self.handed_round != self.rounds
 
     def excluded(self) -> set[str]:
         """Who a draw may never pick: the node, the challenger, the verifier, the
@@ -516,6 +525,7 @@ class CourtBooks:
             d.verifier, d.rounds, d.phase = outcome[0], d.rounds + 1, ASSIGNED
             d.deadline = now + self.p.accept_window
             nodes[d.verifier].holds += 1
+            d.hand_deadline, d.panel_handed = now + self.p.accept_window, False
         elif not outcome:
             # nobody left for the panel: the appeal is void, its bond goes back and the
             # appeal window opens again (for the accused too)
@@ -524,6 +534,7 @@ class CourtBooks:
             d.phase, d.deadline = VERDICT, now + self.p.appeal_window
         else:
             d.panel, d.phase, d.deadline = list(outcome), APPEALED, now + self.p.vote_window
+            d.hand_deadline, d.panel_handed = now + self.p.accept_window, False
             for member in d.panel:
                 nodes[member].holds += 1
 
@@ -546,6 +557,7 @@ class CourtBooks:
             self.take_bond(sender, bond)
         js.status = VERIFYING
         d = Dispute(kind, sender, bond, js.job.node, self.books.params.min_stake, block)
+        d.private = js.private
         self.disputes[js.job_id] = d
         return d
 
@@ -581,6 +593,8 @@ class CourtBooks:
             return "court: no verdict to appeal"
         if now > d.deadline:
             return "court: appeal window closed"
+        if d.withheld():
+            return "court: key withheld"
         probe = replace(d, appellant=sender)
         if len(self.candidates_now(probe, block)) < PANEL_SIZE:
             return "court: panel unavailable"

@@ -84,6 +84,8 @@ from .model import (
 MODEL = ("verinfer/fuzz", "r1", keccak(b"fuzz manifest"))
 MODEL_ID = model_id(*MODEL)
 INPUT = b"fuzz prompt"
+PRIVATE_INPUT = b"\x02 a private job's envelope (the market reads only its first byte)"
+PRIVATE_FLAG = 2**63  # Market.vy: top bit of a private job's submitted_at
 WALLET = 10**12
 MIN_STAKE = 1_000
 PUBKEY = bytes(range(64))
@@ -427,6 +429,7 @@ class MarketMachine(RuleBasedStateMachine):
         claim_in=st.integers(min_value=1, max_value=7_200),
         result_after=st.integers(min_value=1, max_value=7_200),
         top_up=st.one_of(st.just(0), st.integers(min_value=1, max_value=1_500)),
+        private=st.sampled_from([False, False, True]),
     )
     def submit(
         self,
@@ -437,6 +440,7 @@ class MarketMachine(RuleBasedStateMachine):
         claim_in: int,
         result_after: int,
         top_up: int,
+        private: bool,
     ) -> None:
         """A client submits a job from its balance (or deposits and submits at once)."""
         client = self.pick(self.clients, c)
@@ -450,7 +454,7 @@ class MarketMachine(RuleBasedStateMachine):
             reason = "market: insufficient balance"
         args = (
             MODEL_ID,
-            INPUT,
+            PRIVATE_INPUT if private else INPUT,
             params,
             max_payment,
             preferred_node,
@@ -467,8 +471,9 @@ class MarketMachine(RuleBasedStateMachine):
             self.books.balance[client] += self.books.pull(client, top_up)
         ev = self.event(self.market, "JobSubmitted")
         self.record_submitted(
-            ev, client, max_tokens, max_payment, preferred_node, claim_deadline, result_deadline
-        )
+            ev, client, max_tokens, max_payment, preferred_node, claim_deadline, result_deadline,
+            private,
+        )  # fmt: skip
 
     @rule(
         c=index,
@@ -508,6 +513,7 @@ class MarketMachine(RuleBasedStateMachine):
         preferred_node: str,
         claim_deadline: int,
         result_deadline: int,
+        private: bool = False,
     ) -> None:
         """Book a submitted job; check its event and the stored hash."""
         self.books.balance[client] -= max_payment
@@ -515,16 +521,16 @@ class MarketMachine(RuleBasedStateMachine):
         job = Job(
             client=client,
             model_id=MODEL_ID,
-            input_hash=keccak(INPUT),
+            input_hash=keccak(PRIVATE_INPUT if private else INPUT),
             params_hash=keccak(self.params_for(max_tokens)),
             max_tokens=max_tokens,
             max_payment=max_payment,
             preferred_node=preferred_node,
-            submitted_at=now(),
+            submitted_at=now() | (PRIVATE_FLAG if private else 0),
             claim_deadline=claim_deadline,
             result_deadline=result_deadline,
         )
-        self.books.jobs.append(JobState(job_id, job))
+        self.books.jobs.append(JobState(job_id, job, private=private))
         assert (ev.job_id, ev.client, ev.max_payment, ev.max_tokens) == (
             job_id,
             client,
@@ -862,6 +868,8 @@ class MarketMachine(RuleBasedStateMachine):
     def dispute_reason(self, js: JobState, sender: str) -> str | None:
         bond = self.court_books.p.dispute_bond
         reason = "court: node cannot dispute own job" if sender == js.job.node else None
+        if reason is None and js.private and sender != js.job.client:
+            reason = "court: only the client disputes a private job"
         return reason or self.court_books.open_reason(js, sender, bond, now(), block())
 
     def do_dispute(self, js: JobState, sender: str) -> bool:
@@ -1065,7 +1073,10 @@ class MarketMachine(RuleBasedStateMachine):
             reason = "court: verdict deadline passed" if now() > d.deadline else None
         if self.act(reason, sender, self.court.post_verdict, js.job_id, valid):
             assert d is not None
+            if d.withheld():  # the court fixes it: audit -> fraud, dispute -> fails
+                valid = d.kind == KIND_DISPUTE
             d.phase, d.verdict_valid = VERDICT, valid
+            assert self.event(self.court, "VerdictPosted").valid == valid
             d.deadline = now() + self.court_books.p.appeal_window
 
     def vote_of(self, js: JobState, member: str) -> bool:
@@ -1148,7 +1159,36 @@ class MarketMachine(RuleBasedStateMachine):
             reason = "court: vote deadline passed" if now() > d.deadline else None
         if self.act(reason, sender, self.court.panel_vote, js.job_id, valid):
             assert d is not None
+            if d.private and not d.panel_handed:  # no key: recorded as the verdict
+                valid = d.verdict_valid
             d.votes[sender] = valid
+
+    @precondition(lambda self: self.books.jobs)
+    @rule(j=index, who=st.sampled_from(["node", "node", "challenger", "other"]))
+    def hand_key(self, j: int, who: str) -> None:
+        """The node (or the disputing client, or an outsider) hands a private job's key."""
+        js = self.disputed(j)
+        d = self.dispute_of(js)
+        sender = {"node": js.job.node, "challenger": d.challenger if d else ZERO}.get(who, ZERO)
+        if sender == ZERO:
+            sender = self.keeper
+        reason: str | None = None
+        if d is None or not d.private:
+            reason = "court: not a private job"
+        elif sender != d.node and not (d.kind == KIND_DISPUTE and sender == d.challenger):
+            reason = "court: not a key holder"
+        elif d.phase not in (ASSIGNED, ACCEPTED, APPEALED):
+            reason = "court: nobody to hand the key to"
+        elif now() > d.hand_deadline:
+            reason = "court: key deadline passed"
+        if self.act(reason, sender, self.court.hand_key, js.job_id, b"\x01" * 81):
+            assert d is not None
+            if d.phase == APPEALED:
+                d.panel_handed = True
+            else:
+                d.handed_round = d.rounds
+            ev = self.event(self.court, "KeyHanded")
+            assert list(ev.recipients) == (d.panel if d.phase == APPEALED else [d.verifier])
 
     @precondition(lambda self: self.books.jobs)
     @rule(j=index)
