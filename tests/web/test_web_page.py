@@ -334,6 +334,16 @@ def test_chat__real_answer_cost_refund__then_dispute_the_cheater__slash__withdra
     expect(page.locator(f"#jobs-table tr[data-job='{job1}'] .status")).to_have_text(
         "FINALIZED", timeout=30_000
     )
+    # ... and the prepaid balance after each: the market's balance at the job's last event
+    for job in (job1, job2):
+        last = max(
+            e["blockNumber"]
+            for name in ("JobSubmitted", "JobClaimed", "ResultPublished", "JobFinalized",
+                         "JobVerifying", "JobSlashed")
+            for e in net.events(name, job_id=job)
+        )  # fmt: skip
+        after = net.dev.market.functions.balance_of(client).call(block_identifier=last)
+        expect(page.locator(f"#jobs-table tr[data-job='{job}'] td").nth(5)).to_have_text(fmt(after))
 
     # collect the credits (bond back + reward), then withdraw 5 of the prepaid balance
     claimable = net.dev.market.functions.claimable(client).call()
