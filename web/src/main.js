@@ -536,7 +536,7 @@ async function followDispute(jobId) {
   const final = ["FINALIZED", "SLASHED"].includes(job.status);
   if (settled && final) {
     lines.push(settled.args.valid
-      ? `<div class="settled">settled: the answer stands; the bond went to the node and the verifier.</div>`
+      ? `<div class="settled">settled: the answer stands${d.phaseName === "UNRESOLVED" ? " (no verifier could be drawn: your bond comes back as credits)" : "; your bond is lost"}.</div>`
       : `<div class="settled">settled: node ${nodeName(settled.args.node)} <strong class="bad">slashed ${fmt(job.slashed)}</strong>; you were refunded ${fmt(job.refund)} and your bond comes back with a reward as credits: collect them above.</div>`);
     state.dispute.delete(jobId);
     state.followed.delete(jobId);
