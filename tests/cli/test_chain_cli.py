@@ -82,6 +82,23 @@ def test_balance_show_deposit_withdraw(cli, state):
     )
 
 
+def test_job_submit__escrow_below_every_nodes_price__warned_then_sent(cli, state):
+    from decimal import Decimal
+
+    price = state["price_per_token"]  # every dev node's price
+    escrow = str(Decimal(price) / Decimal(10**18))  # one token's worth for 16 tokens
+    result = cli(
+        "job", "submit", tiny(state), "cheap", "--max-tokens", "16", "--max-payment", escrow
+    )
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"warning: no node would take this job: escrow {escrow} vUSD < 16 tokens x {escrow} vUSD "
+        "(the cheapest node's price); nodes decline jobs that do not pay their price for every "
+        "token"
+    ]
+    assert "submitted (escrow " in result.stdout
+
+
 def test_job_submit_list_show_wait_dispute(cli, state):
     sub = cli.json(
         "job", "submit", tiny(state), "What is a GPU?", "--max-tokens", "6", "--seed", "3"

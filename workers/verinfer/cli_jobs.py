@@ -37,6 +37,12 @@ def _result_text(conn: Conn, r: dict[str, Any]) -> str:
 @click.option("--node", help="Preferred node (it alone may claim during the exclusive window).")
 @click.option("--wait", "wait_s", type=float, help="Then wait up to this many seconds.")
 @click.option(
+    "--route",
+    is_flag=True,
+    help="Choose the node by its track record and fail over until served (waits, up to "
+    "--wait or 600 s; docs/routing.md).",
+)
+@click.option(
     "--private",
     is_flag=True,
     help="Encrypt the prompt to the node's registered key (--node, else the cheapest with a "
@@ -55,6 +61,7 @@ def job_submit(
     max_payment: str | None,
     node: str | None,
     wait_s: float | None,
+    route: bool,
     private: bool,
 ) -> None:
     """Submit a job for MODEL (name, name@revision or 0x id) on PROMPT (or --chat)."""
@@ -76,6 +83,9 @@ def job_submit(
         "node": node,
     }
     client = conn.client
+    if route:
+        _submit_routed(conn, as_json, model, kwargs, wait_s, node, private)
+        return
     if private:  # refused here, before anything is paid, if the node has no valid key
         from verinfer.private_jobs import require_key
 
@@ -88,6 +98,8 @@ def job_submit(
             + (f" (deposits {conn.fmt(est.deposit_needed)})" if est.deposit_needed else "")
             + f", gas ~{est.gas} (fee ~{est.fee_wei / 1e18:.2e} ETH)"
         )
+    if est.warning:  # sent all the same: the escrow comes back by a cancel after the window
+        click.echo(f"warning: {est.warning}", err=True)
     with spinner(as_json, "sending the job..."):
         handle = client.submit(model, **kwargs, private=private)
     data: dict[str, Any] = {
@@ -114,6 +126,42 @@ def job_submit(
     if "result" in data:
         human += "\n" + _result_text(conn, data["result"])
     emit(as_json, data, human)
+
+
+def _submit_routed(
+    conn: Conn,
+    as_json: bool,
+    model: str,
+    kwargs: dict[str, Any],
+    wait_s: float | None,
+    node: str | None,
+    private: bool,
+) -> None:
+    """``job submit --route``: the node by its track record, failover until served."""
+    from verinfer.routing import RoutePolicy
+
+    if node or private:
+        raise ClientError("--route chooses the node itself: drop --node and --private")
+    kwargs = {k: v for k, v in kwargs.items() if k != "node"}
+
+    def say(line: str) -> None:
+        if not as_json:
+            click.echo(line, err=True)
+
+    with spinner(as_json, "routing the job..."):
+        routed = conn.client.submit_routed(
+            model, policy=RoutePolicy(), timeout=wait_s or 600.0, on_event=say, **kwargs
+        )
+    data = routed.as_dict()
+    if not routed.served:
+        raise ClientError(
+            f"job not served after {len(routed.attempts)} attempt(s), every escrow refunded: "
+            + ", ".join(f"job {a.job_id} {a.outcome}" for a in routed.attempts)
+        )
+    human = f"job {data['job_id']} served by node {data['node']}"
+    if len(routed.attempts) > 1:
+        human += f" after {len(routed.attempts) - 1} failover(s)"
+    emit(as_json, data, human + "\n" + _result_text(conn, data["result"]))
 
 
 @job.command("show")

@@ -83,6 +83,7 @@ class Estimate:
     approve_needed: bool
     gas: int
     gas_price: int
+    warning: str = ""  # why no node would take the job ("" when some would)
 
     @property
     def fee_wei(self) -> int:
@@ -436,7 +437,8 @@ class Client:
 
     def estimate(self, model: str | bytes, **kwargs: Any) -> Estimate:
         """Price and gas of ``submit(model, **kwargs)`` without sending anything."""
-        args, payment, price = self._submit_args(model, **_submit_defaults(kwargs))
+        opts = _submit_defaults(kwargs)
+        args, payment, price = self._submit_args(model, **opts)
         prepaid = int(self.market.balance_of(self.address))
         need = max(0, payment - prepaid)
         approve = need > 0 and int(self.token.allowance(self.address, self.market.address)) < need
@@ -452,7 +454,28 @@ class Client:
                     need, *args, sender=self.account
                 )
             gas_price = int(chain.provider.gas_price)
-        return Estimate(payment, price, need, approve, int(gas), gas_price)
+        warning = self.payment_warning(args[0], int(opts["max_tokens"]), payment, args[4])
+        return Estimate(payment, price, need, approve, int(gas), gas_price, warning)
+
+    def payment_warning(self, model_id: bytes, max_tokens: int, payment: int, node: str) -> str:
+        """Why no node would take a job escrowing ``payment`` for ``max_tokens`` tokens ("" when
+        one would): a node declines a job whose escrow does not cover ``max_tokens`` x its own
+        price (docs/operations.md, policy). ``node``: the preferred node (zero: any)."""
+        if node != ZERO_ADDRESS:
+            nodes = [node]
+        else:
+            nodes = [
+                n for n in self.market.model_nodes(model_id) if self.market.is_eligible(n, model_id)
+            ]
+        prices = [int(self.market.serve_price(n, model_id)) for n in nodes]
+        if not prices or payment >= max_tokens * min(prices):
+            return ""
+        whose = f"node {node}'s price" if node != ZERO_ADDRESS else "the cheapest node's price"
+        return (
+            f"no node would take this job: escrow {self.fmt(payment)} < {max_tokens} tokens x "
+            f"{self.fmt(min(prices))} ({whose}); nodes decline jobs that do not pay their price "
+            "for every token"
+        )
 
     def submit(
         self,
