@@ -139,6 +139,18 @@ def test_cli_node_list_and_info__records_and_scores(net: Net, routed: Any, tmp_d
     assert info.exit_code == 0, info.stderr
     (record,) = json.loads(info.stdout)["record"]
     assert (record["offered"], record["missed"], record["model_id"]) == (2, 2, model)
+    placed = _cli(net, tmp_dir, "job", "submit", model, "hi", "--route", "--max-tokens", "4",
+                  "--wait", "60", "--json")  # fmt: skip
+    assert placed.exit_code == 0, placed.stderr
+    sent = json.loads(placed.stdout)
+    assert sent["served"] and sent["node"] == good and len(sent["attempts"]) == 1
+    assert sent["result"]["digest_ok"] and sent["attempts"][0]["outcome"] == "served"
+    clash = _cli(net, tmp_dir, "job", "submit", model, "hi", "--route", "--node", slow)
+    assert clash.exit_code == 1
+    assert (
+        clash.stderr.strip()
+        == "verinfer: --route chooses the node itself: drop --node and --private"
+    )
     bad = _cli(net, tmp_dir, "node", "list", "--model", model, "--weights", "speed=1")
     assert bad.exit_code == 1
     assert bad.stderr.strip() == (
