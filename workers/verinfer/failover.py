@@ -97,6 +97,7 @@ class Router:
         self._synced = 0.0
         self.exclusive = int(client.market.exclusive_window())
         self.inflight: Counter[str] = Counter()  # node -> attempts sent, outcome not yet seen
+        self._eligibility: dict[tuple[str, bytes], tuple[float, bool]] = {}
 
     # ---- choosing ----
     def sync(self, force: bool = False) -> None:
@@ -108,11 +109,20 @@ class Router:
     def ranked(self, model_id: bytes, policy: RoutePolicy) -> list[Scored]:
         """Eligible nodes for ``model_id`` under ``policy``, best first, checked on chain."""
         self.sync()
-        out = []
-        for s in rank(self.indexer.records(model_id), policy, self.inflight):
-            if bool(self.client.market.is_eligible(s.node, model_id)):
-                out.append(s)
-        return out
+        return [
+            s
+            for s in rank(self.indexer.records(model_id), policy, self.inflight)
+            if self._eligible(s.node, model_id)
+        ]
+
+    def _eligible(self, node: str, model_id: bytes) -> bool:
+        """``Market.is_eligible``, read at most every ``sync_every_s`` per node and model."""
+        key = (node, model_id)
+        seen = self._eligibility.get(key)
+        if seen is None or time.monotonic() - seen[0] >= self.sync_every_s:
+            seen = (time.monotonic(), bool(self.client.market.is_eligible(node, model_id)))
+            self._eligibility[key] = seen
+        return seen[1]
 
     # ---- placing ----
     def start(self, request: dict[str, Any], policy: RoutePolicy) -> RoutedJob:

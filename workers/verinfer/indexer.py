@@ -178,6 +178,8 @@ class Indexer:
         self.max_range = max_range
         self.from_block = from_block
         self.calls = 0  # eth_getLogs calls made (refused ones included)
+        self._writes = 0  # writes by this instance (a roll-back and re-read keeps the cursor)
+        self._memo: tuple[tuple[int, int, int | None], list[NodeRecord]] | None = None
         self.db = sqlite3.connect(str(db_path), check_same_thread=False)
         self.db.executescript(
             """
@@ -249,6 +251,7 @@ class Indexer:
     def _roll_back(self, keep_upto: int) -> None:
         """Forget every block after ``keep_upto`` and its events; read again from there."""
         log.warning("indexer: reorg, rolling back to block %d", keep_upto)
+        self._writes += 1
         with self.db:
             self.db.execute("DELETE FROM events WHERE block > ?", (keep_upto,))
             self.db.execute("DELETE FROM blocks WHERE number > ?", (keep_upto,))
@@ -278,6 +281,7 @@ class Indexer:
             if "0x" + blocks[d.block_number][0].hex() != "0x" + bytes(d.block_hash).hex():
                 raise RangeRefused(f"block {d.block_number} changed while reading: retry")
             rows.append((d.block_number, d.log_index, d.event, json.dumps(args)))
+        self._writes += 1
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?)", rows)
             self.db.executemany(
@@ -309,11 +313,18 @@ class Indexer:
     ) -> list[NodeRecord]:
         """Each node's record per model (only ``model_id``'s when given), from the stored
         events. ``now``: chain time that decides whether an unpublished claim has run past its
-        result deadline (default: the newest indexed block's time)."""
-        want = None
-        if model_id is not None:
-            want = model_id if isinstance(model_id, str) else "0x" + model_id.hex()
-            want = want.lower()
+        result deadline (default: the newest indexed block's time). Computed again only when
+        the index moved (its cursor) or ``now`` differs; the records are shared: read only."""
+        key = (self.cursor, self._writes, now)
+        if self._memo is None or self._memo[0] != key:
+            self._memo = (key, self._compute(now))
+        found = self._memo[1]
+        if model_id is None:
+            return list(found)
+        want = model_id if isinstance(model_id, str) else "0x" + model_id.hex()
+        return [r for r in found if r.model_id.lower() == want.lower()]
+
+    def _compute(self, now: int | None) -> list[NodeRecord]:
         events = self.events()
         if now is None:
             now = events[-1][1] if events else 0
@@ -385,8 +396,7 @@ class Indexer:
             r.claim_p50_s, r.claim_p95_s = _pct(lat, 0.5), _pct(lat, 0.95)
             pub = r.publish_latencies
             r.publish_p50_s, r.publish_p95_s = _pct(pub, 0.5), _pct(pub, 0.95)
-            if want is None or r.model_id.lower() == want:
-                out.append(r)
+            out.append(r)
         return sorted(out, key=lambda r: (r.model_id, r.node))
 
     @staticmethod
