@@ -17,7 +17,7 @@ FUZZ_EXAMPLES ?= 150
 CHAIN ?= anvil
 MODEL ?= smollm2
 
-.PHONY: setup test fuzz lint fmt demo bench-gas bench-verify bench-node bench-gateway bench-routing compile clean browser web web-screenshot
+.PHONY: setup test fuzz lint fmt demo bench-gas bench-verify bench-node bench-gateway bench-routing bench-chaos compile clean browser web web-screenshot
 
 setup: $(PY_STAMP) $(NPM_STAMP) $(WEB_STAMP) browser
 
@@ -115,6 +115,11 @@ bench-gateway: setup
 bench-routing: setup
 	ape compile
 	python scripts/bench_routing.py
+
+# 300 jobs through one node under SIGKILLs and reorgs (docs/operations.md, "Chaos")
+bench-chaos: setup
+	ape compile
+	python scripts/bench_chaos.py
 
 clean:
 	rm -rf .build .cache $(VENV) node_modules
