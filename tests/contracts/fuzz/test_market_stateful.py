@@ -341,6 +341,11 @@ class MarketMachine(RuleBasedStateMachine):
         for i, js in enumerate(self.books.jobs):
             self.step(js, i, 1, honest[i])  # claim
             self.step(js, i, 1, honest[i])  # publish
+        # and one private job (docs/protocol.md §5a), run the same way
+        self.submit(0, 50, 32, -1, 7_200, 7_200, 0, True)
+        private = self.books.jobs[-1]
+        for _ in range(2):
+            self.step(private, len(self.books.jobs) - 1, 1, honest[0])
 
     # ---- clients: balances ----
     @property
@@ -862,8 +867,13 @@ class MarketMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.books.jobs)
     @rule(j=index, p=index)
     def dispute(self, j: int, p: int) -> None:
-        """Anyone but the node disputes a published result, posting the bond."""
-        self.do_dispute(self.choose(j, PUBLISHED), self.pick(self.payers, p))
+        """Anyone but the node disputes a published result, posting the bond (a private
+        job: mostly its client, the only one who may)."""
+        js = self.choose(j, PUBLISHED)
+        sender = self.pick(self.payers, p)
+        if js.private and p % 4 and js.job.client in self.payers:
+            sender = js.job.client
+        self.do_dispute(js, sender)
 
     def dispute_reason(self, js: JobState, sender: str) -> str | None:
         bond = self.court_books.p.dispute_bond
@@ -1167,7 +1177,8 @@ class MarketMachine(RuleBasedStateMachine):
     @rule(j=index, who=st.sampled_from(["node", "node", "challenger", "other"]))
     def hand_key(self, j: int, who: str) -> None:
         """The node (or the disputing client, or an outsider) hands a private job's key."""
-        js = self.disputed(j)
+        private = [js for js in self.jobs_in(VERIFYING) if js.private]
+        js = self.pick(private, j) if private and j % 4 else self.disputed(j)
         d = self.dispute_of(js)
         sender = {"node": js.job.node, "challenger": d.challenger if d else ZERO}.get(who, ZERO)
         if sender == ZERO:
