@@ -180,3 +180,21 @@ def test_live_chain__reorg_past_confirmations__index_follows_the_new_chain(
     claims = [a for _, _, e, a in indexer.events() if e == "JobClaimed" and a["job_id"] == kept]
     assert [c["node"] for c in claims] == [net.addr(NODE_B)]
     assert len(indexer.events()) == before + 2
+
+
+def test_private_job__latencies_from_its_time_not_its_flag() -> None:
+    """A private job's submitted_at carries the market's flag in its top bit (docs/protocol.md
+    §8): its claim and publish latencies are measured from the time without the flag."""
+    from verinfer.indexer import NodeRecord
+    from verinfer.jobs import PRIVATE_FLAG, submitted_time
+
+    node, model = "0x" + "11" * 20, "0x" + "22" * 32
+    record = NodeRecord(node, model)
+    job: dict[str, Any] = {"model_id": model, "submitted_at": PRIVATE_FLAG | 1_000}
+    job.update(claimed_by=None, published=False)
+    assert submitted_time(job["submitted_at"]) == 1_000
+    Indexer._apply_job("JobClaimed", {"node": node}, 1_004, job, lambda *_: record)
+    Indexer._apply_job("ResultPublished", {"published_at": 1_010}, 1_010, job, lambda *_: record)
+    assert job["claim_lat"] == 4
+    assert (record.claimed, record.published, record.publish_latencies) == (1, 1, [10.0])
+    assert record.outcomes == [(1_004, 1.0)]

@@ -180,7 +180,8 @@ class Router:
             job.done, job.finished = True, time.monotonic()
             return
         if status == JobStatus.OPEN:
-            if not job.opened and now >= rec.submitted_at + self.exclusive:
+            # (a private job stays its node's: the market never opens it to others)
+            if not job.opened and not rec.private and now >= rec.submitted_time + self.exclusive:
                 job.opened = True
                 if rec.preferred_node != ZERO_ADDRESS:
                     self.say(

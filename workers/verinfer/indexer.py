@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 from typing import Protocol as TypingProtocol
 
+from verinfer.jobs import submitted_time
+
 log = logging.getLogger("verinfer.indexer")
 
 SCHEMA_VERSION = 1
@@ -377,7 +379,7 @@ class Indexer:
                 if done:
                     r = rec(pref, job["model_id"])
                     r.missed += 1
-                    r.outcomes.append((int(job["submitted_at"]), 0.0))
+                    r.outcomes.append((submitted_time(job["submitted_at"]), 0.0))
             node = job["claimed_by"]
             late = node is not None and now > int(job["result_deadline"])
             if late and not job["published"] and "failed" not in job:  # claimed, never published
@@ -405,7 +407,7 @@ class Indexer:
         mid = job["model_id"]
         if ev == "JobClaimed":
             job["claimed_by"], job["claimed_at"] = a["node"], t
-            job["claim_lat"] = max(0, t - int(job["submitted_at"]))
+            job["claim_lat"] = max(0, t - submitted_time(job["submitted_at"]))
             r = rec(a["node"], mid)
             r.claimed += 1
             r.last_seen = max(r.last_seen, t)
@@ -416,7 +418,7 @@ class Indexer:
             r = rec(node, mid)
             r.published += 1
             r.publish_latencies.append(
-                float(max(0, int(a["published_at"]) - int(job["submitted_at"])))
+                float(max(0, int(a["published_at"]) - submitted_time(job["submitted_at"])))
             )
             r.outcomes.append((int(job["claimed_at"]), 1.0))
             r.last_seen = max(r.last_seen, t)

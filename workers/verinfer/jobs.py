@@ -17,6 +17,15 @@ from verinfer.digest import SamplingParams, result_digest, unpack_tokens
 
 ZERO_ADDRESS = "0x" + "00" * 20
 ZERO_BYTES32 = b"\x00" * 32
+PRIVATE_FLAG = 1 << 63  # Market.vy: the top bit of a private job's submitted_at
+
+
+def submitted_time(submitted_at: int) -> int:
+    """A job's submission time (unix seconds) from its ``submitted_at`` field, which also
+    carries the private-job flag in its top bit (docs/protocol.md §8)."""
+    return int(submitted_at) & (PRIVATE_FLAG - 1)
+
+
 # IMarket.Settlement, and the fields of a Job hashed into its rest_hash, with their ABI types
 SETTLEMENT_FIELDS = (
     "client",
@@ -186,6 +195,16 @@ class JobRecord:
 
         digest = keccak(encode([SETTLEMENT_TYPE], [settlement_of(self)]))
         return digest[:31] + b"\x00"
+
+    @property
+    def private(self) -> bool:
+        """A private job (the market flagged its input's format byte at submission)."""
+        return self.submitted_at >= PRIVATE_FLAG
+
+    @property
+    def submitted_time(self) -> int:
+        """The submission time, without the private flag."""
+        return submitted_time(self.submitted_at)
 
     @property
     def sampling_params(self) -> SamplingParams:
