@@ -123,6 +123,22 @@ def test_wrap__canonical_unwraps_and_panel_can_recheck(sealed):
     assert not P.handed_canonically(wrong, 0, job_key, panel[0].pubkey)
 
 
+def test_wrap__recipient_without_a_usable_key__placeholder_slot__others_unwrap(sealed):
+    """A drawn node that registered a bad key still gets its slot (so the holder can hand the
+    key on time and is not convicted for it); the other recipients open theirs."""
+    envelope, job_key = sealed
+    good = [P.EncryptionKey.generate() for _ in range(2)]
+    bad_key = b"\x01" * 64  # not a point on secp256k1
+    assert not P.valid_pubkey(bad_key)
+    wrapped = P.wrap_for(job_key, [good[0].pubkey, bad_key, good[1].pubkey])
+    assert len(wrapped) == 3 * P.WRAP_BYTES
+    assert wrapped[P.WRAP_BYTES : 2 * P.WRAP_BYTES] == P.NO_KEY_WRAP
+    assert P.check_handed_key(wrapped, 0, good[0].secret, envelope) == (job_key, INNER)
+    assert P.check_handed_key(wrapped, 2, good[1].secret, envelope) == (job_key, INNER)
+    with pytest.raises(P.PrivacyError):
+        P.unwrap_key(wrapped, 1, good[0].secret)
+
+
 def test_salted_digest__differs_from_public_and_hides_guesses(sealed):
     envelope, job_key = sealed
     args = (3, b"\x01" * 32, envelope, b"\x02" * 10, [1, 2, 3], 0)

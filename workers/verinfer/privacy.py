@@ -329,9 +329,18 @@ def wrap_key(job_key: bytes, recipient_pubkey: bytes) -> bytes:
     return e_pub + _seal(kek, _ZERO_NONCE, job_key, e_pub)
 
 
+NO_KEY_WRAP = b"\x00" * WRAP_BYTES  # the slot of a recipient without a usable key
+
+
 def wrap_for(job_key: bytes, recipient_pubkeys: Sequence[bytes]) -> bytes:
-    """The ``wrapped`` argument of Court.hand_key: one wrap per recipient, in order."""
-    out = b"".join(wrap_key(job_key, p) for p in recipient_pubkeys)
+    """The ``wrapped`` argument of Court.hand_key: one wrap per recipient, in order. A
+    recipient whose registered key is not a usable secp256k1 key gets ``NO_KEY_WRAP``: the
+    holder still hands the key on chain (so the court does not count it as withheld, which
+    would convict an honest node, or fail a client's dispute, because a drawn node registered
+    a bad key), and the panel judges such a verdict on its merits (docs/privacy.md)."""
+    out = b"".join(
+        wrap_key(job_key, p) if valid_pubkey(p) else NO_KEY_WRAP for p in recipient_pubkeys
+    )
     if len(out) > MAX_WRAPPED:
         raise PrivacyError("too many recipients for one hand-over")
     return out

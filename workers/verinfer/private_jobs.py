@@ -124,4 +124,4 @@ def is_private(record: JobRecord) -> bool:
 
 def hand_key_args(market: Any, job_id: int, job_key: bytes, recipients: Sequence[str]) -> bytes:
     """The ``wrapped`` argument of Court.hand_key for ``recipients`` (the verifier or panel)."""
-    return wrap_for(job_key, [require_key(market, r) for r in recipients])
+    return wrap_for(job_key, [node_pubkey(market, r) for r in recipients])

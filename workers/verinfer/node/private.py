@@ -126,9 +126,9 @@ def hand_key_call(protocol: Any, record: JobRecord, key: EncryptionKey | None) -
     d = protocol.dispute(record.job_id)
     recipients = list(d["panel"]) if d["phase"] == PHASE_APPEALED else [d["verifier"]]
     pubkeys = [pubkey_of(protocol, r) for r in recipients]
-    bad = [r for r, p in zip(recipients, pubkeys, strict=True) if not valid_pubkey(p)]
-    if bad:
-        return f"recipient without a valid encryption key: {bad[0]}"
+    for r, p in zip(recipients, pubkeys, strict=True):
+        if not valid_pubkey(p):  # handed anyway (a placeholder): see privacy.wrap_for
+            log.warning("job=%d recipient %s has no valid encryption key", record.job_id, r)
     try:
         _, job_key = node_open_input(record.input, key.secret)
     except PrivacyError as exc:
@@ -211,10 +211,11 @@ def open_for_verifying(
     key: EncryptionKey | None,
     kind: str,
     from_block: int = 0,
-) -> JobRecord | bool:
+) -> JobRecord | bool | None:
     """The record with plaintext input and output to re-execute, or the verdict to post
     without re-executing (no valid key: an audit is fraud, a dispute fails; a published
-    output that does not open under the committed key is invalid).
+    output that does not open under the committed key is invalid), or None when this node
+    has no encryption key of its own to open a hand-over with (it does not vote).
 
     ``kind``: ``verdict`` (drawn verifier), ``panel`` (appeal panel) or ``appeal`` (this
     node's own job)."""
@@ -228,6 +229,8 @@ def open_for_verifying(
         except PrivacyError:
             return False
     else:
+        if key is None:  # no key of our own: we cannot judge; keepers replace a silent verifier
+            return None
         found = wait_for_key(protocol, record, me, key, from_block)
         if found is None:
             log.info(
@@ -269,6 +272,8 @@ def _verifier_had_key(
     committed key (any hand-over addressed to it)?"""
     verifier = str(d["verifier"])
     pub = pubkey_of(protocol, verifier)
+    if not valid_pubkey(pub):  # nobody could hand it a key: its verdict is judged on merits
+        return True
     for item in handed_keys(protocol, record.job_id, from_block):
         recipients = [str(r) for r in item.args["recipients"]]
         if recipients == [verifier] and handed_canonically(

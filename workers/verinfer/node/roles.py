@@ -304,6 +304,13 @@ class ChainRole:
         live = [
             r for r in records if self.market.job_status(r.job_id).call() == JobStatus.PUBLISHED
         ]
+        if live:  # a result published again after a reorg: its window starts later
+            window = int(self.market.challenge_window().call())
+            now = int(self.p.w3.eth.get_block("latest")["timestamp"])
+            for r in [r for r in live if r.published_at + window >= now]:
+                self.store.schedule("finalize", r.job_id, r.published_at + window + 1)
+                log.info("finalize job=%d: its challenge window is still open", r.job_id)
+            live = [r for r in live if r.published_at + window < now]
         if not live:
             return None
         fn = self.market.finalize_many([r.job_id for r in live], [r.as_settlement() for r in live])
@@ -344,6 +351,11 @@ class ChainRole:
         return self.sender.send("settle", self.court.settle(job_id, record.as_struct()))
 
     def do_withdraw(self) -> bytes | None:
+        """Withdraw the earnings, unless a withdrawal is already on its way (a second one in
+        the same block reverts: nothing left to withdraw)."""
+        if self.sender.has_pending_action("withdraw"):
+            log.debug("withdraw: one is already on its way")
+            return None
         return self.sender.send("withdraw", self.market.withdraw())
 
 
@@ -464,6 +476,15 @@ class InferRole:
                 opened = private.open_for_verifying(
                     self.protocol, record, self.me, self.enc_key, kind
                 )
+                if opened is None:
+                    log.warning(
+                        "skip verify job=%d kind=%s reason=no encryption key here to open the "
+                        "job key with (not voting)",
+                        job_id,
+                        kind,
+                    )
+                    self.store.mark_done(f"verify:{job_id}:{key}")
+                    continue
                 if isinstance(opened, bool):  # no valid key, or an output that does not open
                     log.info("verdict job=%d valid=%s kind=%s reason=private", job_id, opened, kind)
                     self.dispatch("chain", kind, [int(job_id), key, opened])
