@@ -42,9 +42,9 @@ from eth_abi import encode as abi_encode
 from eth_utils import keccak
 
 from verinfer.digest import FinishReason, SamplingParams, pack_tokens
+from verinfer.jobs import PRIVATE_FLAG as PRIVATE_FLAG  # re-exported (Market.vy: the private flag)
 
 FORMAT_PRIVATE = 0x02  # first input byte of a private job (Market.vy PRIVATE_FORMAT)
-PRIVATE_FLAG = 2**63  # Market.vy: top bit of a private job's submitted_at
 PUBKEY_BYTES = 64  # registered encryption key: uncompressed x‖y, as register_node takes it
 EPHEMERAL_BYTES = 33
 NONCE_BYTES = 12
