@@ -108,8 +108,11 @@ def result_digest(
     params: SamplingParams | bytes,
     output_token_ids: Sequence[int],
     finish_reason: FinishReason | int,
+    salt: bytes = b"",
 ) -> bytes:
-    """The §5 result digest; ``params`` may be a SamplingParams or its encoded bytes."""
+    """The §5 result digest; ``params`` may be a SamplingParams or its encoded bytes. A private
+    job's output commitment is ``keccak256(salt ‖ packed tokens)`` (docs/privacy.md); a public
+    job has no salt."""
     params_bytes = params.encode() if isinstance(params, SamplingParams) else params
     return keccak(
         abi_encode(
@@ -119,7 +122,7 @@ def result_digest(
                 model_id,
                 keccak(input_data),
                 keccak(params_bytes),
-                keccak(pack_tokens(output_token_ids)),
+                keccak(salt + pack_tokens(output_token_ids)),
                 int(finish_reason),
             ),
         )

@@ -38,10 +38,9 @@ from coincurve import PrivateKey, PublicKey
 from Crypto.Cipher import ChaCha20_Poly1305
 from Crypto.Hash import SHA256
 from Crypto.Protocol.KDF import HKDF
-from eth_abi import encode as abi_encode
 from eth_utils import keccak
 
-from verinfer.digest import FinishReason, SamplingParams, pack_tokens
+from verinfer.digest import FinishReason, SamplingParams, pack_tokens, result_digest
 from verinfer.jobs import PRIVATE_FLAG as PRIVATE_FLAG  # re-exported (Market.vy: the private flag)
 
 FORMAT_PRIVATE = 0x02  # first input byte of a private job (Market.vy PRIVATE_FORMAT)
@@ -301,19 +300,14 @@ def private_result_digest(
     job_key: bytes,
 ) -> bytes:
     """§5's digest with ``keccak256(salt ‖ packed tokens)`` for the output commitment."""
-    params_bytes = params.encode() if isinstance(params, SamplingParams) else params
-    return keccak(
-        abi_encode(
-            ("uint256", "bytes32", "bytes32", "bytes32", "bytes32", "uint8"),
-            (
-                job_id,
-                model_id,
-                keccak(input_data),
-                keccak(params_bytes),
-                keccak(digest_salt(job_key) + pack_tokens(output_token_ids)),
-                int(finish_reason),
-            ),
-        )
+    return result_digest(
+        job_id,
+        model_id,
+        input_data,
+        params,
+        output_token_ids,
+        finish_reason,
+        salt=digest_salt(job_key),
     )
 
 
