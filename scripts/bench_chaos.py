@@ -22,8 +22,8 @@ Figures:
   `tx sent/resent/replaced/no-op` log line, by pid) overlap.
 * conservation_ok: every ended job splits its escrow exactly (finalized: payment + refund +
   fee + audit share = max_payment; cancelled: refund = max_payment; expired: refund =
-  max_payment, plus the penalty), and the clients' prepaid balances equal what they
-  deposited minus what finalized jobs cost plus expiry penalties.
+  max_payment, plus the penalty), and the clients' prepaid balances plus the escrow of jobs
+  not ended equal what they deposited minus what finalized jobs cost plus expiry penalties.
 * drain_s_after_last_fault: seconds from the last fault until every job is published or
   ended (before the clock is moved).
 """
@@ -341,7 +341,12 @@ class Chaos:
                 ok &= exp[j][0]["refund"] == escrow
                 cost -= exp[j][0]["penalty"]
         balances = sum(int(dev.market.functions.balance_of(c).call()) for c in clients)
-        ok &= balances == deposited - cost
+        held = sum(  # escrow of jobs not ended: still held by the market, not lost
+            int(submitted[j]["max_payment"])
+            for j in ids
+            if j not in fin and j not in can and j not in exp
+        )
+        ok &= balances + held == deposited - cost
         reverted: dict[str, int] = {}
         for n in range(first, w3.eth.block_number + 1):
             for tx in w3.eth.get_block(n, full_transactions=True)["transactions"]:

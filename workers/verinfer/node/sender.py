@@ -518,6 +518,13 @@ class TxSender:
                 if not known:
                     self._replace_dropped(p)
 
+    def has_pending_action(self, action: str) -> bool:
+        """Whether a transaction of ``action`` is sent and not yet in the latest block."""
+        with self._lock:
+            return any(
+                p.action == action for n, p in self._pending.items() if n >= self._latest_nonce
+            )
+
     def has_pending_for(self, job_id: int) -> bool:
         """Whether a transaction about ``job_id`` is sent and not yet in the latest block."""
         with self._lock:

@@ -187,6 +187,7 @@ class Watcher:
             if not mine:
                 continue
             if open_:
+                self.store.unschedule("finalize", job_id)
                 self.store.inflight_remove(job_id)
                 decision = self.policy.decide(
                     record, self._chain_time(), self.store.inflight_count()
@@ -197,6 +198,7 @@ class Watcher:
                 self.store.inflight_add(job_id)
                 self.dispatch("chain", "rederive", [job_id, key])
             elif record.node == self.me and record.published_block == 0:
+                self.store.unschedule("finalize", job_id)  # its publish was orphaned
                 self.store.inflight_add(job_id)
                 if self.store.get_output(job_id) is not None:
                     self.dispatch("chain", "rederive", [job_id, key])
