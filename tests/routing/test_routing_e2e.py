@@ -8,8 +8,6 @@ deadline and resubmitted, and are served without any double payment."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,22 +23,6 @@ EXCLUSIVE_S = 2
 REQUEST = {"prompt": "route me", "max_tokens": 4, "claim_window": 7, "result_window": 14}
 
 
-class ChainOnlyNode(NodeProcess):
-    """A node with its chain worker and no inference worker (its inference hosts are down)."""
-
-    def start(self) -> NodeProcess:
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "verinfer.cli", "node", "run", "--role", "chain"],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        return self
-
-
 @pytest.fixture(scope="module")
 def nodes(net: Net) -> dict[str, NodeProcess]:
     owner = net.addr(0)
@@ -49,7 +31,8 @@ def nodes(net: Net) -> dict[str, NodeProcess]:
     good = net.node(NODE_A, "good", **fast).start()
     slow = net.node(NODE_B, "slow", batch_wait_s=3, batch_max_wait_s=3, **fast).start()
     flaky_env = net.node_env(CHEATER, "flaky", **fast)
-    flaky = ChainOnlyNode("flaky", flaky_env, net.tmp / "flaky.log").start()
+    # its chain worker only, no inference worker (its inference hosts are down)
+    flaky = NodeProcess("flaky", flaky_env, net.tmp / "flaky.log").start("--role", "chain")
     net.nodes.append(flaky)
     good.wait_ready(180)
     slow.wait_ready(180)

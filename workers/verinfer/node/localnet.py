@@ -103,11 +103,12 @@ class NodeProcess:
     log_path: Path
     proc: subprocess.Popen | None = None
 
-    def start(self) -> NodeProcess:
-        """Start the node (supervisor + chain worker + inference worker)."""
+    def start(self, *args: str) -> NodeProcess:
+        """Start the node (supervisor + chain worker + inference worker; ``args``: more
+        ``node run`` options, e.g. ``--role chain``)."""
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "verinfer.cli", "node", "run"],
+                [sys.executable, "-m", "verinfer.cli", "node", "run", *args],
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
