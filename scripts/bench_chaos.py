@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 N_JOBS = int(os.environ.get("CHAOS_JOBS", "300"))
 N_KILLS = int(os.environ.get("CHAOS_KILLS", "12"))
 N_REORGS = int(os.environ.get("CHAOS_REORGS", "4"))
@@ -77,16 +79,14 @@ def children(pid: int) -> dict[int, str]:
 
 
 def group_alive(pgid: int) -> list[int]:
-    """Live processes of process group ``pgid``."""
+    """Live (not zombie) processes of process group ``pgid``."""
     out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == pgid and fields[0] != "Z":
-                out.append(int(entry.name))
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc.pid)
+        except (psutil.NoSuchProcess, ProcessLookupError):
+            continue
     return out
 
 
