@@ -125,3 +125,18 @@ def test_sdk_private__node_without_valid_key__refused(
         sdk["market"].update_node(
             sdk["keys"][node].pubkey, "http://node.invalid", sender=accounts[node]
         )
+
+
+def test_sdk_private__no_node_named__the_node_with_the_better_record(
+    sdk: dict[str, Any], alice: Client, chain: Any
+) -> None:
+    """Without ``node=``, a private job goes to the eligible node with a valid key that its
+    track record ranks first: a node that let a job it was offered lapse comes after one
+    that has not failed."""
+    first, second = sdk["dev"]["nodes"]
+    model = sdk["dev"]["model"]["model_id"]
+    lapsed = alice.submit(model, prompt="anyone there?", max_tokens=4, node=first, claim_window=5)
+    chain.mine(timestamp=lapsed.record.claim_deadline + 1)
+    assert alice.private_node(model) == second
+    (record,) = [r for r in alice.indexer().records(model) if r.node.lower() == first.lower()]
+    assert (record.offered, record.missed, record.claimed) == (1, 1, 0)

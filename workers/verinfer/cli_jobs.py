@@ -45,8 +45,9 @@ def _result_text(conn: Conn, r: dict[str, Any]) -> str:
 @click.option(
     "--private",
     is_flag=True,
-    help="Encrypt the prompt to the node's registered key (--node, else the cheapest with a "
-    "valid key); only this machine can read the answer (docs/privacy.md).",
+    help="Encrypt the prompt to the node's registered key (--node, else the node with a valid "
+    "key that its track record ranks first); only this machine can read the answer "
+    "(docs/privacy.md).",
 )
 @chain_options
 def job_submit(

@@ -495,8 +495,8 @@ class Client:
         """Submit a job; pays ``max_payment`` (default: max_tokens x the highest price) into
         escrow from the prepaid balance, depositing (and approving) any shortfall first.
 
-        ``private``: the input is encrypted to the node's registered key (``node``, else the
-        cheapest eligible node with a valid key) and the answer is decrypted here; the job key
+        ``private``: the input is encrypted to the node's registered key (``node``, else
+        ``private_node``'s pick by track record) and the answer is decrypted here; the job key
         is kept in ``self.job_keys`` (docs/privacy.md).
 
         Raises ClientError for an unknown model, no serving node, or too few tokens.
@@ -538,9 +538,13 @@ class Client:
         return JobHandle(self, record, JobStatus.OPEN, int(receipt.block_number))
 
     def private_node(self, model: str | bytes) -> str:
-        """The node a private job goes to when none is named: the cheapest eligible node of
-        the model with a valid registered encryption key."""
+        """The node a private job goes to when none is named: among the model's eligible
+        nodes with a valid registered encryption key, the best by its track record
+        (``routing.rank``: reliability, latency, price, stake; untried nodes first), or the
+        cheapest when none of them has a record yet."""
+        from verinfer.privacy import valid_pubkey
         from verinfer.private_jobs import node_pubkey, pick_node
+        from verinfer.routing import rank
 
         mid = self.resolve_model(model)
         with guard("private node"):
@@ -549,7 +553,15 @@ class Client:
                 (str(n), int(self.market.serve_price(n, mid)), node_pubkey(self.market, n))
                 for n in nodes
             ]
-        return pick_node(candidates)
+            usable = {n.lower(): n for n, _, pub in candidates if valid_pubkey(pub)}
+            indexer = self.indexer()
+            indexer.sync()
+            ranked = [
+                usable[s.node.lower()]
+                for s in rank(indexer.records(mid))
+                if s.node.lower() in usable
+            ]
+        return ranked[0] if ranked else pick_node(candidates)
 
     def hand_key(self, job: JobHandle | int) -> bool:
         """Hand our private job's key to its drawn verifier (or appeal panel), wrapped to

@@ -328,8 +328,9 @@ class Indexer:
 
     def _compute(self, now: int | None) -> list[NodeRecord]:
         events = self.events()
-        if now is None:
-            now = events[-1][1] if events else 0
+        if now is None:  # the newest indexed block's time (each range stores its last block)
+            row = self.db.execute("SELECT time FROM blocks ORDER BY number DESC LIMIT 1").fetchone()
+            now = int(row[0]) if row else (events[-1][1] if events else 0)
         recs: dict[tuple[str, str], NodeRecord] = {}
         stake: dict[str, int] = {}
         out_nodes: set[str] = set()

@@ -417,7 +417,8 @@ class ChainWorker:
         self, req: JobRequest, model_id: bytes, params: SamplingParams, payment: int
     ) -> JobSpec:
         """The job to send; a private request's input is sealed to the chosen node's key
-        (the cheapest eligible node with a valid one) and its job key kept for the answer."""
+        (``Client.private_node``: the eligible node with a valid one that its track record
+        ranks first) and its job key kept for the answer."""
         if not req.private:
             return JobSpec(model_id, req.input, params, payment)
         from verinfer.private_jobs import require_key, seal
