@@ -100,8 +100,10 @@ demo: setup
 bench-gas: setup
 	ape run bench_gas
 
+# OpenMP threads that spin-wait crawl on a shared CPU (a 2-thread config: 20+ min for 5 jobs
+# next to other work, 40 s with PASSIVE; docs/verification.md §7)
 bench-verify: setup
-	python scripts/bench_verify.py
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} python scripts/bench_verify.py
 
 bench-node: setup
 	ape compile
