@@ -18,9 +18,9 @@ from tests.contracts.conftest import (
     VERIFYING,
     job_after_publish,
 )
+from tests.contracts.test_court import APPEALED
 
 NODE_KEY = P.EncryptionKey(bytes.fromhex("11" * 32))
-ASSIGNED, ACCEPTED, VERDICT, APPEALED = 1, 2, 3, 4
 TOKENS = list(range(1, 65))
 
 
