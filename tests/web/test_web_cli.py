@@ -1,6 +1,6 @@
-"""`verinfer web` as a real process: serves the built page, its config.json and the local
-tokenizer files (nothing else), exports the same files for a static host, and refuses bad
-input with one line."""
+"""`verinfer web` as a real process: serves the built page, its config.json, providers.json
+and the local tokenizer files (nothing else), exports the same files for a static host, and
+refuses bad input with one line."""
 
 from __future__ import annotations
 
@@ -76,6 +76,10 @@ def test_web__serves_page_config_and_local_tokenizer__nothing_else(served, tiny_
     assert status == 200 and b"deposit_and_submit" in body  # the ABI, bundled from the build
     status, body = get(served + "config.json")
     assert json.loads(body) == {"rpc_url": RPC, "market": MARKET, "chain_id": 31337}
+    status, body = get(served + "providers.json")  # no chain at RPC: empty, with the reason
+    providers = json.loads(body)
+    assert status == 200 and providers["data"] == [] and providers["stale"] is True
+    assert providers["error"].startswith(f"cannot sync the track record from {RPC}: ")
     status, body = get(f"{served}tokenizers/{tiny_id}/tokenizer.json")
     assert status == 200 and body == (tiny_model_path(seed=0) / "tokenizer.json").read_bytes()
     assert get(f"{served}tokenizers/{tiny_id}/model.safetensors")[0] == 404
@@ -118,10 +122,14 @@ def test_web_export__dev_chain_config_and_its_model_tokenizer(tmp_path, tiny_id)
     data = json.loads(out)
     assert data["config"] == {"rpc_url": RPC, "market": MARKET, "chain_id": 31337, "from_block": 4}
     assert sorted(data["files"]) == sorted(
-        ["app.js", "index.html", "style.css", "config.json",
+        ["app.js", "index.html", "style.css", "config.json", "providers.json",
          f"tokenizers/{tiny_id}/tokenizer.json", f"tokenizers/{tiny_id}/tokenizer_config.json"]
     )  # fmt: skip
     assert json.loads((out_dir / "config.json").read_text()) == data["config"]
+    # no chain at RPC: the track-record snapshot says why it is empty (the page: unavailable)
+    providers = json.loads((out_dir / "providers.json").read_text())
+    assert providers["data"] == [] and providers["stale"] is True
+    assert providers["error"].startswith(f"cannot sync the track record from {RPC}: ")
     assert (out_dir / "tokenizers" / tiny_id / "tokenizer.json").read_bytes() == (
         tiny_model_path(seed=0) / "tokenizer.json"
     ).read_bytes()

@@ -8,10 +8,14 @@ Screenshots of every step go to the pytest tmp dir (``web-screens*``), printed o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +23,18 @@ from typing import Any
 import pytest
 from verinfer.digest import FinishReason
 from verinfer.inputs import decode_input, encode_chat_input
-from verinfer.jobs import JobStatus
+from verinfer.jobs import JobStatus, submitted_time
 from verinfer.node.devchain import UNIT, transact
-from verinfer.node.localnet import CHEATER, CLIENT_C, NODE_A, NODE_B, PRICE, Net, local_net
+from verinfer.node.localnet import (
+    CHEATER,
+    CLIENT_C,
+    NODE_A,
+    NODE_B,
+    PRICE,
+    Net,
+    local_net,
+    wait_for,
+)
 from verinfer.privacy import (
     EncryptionKey,
     node_open_input,
@@ -116,14 +129,17 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
 
 @pytest.fixture(scope="module")
 def site(net: Net) -> Iterator[str]:
-    """`verinfer web`'s server in a thread, configured for this market."""
-    from verinfer.web import page_config, serve_in_thread
+    """`verinfer web`'s server in a thread, configured for this market (its track-record
+    index in the net's tmp dir)."""
+    from verinfer.web import Providers, page_config, serve_in_thread
 
     config = page_config(net.rpc_url, net.dev.market.address, 31337, 0)
-    server = serve_in_thread(config)
+    providers = Providers(config, net.tmp / "web-index.sqlite")
+    server = serve_in_thread(config, providers=providers)
     yield f"http://127.0.0.1:{server.server_address[1]}/"
     server.shutdown()
     server.server_close()
+    providers.close()
 
 
 @pytest.fixture(scope="module")
@@ -196,10 +212,10 @@ def test_connect__shows_network_market_token_models_nodes_prices_stakes(
         if state is None:  # node B left the market: not listed
             expect(row).to_have_count(0)
         else:
-            cells = row.locator("td")
-            expect(cells.nth(1)).to_have_text(fmt(PRICE))
-            expect(cells.nth(2)).to_have_text(fmt(2_000 * UNIT))
-            expect(cells.nth(3)).to_have_text(state)
+            cells = row.locator("td")  # node, score, served, p50, price, stake, seen, state
+            expect(cells.nth(4)).to_have_text(fmt(PRICE))
+            expect(cells.nth(5)).to_have_text(fmt(2_000 * UNIT))
+            expect(cells.nth(7)).to_have_text(state)
 
 
 def test_bad_input__rejected_signature__too_small_balance__one_line_each(
@@ -457,3 +473,252 @@ def test_private_job__sealed_to_the_node_in_the_page__opened_and_checked_in_the_
     (published,) = net.events("ResultPublished", job_id=job)
     assert published["args"]["result_digest"] == digest
     other.close()
+
+
+# ---- the nodes' track record: providers.json (verinfer.web.Providers) and the models table ----
+def get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=10) as res:
+        assert res.status == 200 and res.headers["Content-Type"] == "application/json"
+        return dict(json.loads(res.read()))
+
+
+def ago(seconds: int) -> str:
+    """A time span as the page writes it (providers.js ``ago``)."""
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
+
+
+def providers_of(snapshot: dict[str, Any], model_id: bytes) -> list[dict[str, Any]]:
+    (entry,) = [m for m in snapshot["data"] if m["model_id"] == "0x" + model_id.hex()]
+    return list(entry["providers"])
+
+
+def fresh_providers(site: str, model_id: bytes, until: Any) -> dict[str, Any]:
+    """providers.json once ``until(providers of model_id)`` holds (the server syncs at most
+    every 5 s)."""
+    snapshot: dict[str, Any] = {}
+
+    def ready() -> bool:
+        nonlocal snapshot
+        snapshot = get_json(site + "providers.json")
+        return bool(snapshot["data"]) and until(providers_of(snapshot, model_id))
+
+    wait_for(ready, timeout=20, what="providers.json to show the jobs")
+    return snapshot
+
+
+@pytest.fixture(scope="module")
+def node_b_back(net: Net) -> str:
+    """Node B serves the small model again (no process runs for it): a node with no record
+    there, which the router tries first (warm-up). Returns its address."""
+    transact(net.w3, net.dev.market.functions.serve_model(net.model_id, PRICE), net.addr(NODE_B))
+    return net.addr(NODE_B)
+
+
+def test_providers_json__real_jobs__records_and_scores_ranked(
+    site: str, net: Net, node_b_back: str
+) -> None:
+    """Node A served the chat job (the honest node's process), the cheater was slashed out,
+    node B is back with no record: B first (warm-up, untried), then A; the numbers from the
+    market's events, the score by docs/routing.md's formula."""
+    a = net.addr(NODE_A)
+    claims = net.events("JobClaimed", node=a)
+    assert len(claims) == 1  # the chat test's first job
+    job = claims[0]["args"]["job_id"]
+    (sub,) = net.events("JobSubmitted", job_id=job)
+    (pub,) = net.events("ResultPublished", job_id=job)
+    snapshot = fresh_providers(
+        site, net.model_id, lambda ps: [p["node"] for p in ps] == [node_b_back, a]
+    )
+    assert snapshot["market"] == net.dev.market.address and snapshot["stale"] is False
+    assert (snapshot["token"], snapshot["decimals"]) == ("vUSD", 18)
+    assert "error" not in snapshot
+    head = net.w3.eth.block_number
+    assert 0 < snapshot["indexed_block"] <= head
+    assert snapshot["indexed_time"] == net.w3.eth.get_block(snapshot["indexed_block"])["timestamp"]
+    assert abs(snapshot["taken_at"] - time.time()) < 30
+    b_rec, a_rec = providers_of(snapshot, net.model_id)
+    latency = pub["args"]["published_at"] - submitted_time(sub["args"]["submitted_at"])
+    seen = max(net.w3.eth.get_block(e["blockNumber"])["timestamp"] for e in (claims[0], pub))
+    assert {k: a_rec[k] for k in (
+        "node", "model_id", "serving", "slashed_out", "price_per_token", "stake", "offered",
+        "missed", "claimed", "published", "finalized", "expired", "disputed", "slashed",
+        "publish_p50_s", "last_seen", "warming_up")} == {
+        "node": a, "model_id": "0x" + net.model_id.hex(), "serving": True, "slashed_out": False,
+        "price_per_token": PRICE, "stake": 2_000 * UNIT, "offered": 1, "missed": 0,
+        "claimed": 1, "published": 1, "finalized": 1, "expired": 0, "disputed": 0, "slashed": 0,
+        "publish_p50_s": float(latency), "last_seen": seen, "warming_up": True,
+    }  # fmt: skip
+    # docs/routing.md: reliability (1 + 1) / (2 + 1), latency 10 / (10 + p50), price and stake 1
+    expected = (2 / 3) ** 0.6 * (10 / (10 + latency)) ** 0.25
+    assert a_rec["score"] == round(expected, 4)
+    assert a_rec["reliability"] == round(2 / 3, 4)
+    assert (b_rec["node"], b_rec["claimed"], b_rec["offered"]) == (node_b_back, 0, 0)
+    assert b_rec["warming_up"] is True and b_rec["score"] == round(0.5**0.85, 4)
+    # the cheater, slashed out, is not offered; the model B alone serves lists B
+    assert net.addr(CHEATER) not in [p["node"] for p in providers_of(snapshot, net.model_id)]
+    registered = {e["args"]["name"]: e for e in net.events("ModelRegistered")}
+    assert [m["model"] for m in snapshot["data"]] == list(registered)
+
+
+def test_models__track_record_next_to_each_model__best_first__new_node(
+    page: Page, site: str, net: Net, node_b_back: str, screens: Path
+) -> None:
+    a = net.addr(NODE_A)
+    snapshot = fresh_providers(site, net.model_id, lambda ps: len(ps) == 2)
+    a_rec = providers_of(snapshot, net.model_id)[1]
+    model = page.locator(f".model[data-model='0x{net.model_id.hex()}']")
+    rows = model.locator("tr")
+    # best first: B (untried, warm-up) then A; the cheater, slashed out, left the market
+    expect(rows.nth(1).locator("code")).to_have_attribute("title", node_b_back, timeout=25_000)
+    expect(rows.nth(2).locator("code")).to_have_attribute("title", a)
+    expect(rows).to_have_count(3)
+    expect(page.locator("#record-status")).to_contain_text("track record at block")
+    b_cells, a_cells = (rows.nth(i).locator("td") for i in (1, 2))
+    expect(b_cells.nth(1)).to_have_text("new")
+    expect(a_cells.nth(1)).to_have_text(f"{a_rec['score']:.3f} warm-up")
+    expect(a_cells.nth(2)).to_have_text("100% 1/1")
+    expect(a_cells.nth(3)).to_have_text(f"{a_rec['publish_p50_s']:g} s")
+    expect(a_cells.nth(4)).to_have_text(fmt(PRICE))
+    expect(a_cells.nth(5)).to_have_text(fmt(2_000 * UNIT))
+    # last seen, before the newest indexed block (the chat test moved the chain's clock an hour)
+    expect(a_cells.nth(6)).to_have_text(ago(snapshot["indexed_time"] - a_rec["last_seen"]))
+    expect(b_cells.nth(2)).to_have_text("—")
+    expect(b_cells.nth(7)).to_have_text("active")
+    shot(page, screens, "13-track-record")
+
+
+def test_node_picker__ordered_by_record__best_preselected__the_persons_choice_kept(
+    browser: Any, site: str, net: Net, node_b_back: str, unserved: bytes
+) -> None:
+    other = open_page(browser, site, net, CLIENT_C)
+    other.click("#connect")
+    expect(other.locator("#net-status")).to_contain_text("right network")
+    options = other.locator("#node option")
+    expect(options).to_have_count(3)
+    expect(options.nth(1)).to_have_attribute("value", node_b_back)
+    expect(options.nth(1)).to_contain_text("new")
+    expect(options.nth(2)).to_have_attribute("value", net.addr(NODE_A))
+    expect(options.nth(2)).to_contain_text("score 0.")
+    expect(other.locator("#node")).to_have_value(node_b_back)  # the record's first
+    other.select_option("#node", net.addr(NODE_A))  # the person's choice ...
+    other.select_option("#model", label=f"{UNSERVED}@r1")
+    expect(other.locator("#node")).to_have_value(node_b_back)
+    other.select_option("#model", index=0)
+    expect(other.locator("#node")).to_have_value(net.addr(NODE_A))  # ... kept
+    other.close()
+
+
+def test_providers_json_fails__page_usable__track_record_unavailable(
+    browser: Any, site: str, net: Net, screens: Path
+) -> None:
+    other = browser.new_page(viewport={"width": 1280, "height": 900})
+    other.route("**/providers.json", lambda route: route.fulfill(status=500, body="boom"))
+    wallet = {"rpcUrl": net.rpc_url, "account": net.addr(CLIENT_C), "chainId": None}
+    other.add_init_script(f"window.__VERINFER_TEST_WALLET__ = {json.dumps(wallet)};")
+    other.add_init_script(path=str(HERE / "test_only_eip1193_provider.js"))
+    other.goto(site)
+    other.click("#connect")
+    expect(other.locator("#record-status")).to_have_text("track record unavailable")
+    row = other.locator("#models tr", has=other.locator(f"code[title='{net.addr(NODE_A)}']"))
+    expect(row.locator("td").nth(1)).to_have_text("—")
+    expect(row.locator("td").nth(4)).to_have_text(fmt(PRICE))
+    expect(other.locator("#node")).to_have_value("")  # no record: any node, as before
+    shot(other, screens, "14-record-unavailable")
+    answer = chat(other, net.addr(NODE_A), "Still there?")  # the page still chats
+    job = int(answer.get_attribute("data-job") or 0)
+    assert net.record(job).node == net.addr(NODE_A)
+    assert net.status(job) == JobStatus.PUBLISHED
+    other.close()
+
+
+class Cuttable:
+    """A TCP forwarder to the chain's RPC that the test can cut (the RPC goes down: open
+    connections reset, new ones refused)."""
+
+    def __init__(self, rpc_url: str) -> None:
+        self.target = ("127.0.0.1", int(rpc_url.rsplit(":", 1)[1].strip("/")))
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.conns: list[socket.socket] = []
+        self.down = False
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        while True:
+            try:
+                down, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.down:
+                down.close()
+                return
+            up = socket.create_connection(self.target)
+            self.conns += [down, up]
+            for src, dst in ((down, up), (up, down)):
+                threading.Thread(target=self.pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def cut(self) -> None:
+        self.down = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept (Linux)
+        self.sock.close()
+        for c in self.conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+            c.close()
+
+
+def test_providers_json__rpc_down__last_good_snapshot_stale_with_the_error__not_a_500(
+    net: Net, node_b_back: str
+) -> None:
+    from verinfer.web import Providers, make_server, page_config
+
+    rpc = Cuttable(net.rpc_url)
+    config = page_config(rpc.url, net.dev.market.address, 31337, 0)
+    providers = Providers(config, net.tmp / "stale-index.sqlite", ttl_s=0.5)
+    server = make_server(config, providers=providers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/providers.json"
+    try:
+        good = wait_for(lambda: (s := get_json(url)) and not s["stale"] and s, 20, "a snapshot")
+        assert [p["node"] for p in providers_of(good, net.model_id)] == [
+            node_b_back, net.addr(NODE_A)
+        ]  # fmt: skip
+        rpc.cut()
+        cut_at = time.time()
+        stale = wait_for(lambda: (s := get_json(url)) and s["stale"] and s, 20, "a stale answer")
+        assert stale["error"].startswith(f"cannot sync the track record from {rpc.url}: ")
+        assert "\n" not in stale["error"]
+        assert stale["taken_at"] <= cut_at and stale["indexed_block"] >= good["indexed_block"]
+        assert providers_of(stale, net.model_id) == providers_of(good, net.model_id)
+    finally:
+        server.shutdown()
+        server.server_close()
+        providers.close()
+
+
+def test_export__providers_json_snapshot_with_its_time(net: Net, tmp_path: Path) -> None:
+    from verinfer.web import Providers, export_site, page_config
+
+    config = page_config(net.rpc_url, net.dev.market.address, 31337, 0)
+    before = int(time.time())
+    files = export_site(tmp_path, config, [], Providers(config, tmp_path / "index.sqlite"))
+    assert "providers.json" in files
+    snapshot = json.loads((tmp_path / "providers.json").read_text())
+    assert before <= snapshot["taken_at"] <= time.time() and snapshot["stale"] is False
+    assert snapshot["market"] == net.dev.market.address
+    nodes = {p["node"]: p for p in providers_of(snapshot, net.model_id)}
+    assert nodes[net.addr(NODE_A)]["published"] == len(
+        net.events("ResultPublished", node=net.addr(NODE_A))
+    )

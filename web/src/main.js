@@ -6,11 +6,14 @@ import { Tokenizer } from "@huggingface/tokenizers";
 import { Market, encodeChatInput, encodeParams, unpackTokens, asStruct, decodeInput,
   MAX_INPUT_BYTES, ZERO_ADDRESS, isPrivate, PRIVATE_JOBS } from "./chain.js";
 import { sealInput, openOutput, usableKey, saveJobKey, loadJobKey } from "./private.js";
+import { loadProviders, rankedNodes, recordCells, isNew } from "./providers.js";
 
 const $ = (id) => document.getElementById(id);
 const state = {
   config: null, market: null, account: null, rightChain: false, models: [], balances: null,
   conversation: [], followed: new Map(), tokenizers: new Map(), busy: false, dispute: new Map(),
+  providers: null, // providers.json: the nodes' track record (providers.js), null when unavailable
+  picked: new Map(), // model id -> the node the person chose ("" for any node)
 };
 const POLL_MS = 1000;
 
@@ -88,7 +91,7 @@ async function start() {
   $("send").onclick = send;
   $("new-chat").onclick = () => { state.conversation = []; $("conversation").innerHTML = ""; estimate(); };
   $("model").onchange = () => { fillNodes(); estimate(); };
-  $("node").onchange = estimate;
+  $("node").onchange = () => { state.picked.set($("model").value, $("node").value); estimate(); };
   $("max-tokens").oninput = estimate;
   $("private-label").hidden = !PRIVATE_JOBS;
   $("message").onkeydown = (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); send(); } };
@@ -244,17 +247,28 @@ async function collect() {
 
 // ---- models ----
 async function refreshModels() {
-  state.models = await state.market.models();
+  const [models, providers] = await Promise.all([
+    state.market.models(), loadProviders(state.market.address)]);
+  state.models = models;
+  state.providers = providers.ok ? providers : null;
   if (!state.models.length) {
     $("models").textContent = "No model is registered in this market yet.";
     return;
   }
-  $("models").innerHTML = state.models.map((m) => `
-    <div class="model"><strong>${esc(m.name)}</strong> <span class="muted">@${esc(m.revision)}</span>
+  const snap = providers.ok ? providers.snapshot : null;
+  const status = snap
+    ? `<div id="record-status" class="muted">track record at block ${snap.indexed_block}${snap.stale ? ` <span class="bad" title="${esc(snap.error)}">(stale: the server cannot reach the chain)</span>` : ""}</div>`
+    : `<div id="record-status" class="muted" title="${esc(providers.reason)}">track record unavailable</div>`;
+  $("models").innerHTML = status + state.models.map((m) => `
+    <div class="model" data-model="${esc(m.id)}"><strong>${esc(m.name)}</strong> <span class="muted">@${esc(m.revision)}</span>
       <code class="muted" title="${esc(m.id)}">${esc(m.id.slice(0, 10))}</code>
-      <table><tr><th>node</th><th>price / token</th><th>stake</th><th></th></tr>
-      ${m.nodes.map((n) => `<tr><td>${nodeName(n.address)}</td><td>${fmt(n.price)}</td>
-        <td>${fmt(n.stake)}</td><td>${n.eligible ? '<span class="ok">active</span>' : '<span class="muted">inactive</span>'}</td></tr>`).join("")}
+      <table class="record"><tr><th>node</th><th>score</th><th>served</th><th>p50</th><th>price / token</th><th>stake</th><th>last seen</th><th></th></tr>
+      ${rankedNodes(m, state.providers).map((n) => {
+        const c = recordCells(n.rec, snap);
+        return `<tr><td>${nodeName(n.address)}</td><td class="score">${c.score}</td><td class="served">${c.served}</td>
+        <td class="p50">${c.p50}</td><td>${fmt(n.price)}</td><td>${fmt(n.stake)}</td><td class="seen">${c.seen}</td>
+        <td>${n.eligible ? '<span class="ok">active</span>' : '<span class="muted">inactive</span>'}</td></tr>`;
+      }).join("")}
       </table></div>`).join("");
   const current = $("model").value;
   $("model").innerHTML = state.models.map((m) =>
@@ -263,12 +277,20 @@ async function refreshModels() {
   fillNodes();
 }
 
+/** The node picker: the model's active nodes in the record's order (best first); the one the
+ * person chose for this model stays chosen, else the record's first is pre-selected. */
 function fillNodes() {
   const m = selectedModel();
+  const nodes = m ? rankedNodes(m, state.providers).filter((n) => n.eligible) : [];
   const current = $("node").value;
-  $("node").innerHTML = `<option value="">any node</option>` + (m ? m.nodes.filter((n) => n.eligible)
-    .map((n) => `<option value="${n.address}">${short(n.address)} (${fmt(n.price)}/token)</option>`).join("") : "");
-  if ([...$("node").options].some((o) => o.value === current)) $("node").value = current;
+  $("node").innerHTML = `<option value="">any node</option>` + nodes.map((n) => {
+    const rec = n.rec ? ` · ${isNew(n.rec) ? "new" : `score ${n.rec.score.toFixed(3)}`}` : "";
+    return `<option value="${n.address}">${short(n.address)} (${fmt(n.price)}/token${rec})</option>`;
+  }).join("");
+  const chosen = m ? state.picked.get(m.id) : undefined;
+  const best = nodes.find((n) => n.rec)?.address;
+  const want = chosen !== undefined ? chosen : (best ?? current);
+  if ([...$("node").options].some((o) => o.value === want)) $("node").value = want;
 }
 
 function selectedModel() {
