@@ -143,3 +143,52 @@ def test_wei_counter_sums_past_int64(net: Net) -> None:
     for _ in range(3):
         metrics.incr("earnings_wei", 4 * 10**18)  # each fits int64, the sum does not
     assert metrics.get("earnings_wei") == 12 * 10**18
+
+
+def test_job_reserved_for_another_node__taken_once_its_window_is_over__not_before(
+    net: Net,
+) -> None:
+    from verinfer.node.keeper import Keeper
+    from verinfer.node.localnet import NODE_B
+
+    recorder = Recorder()
+    watcher = _watcher(net, "watch-reserved", recorder)
+    while not watcher.poll_once():
+        pass
+    window = watcher.exclusive_window()
+    assert window == net.dev.market.functions.exclusive_window().call() > 0
+    node_b = net.addr(NODE_B)
+    theirs = net.submit(CLIENT_A, "for node B", seed=1, preferred=node_b)
+    claimed = net.submit(CLIENT_A, "for node B, who takes it", seed=2, preferred=node_b)
+    quick = net.submit(CLIENT_A, "for me, quick", seed=3, preferred=net.addr(NODE_A))
+    assert watcher.poll_once()
+    # this node now expects to finish one more job just after the window's end
+    watcher.policy.est_job_s = (window + 1) / (watcher.store.inflight_count() + 1)
+    slow = net.submit(CLIENT_A, "for me, slow", seed=4, preferred=net.addr(NODE_A))
+    assert watcher.poll_once()
+    # its own: run first while it expects to finish inside the window, else claimed first
+    assert (recorder.jobs("serve")[quick], recorder.jobs("claim")[quick]) == (1, 0)
+    assert (recorder.jobs("serve")[slow], recorder.jobs("claim")[slow]) == (0, 1)
+    # another node's: nothing handed on, both due on the open schedule at the window's end
+    for job_id in (theirs, claimed):
+        assert recorder.jobs("claim")[job_id] == recorder.jobs("serve")[job_id] == 0
+        record = watcher.store.get_job(job_id)
+        assert record is not None and record.preferred_node == node_b
+        due = watcher.store.r.zscore(watcher.store.key("due", "open"), str(job_id))
+        assert due == record.submitted_time + window
+    keeper = Keeper(watcher.s, watcher.p, watcher.store, recorder, watcher.me, watcher.take_open)
+    keeper.tick()  # inside the window: nothing
+    assert recorder.jobs("claim")[theirs] == 0
+    record = net.record(claimed)
+    transact(net.w3, net.dev.market.functions.claim(claimed, record.as_struct()), node_b)
+    net.w3.provider.make_request("evm_increaseTime", [window + 1])
+    net.dev.mine(blocks=1)
+    while not watcher.poll_once():  # sees node B's claim: that job leaves the schedule
+        pass
+    keeper.tick()
+    assert recorder.jobs("claim")[theirs] == 1  # open to every node now: claimed here
+    assert ("chain", "claim", (theirs, f"open:{theirs}")) in recorder.calls
+    assert recorder.jobs("claim")[claimed] == 0  # node B had it
+    assert watcher.store.due_size("open") == 0
+    keeper.tick()
+    assert recorder.jobs("claim")[theirs] == 1  # once

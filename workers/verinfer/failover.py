@@ -174,6 +174,15 @@ class Router:
         assert handle is not None
         rec, attempt = handle.record, job.attempts[-1]
         status = handle.status
+        if status != JobStatus.OPEN and not job.opened and int(rec.node, 16) != 0:
+            # it fell open between two polls and another node took it at once
+            pref = rec.preferred_node
+            if int(pref, 16) != 0 and rec.node.lower() != pref.lower():
+                job.opened = True
+                self.say(
+                    f"job {rec.job_id}: node {pref} did not claim within its exclusive window "
+                    f"({self.exclusive} s): node {rec.node} took it"
+                )
         if status in (JobStatus.PUBLISHED, JobStatus.VERIFYING, JobStatus.FINALIZED):
             job.result = self.client.result_of(handle)
             self._settled(attempt, "served")
@@ -231,14 +240,24 @@ class Router:
         if after is not None and local and int(chain.blocks.head.timestamp) <= after:
             chain.provider.make_request("evm_mine", [])  # Anvil and Hardhat know it
 
+        from ape.exceptions import ContractLogicError
+
         method = getattr(self.client.market, action)
         args = (handle.job_id, handle.record.as_struct())
         try:
             method.call(*args, sender=self.client.account)
         except Exception:  # no longer applies (claimed, ended by a keeper): the next poll says
             return False
-        with guard(action):
-            method(*args, sender=self.client.account)
+        try:
+            with guard(action):
+                method(*args, sender=self.client.account)
+        except ClientError as exc:
+            # a node claimed it (or a keeper ended it) between the simulation and the send:
+            # the revert is that race, and the next poll follows the job where it is now
+            if not isinstance(exc.__context__, ContractLogicError):
+                raise
+            self.say(f"job {handle.job_id}: {action} not needed any more ({exc})")
+            return False
         return True
 
     def run(self, jobs: Sequence[RoutedJob], timeout: float, poll: float = 0.25) -> None:

@@ -26,13 +26,22 @@ class Keeper:
     """Runs the due work that the watcher scheduled in Redis."""
 
     def __init__(
-        self, settings: NodeSettings, protocol: Protocol, store: Store, dispatch: Dispatch, me: str
+        self,
+        settings: NodeSettings,
+        protocol: Protocol,
+        store: Store,
+        dispatch: Dispatch,
+        me: str,
+        take_open: Callable[[int, float], None] | None = None,
     ) -> None:
+        """``take_open(job_id, now)``: the watcher's ``take_open``, called for a job reserved
+        for another node whose exclusive window is over and that nobody claimed."""
         self.s = settings
         self.p = protocol
         self.store = store
         self.dispatch = dispatch
         self.me = me
+        self.take_open = take_open
         self._last_withdraw = 0.0
 
     def run(self, stop: threading.Event) -> None:
@@ -63,6 +72,10 @@ class Keeper:
         self._each("replace", now, 64, lambda job_id: self._replace(job_id, now))
         self._each("expire", now, 64, self._when(JobStatus.CLAIMED, "expire"))
         self._each("cancel", now, 64, self._when(JobStatus.OPEN, "cancel"))
+        # the next block's time is at least the wall clock's (a chain that mines on demand
+        # keeps an old head until a transaction comes)
+        opens = max(now, int(time.time()))
+        self._each("open", opens, 64, lambda job_id: self._open(job_id, opens))
         self._each("settle", now, 64, self._when(JobStatus.VERIFYING, "settle"))
         if time.monotonic() - self._last_withdraw > self.s.withdraw_every_s:
             if self.p.market.functions.claimable(self.me).call() > self.s.withdraw_min:
@@ -80,6 +93,12 @@ class Keeper:
                 for rest in ids[n:]:
                     self.store.schedule(queue, rest, due)
                 raise
+
+    def _open(self, job_id: int, now: int) -> None:
+        """A job reserved for another node, its exclusive window over: taken through the
+        watcher's policy when it is still open."""
+        if self.take_open is not None and self._status(job_id) == JobStatus.OPEN:
+            self.take_open(job_id, float(now))
 
     def _audit(self, job_id: int, head: int) -> None:
         """Start the audit of ``job_id`` when the randomness selects it."""

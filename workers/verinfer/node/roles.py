@@ -21,6 +21,8 @@ from verinfer.node.watcher import Dispatch
 log = logging.getLogger("verinfer.node")
 
 FIELDS_MISMATCH = "job fields mismatch"  # the market's reason for a stale Job struct
+RESERVED = "reserved for preferred node"  # the market's reason for a claim inside the window
+OPEN_RETRY_S = 2.0  # such a claim is tried again this much later
 PUBLISH_BATCH = 16  # Market.publish_many: at most 16 results ...
 BATCH_OUTPUT_BYTES = 2_176  # ... of at most 2,176 output bytes (512 tokens + overhead) each
 
@@ -61,9 +63,10 @@ class ChainRole:
                     raise
                 return method(*args)
         except TxRejected as exc:
-            log.info("skip action=%s args=%s reason=%s", action, list(args)[:2], exc.reason)
             if action in ("claim", "claim_and_publish", "publish") and args:
-                self.store.inflight_remove(int(args[0]))
+                self._skip(action, int(args[0]), exc.reason)
+            else:
+                log.info("skip action=%s args=%s reason=%s", action, list(args)[:2], exc.reason)
             return None
 
     def do_batch(self, items: Sequence[Sequence[Any]]) -> list[bytes | None]:
@@ -186,8 +189,13 @@ class ChainRole:
         return self._record(job_id)
 
     def _skip(self, action: str, job_id: int, reason: str) -> None:
+        """A claim or publish that does not apply: one line, the job out of hand. A claim the
+        chain still reserves for the preferred node (this node's clock ran ahead of the
+        chain's) goes back on the ``open`` schedule, a few seconds on."""
         log.info("skip action=%s args=%s reason=%s", action, [job_id], reason)
         self.store.inflight_remove(job_id)
+        if RESERVED in reason and action != "publish":
+            self.store.schedule("open", job_id, time.time() + OPEN_RETRY_S)
 
     def _once(self, action: str, job_id: int, key: str, fn: Any) -> bytes | None:
         """Send ``fn`` unless this (action, job, event key) was already sent."""

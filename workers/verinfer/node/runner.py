@@ -165,7 +165,9 @@ class NodeRunner:
         self.watcher = Watcher(
             s, self.protocol, self.store, self.metrics, self.policy, dispatch, self.me
         )
-        self.keeper = Keeper(s, self.protocol, self.store, dispatch, self.me)
+        self.keeper = Keeper(
+            s, self.protocol, self.store, dispatch, self.me, self.watcher.take_open
+        )
         for name, target in (("watcher", self.watcher.run), ("keeper", self.keeper.run)):
             t = threading.Thread(target=self._guard, args=(name, target), name=name, daemon=True)
             t.start()

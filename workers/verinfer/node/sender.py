@@ -267,7 +267,10 @@ class TxSender:
     def send_tx(self, action: str, tx: dict[str, Any], jobs: tuple[int, ...] = ()) -> bytes:
         """Simulate (gas estimate), sign and send a transaction dict ``{to, data, value}``."""
         try:
-            gas = self.rpc(action, lambda: self.w3.eth.estimate_gas(tx))  # type: ignore[arg-type]
+            # against the pending block, where the transaction goes: its time is the next
+            # block's (a chain that mines on demand keeps an old head, and a claim at the end
+            # of an exclusive window must not be judged at that head's time)
+            gas = self.rpc(action, lambda: self.w3.eth.estimate_gas(tx, "pending"))  # type: ignore[arg-type]
         except (ContractLogicError, Web3RPCError) as exc:  # rpc() retried endpoint errors
             if self.metrics:
                 self.metrics.incr("tx", action=action, outcome="rejected")
@@ -338,7 +341,7 @@ class TxSender:
             for _, fn in items
         ]
         try:
-            sims = self.rpc_batch("simulate", [("eth_estimateGas", [tx]) for tx in txs])
+            sims = self.rpc_batch("simulate", [("eth_estimateGas", [tx, "pending"]) for tx in txs])
         except ValueError:
             return [self._send_or_rejected(a, fn) for a, fn in items]
         out: list[bytes | TxRejected] = []

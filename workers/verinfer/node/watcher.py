@@ -58,6 +58,7 @@ class Watcher:
         self.policy = policy
         self.dispatch = dispatch
         self.me = Web3.to_checksum_address(me)
+        self._exclusive: tuple[float, int] | None = None
         self.handled = 0
         self._touched: dict[int, set[int]] = {}  # block -> job ids whose records its logs changed
         self._published: set[int] = set()  # jobs with a ResultPublished in the range being read
@@ -246,18 +247,68 @@ class Watcher:
 
     def _take(self, record: JobRecord, key: str, now: float) -> None:
         """Run the policy on an open job; claim it (or run it first) when it is taken, else
-        one ``skip job=N reason=...`` line (also for a model this node does not serve)."""
+        one ``skip job=N reason=...`` line (also for a model this node does not serve).
+
+        A job that names another node is that node's alone for the market's exclusive
+        window: it is put on the ``open`` schedule for the window's end (one ``wait`` line),
+        and the keeper brings it back here then if nobody claimed it (``take_open``), so a
+        job its preferred node drops is served by another node, not left to its deadline.
+        A private job that names another node never opens (the market keeps it for its
+        node, who alone can read it): skipped. The preferred node itself runs its job first
+        and claims with the result in one transaction when it expects to finish inside the
+        window (``Policy.finishes_by``), else it claims first, so a slow run does not lose
+        the job to another node at the window's end."""
         decision = self.policy.decide(record, now, self.store.inflight_count())
         if not decision.take:
             log.info("skip job=%d reason=%s", record.job_id, decision.reason)
             self.metrics.job("skipped")
             return
+        preferred = record.preferred_node
+        targeted = preferred == self.me
+        opens_at = record.submitted_time + self.exclusive_window()
+        if not targeted and int(preferred, 16) != 0:
+            if record.private:
+                log.info("skip job=%d reason=private job for node %s", record.job_id, preferred)
+                self.metrics.job("skipped")
+                return
+            if now < opens_at:
+                log.info(
+                    "wait job=%d reason=reserved for node %s until %d",
+                    record.job_id,
+                    preferred,
+                    opens_at,
+                )
+                self.store.schedule("open", record.job_id, opens_at)
+                return
         self.store.inflight_add(record.job_id)
-        targeted = record.preferred_node == self.me
-        if targeted or self.s.claim_mode == "run-first":
+        if targeted:
+            run_first = self.policy.finishes_by(now, self.store.inflight_count() - 1, opens_at)
+        else:
+            run_first = self.s.claim_mode == "run-first"
+        if run_first:
             self.dispatch("infer", "serve", [record.job_id, key])
         else:
             self.dispatch("chain", "claim", [record.job_id, key])
+
+    def take_open(self, job_id: int, now: float) -> None:
+        """The keeper's call at the end of a job's exclusive window (the ``open`` schedule):
+        the job, open to every node now, goes through the policy again (``_take``); nothing
+        when it is no longer open or already in hand."""
+        record = self.store.get_job(job_id)
+        if record is None or int(record.node, 16) != 0:
+            return
+        if self.store.r.sismember(self.store.key("inflight"), job_id):
+            return
+        log.info("open job=%d reason=window of node %s over", job_id, record.preferred_node)
+        self._take(record, f"open:{job_id}", now)
+
+    def exclusive_window(self) -> int:
+        """``Market.exclusive_window()``, read at most once a minute (governance may change
+        it)."""
+        now = time.monotonic()
+        if self._exclusive is None or now - self._exclusive[0] > 60:
+            self._exclusive = (now, int(self.p.market.functions.exclusive_window().call()))
+        return self._exclusive[1]
 
     def on_JobClaimed(self, item: DecodedLog, key: str, first: bool) -> None:
         record = self._job(item.args["job_id"])
@@ -280,6 +331,7 @@ class Watcher:
                 self.dispatch("chain", "rederive", [record.job_id, key])
         else:
             self.store.inflight_remove(record.job_id)  # someone else took it
+            self.store.unschedule("open", record.job_id)
 
     def on_ResultPublished(self, item: DecodedLog, key: str, first: bool) -> None:
         record = self._job(item.args["job_id"])
@@ -321,7 +373,7 @@ class Watcher:
 
     def _terminal(self, job_id: int) -> None:
         self.store.inflight_remove(job_id)
-        for queue in ("finalize", "expire", "cancel", "audit"):
+        for queue in ("finalize", "expire", "cancel", "audit", "open"):
             self.store.unschedule(queue, job_id)
 
     def on_JobVerifying(self, item: DecodedLog, key: str, first: bool) -> None:
