@@ -51,7 +51,10 @@ def start_gateway(
     dev_net: Net, account: int, name: str, *args: str, env: dict[str, str] | None = None
 ) -> Gateway:
     """Start `verinfer gateway` paying from dev account ``account``; wait until it answers.
-    ``env``: more environment (``VERINFER_GATEWAY_*`` settings)."""
+    ``env``: more environment (``VERINFER_GATEWAY_*`` settings). Routing is open
+    (``VERINFER_GATEWAY_ROUTING=open``) unless ``env`` says otherwise: these chains stake three
+    nodes and most tests run one, and score routing's warm-up would offer jobs to the others
+    (tests/routing runs the gateway with ``routing=score`` against three live nodes)."""
     port = free_port()
     proc_env = {k: v for k, v in os.environ.items() if not k.startswith("VERINFER_")}
     proc_env.update(
@@ -60,6 +63,7 @@ def start_gateway(
             "HF_HUB_OFFLINE": "1",
             "VERINFER_HOME": str(dev_net.tmp / name),
             "VERINFER_GATEWAY_API_KEY": API_KEY,
+            "VERINFER_GATEWAY_ROUTING": "open",
             **(env or {}),
         }
     )

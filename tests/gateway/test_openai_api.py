@@ -320,6 +320,11 @@ schema = from_fixture("gateway_schema")
 @schema.parametrize()
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_openapi_schema__no_server_error(case: Any, gw: Gateway) -> None:
+    # "routing": "score" on this chain offers warm-up jobs to the two staked nodes that do not
+    # run (a 504 after the wait, by design): the gateway's setting (open) stays here;
+    # tests/routing runs score routing against three live nodes
+    if isinstance(case.body, dict):
+        case.body.pop("routing", None)
     case.call_and_validate(
         headers={"Authorization": f"Bearer {API_KEY}"}, checks=[not_a_server_error], timeout=60
     )

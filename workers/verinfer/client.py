@@ -537,18 +537,23 @@ class Client:
             self.job_keys.put(record.job_id, job_key)
         return JobHandle(self, record, JobStatus.OPEN, int(receipt.block_number))
 
-    def private_node(self, model: str | bytes) -> str:
+    def private_node(self, model: str | bytes, exclude: Iterable[str] = ()) -> str:
         """The node a private job goes to when none is named: among the model's eligible
-        nodes with a valid registered encryption key, the best by its track record
-        (``routing.rank``: reliability, latency, price, stake; untried nodes first), or the
-        cheapest when none of them has a record yet."""
+        nodes with a valid registered encryption key (not in ``exclude``), the best by its
+        track record (``routing.rank``: reliability, latency, price, stake; untried nodes
+        first), or the cheapest when none of them has a record yet."""
         from verinfer.privacy import valid_pubkey
         from verinfer.private_jobs import node_pubkey, pick_node
         from verinfer.routing import rank
 
         mid = self.resolve_model(model)
         with guard("private node"):
-            nodes = [n for n in self.market.model_nodes(mid) if self.market.is_eligible(n, mid)]
+            skip = {a.lower() for a in exclude}
+            nodes = [
+                n
+                for n in self.market.model_nodes(mid)
+                if str(n).lower() not in skip and self.market.is_eligible(n, mid)
+            ]
             candidates = [
                 (str(n), int(self.market.serve_price(n, mid)), node_pubkey(self.market, n))
                 for n in nodes

@@ -3,7 +3,8 @@
 Each completion becomes one on-chain job paid from the operator's prepaid balance; the answer
 is sent once the result is held (published, digest checked). ``stream: true`` is answered as
 server-sent events at that moment. Every answer carries a ``verinfer`` extension object: job
-id, result digest, cost, node and the gateway's timings.
+id, result digest, cost, the node that served and the node the job was routed to
+(``routed_to``, null when it went open), and the gateway's timings.
 """
 
 from __future__ import annotations
@@ -113,11 +114,12 @@ def create_app(worker: ChainWorker, api_key: str) -> FastAPI:
             models = w.models()
             chosen = [w.resolve(model)] if model is not None else models
             indexer = w.client.indexer()
+            policy = w.router.policy if w.router is not None else None  # the gateway's weights
             return [
                 {
                     "model": model_label(m, models),
                     "model_id": "0x" + m.model_id.hex(),
-                    "providers": [s.as_dict() for s in rank(indexer.records(m.model_id))],
+                    "providers": [s.as_dict() for s in rank(indexer.records(m.model_id), policy)],
                 }
                 for m in chosen
             ]
@@ -178,7 +180,18 @@ def create_app(worker: ChainWorker, api_key: str) -> FastAPI:
         temperature = 1.0 if body.temperature is None else body.temperature
         seed = body.seed if body.seed is not None else secrets.randbits(63)
         private = settings.private if body.private is None else body.private
-        job = JobRequest(body.model, data, max_tokens, temperature, seed, timeout, private)
+        job = JobRequest(
+            body.model,
+            data,
+            max_tokens,
+            temperature,
+            seed,
+            timeout,
+            private,
+            node=body.node,
+            exclude=tuple(body.exclude_nodes or ()),
+            routing=body.routing,
+        )
         pending = asyncio.wrap_future(worker.submit(job))
         model_id = worker.cached_model_id(body.model)
         counting: asyncio.Future[int] | None = None
@@ -235,6 +248,7 @@ def create_app(worker: ChainWorker, api_key: str) -> FastAPI:
             "digest_ok": res.digest_ok,
             "status": res.status.name,
             "node": res.node,
+            "routed_to": outcome.routed_to,
             "model_id": "0x" + outcome.model.model_id.hex(),
             "cost": res.cost,
             "max_payment": res.max_payment,

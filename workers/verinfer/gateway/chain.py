@@ -21,6 +21,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from typing import Any
 
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
-from eth_utils import keccak
+from eth_utils import keccak, to_checksum_address
 
 from verinfer.chain_errors import ClientError
 from verinfer.client import (
@@ -43,9 +44,10 @@ from verinfer.client import (
 from verinfer.digest import SamplingParams
 from verinfer.gateway import errors
 from verinfer.gateway.limits import LimitError, SpendLimits
+from verinfer.gateway.route import GatewayRouter
 from verinfer.gateway.rpc import EventDecoder, LogFeed, Rpc, RpcError, TxSigner, ws_url
 from verinfer.gateway.settings import GatewaySettings
-from verinfer.jobs import JobRecord, JobStatus
+from verinfer.jobs import ZERO_ADDRESS, JobRecord, JobStatus
 from verinfer.tokenizers_local import context_error
 
 log = logging.getLogger("verinfer.gateway")
@@ -57,6 +59,7 @@ BALANCE_OF_SELECTOR = keccak(text="balance_of(address)")[:4]
 MODEL_NODES_SELECTOR = keccak(text="model_nodes(bytes32)")[:4]
 SERVE_PRICE_SELECTOR = keccak(text="serve_price(address,bytes32)")[:4]
 IS_ELIGIBLE_SELECTOR = keccak(text="is_eligible(address,bytes32)")[:4]
+EXCLUSIVE_WINDOW_SELECTOR = keccak(text="exclusive_window()")[:4]
 GROUP_MAX_JOBS = 16  # Market.submit_many: at most 16 jobs ...
 GROUP_MAX_INPUT = 2_048  # ... of at most 2,048 input bytes each (larger ones use submit)
 
@@ -73,6 +76,9 @@ class JobRequest:
     timeout_s: float
     private: bool = False  # encrypt to the node's key (docs/privacy.md); input becomes the envelope
     job_key: bytes | None = None
+    node: str | None = None  # pinned by the request ("node")
+    exclude: tuple[str, ...] = ()  # "exclude_nodes"
+    routing: str | None = None  # "score" / "open" (None: the gateway's setting)
     future: Future = field(default_factory=Future)
     sent: Future = field(default_factory=Future)  # set once its transaction is handed to send
     arrived: float = field(default_factory=time.perf_counter)
@@ -94,6 +100,7 @@ class JobOutcome:
     sent_unix: float = 0.0  # time.time() when the submit transaction was sent
     taken_at: float = 0.0  # when the submit thread took the request off its queue
     delivered_at: float = 0.0  # when the poll thread answered the request's future
+    routed_to: str | None = None  # the job's preferred node (None: open to the first claimer)
 
     @property
     def job_ms(self) -> float:
@@ -111,6 +118,8 @@ class _Pending:
     from_block: int  # the submit transaction is in this block or a later one
     payment: int = 0  # the job's escrow
     params: bytes = b""  # its encoded sampling parameters
+    routed_to: str | None = None  # its preferred node (None: open)
+    fell_open: bool = False  # its node let the exclusive window pass (said once in the log)
     batch: int = 1
     tx_jobs: int = 1  # jobs in its transaction (2..16: one submit_many)
     sent_at: float = 0.0
@@ -168,7 +177,10 @@ class ChainWorker:
         self._models: list[ModelInfo] = []
         self._models_at = float("-inf")
         self._miss_at = float("-inf")
-        self._prices: dict[bytes, tuple[float, int]] = {}
+        self._prices: dict[bytes, tuple[float, dict[str, int]]] = {}
+        self.exclusive_window = 0  # Market.exclusive_window(), read with the prices
+        self.router: GatewayRouter | None = None  # set once connected
+        self.routing_says = ""  # how jobs are routed (said at start-up)
 
     # ---- life cycle ----
     def start(self, timeout: float = 120.0) -> None:
@@ -231,7 +243,13 @@ class ChainWorker:
         return found[0]
 
     def price(self, model_id: bytes) -> int:
-        """Highest price per token among eligible nodes (cached for ``price_ttl_s``)."""
+        """Highest price per token among eligible nodes (cached for ``price_ttl_s``): what a
+        job escrows per token, so that every eligible node may claim it once it falls open."""
+        return max(self.eligible(model_id).values())
+
+    def eligible(self, model_id: bytes) -> dict[str, int]:
+        """The model's eligible nodes and their prices per token (cached for
+        ``price_ttl_s``); 503 GatewayError when none."""
         assert self.client is not None
         now = time.monotonic()
         cached = self._prices.get(model_id)
@@ -245,9 +263,10 @@ class ChainWorker:
             self._prices[model_id] = cached
         return cached[1]
 
-    def _read_price(self, model_id: bytes) -> int:
-        """``Client.price`` over plain JSON-RPC: the model's nodes, then every node's price and
-        eligibility in one batch (two round trips instead of ape's several per node)."""
+    def _read_price(self, model_id: bytes) -> dict[str, int]:
+        """``Client.price`` over plain JSON-RPC: the model's nodes (and the market's exclusive
+        window), then every node's price and eligibility in one batch (two round trips instead
+        of ape's several per node). Returns the eligible nodes' prices."""
         assert self.rpc is not None and self.client is not None
         market = self.client.market.address
 
@@ -255,7 +274,17 @@ class ChainWorker:
             data = "0x" + (selector + abi_encode(types, args)).hex()
             return ("eth_call", [{"to": market, "data": data}, "latest"])
 
-        word = self.rpc.call(*call(MODEL_NODES_SELECTOR, ["bytes32"], [model_id]))
+        first = self.rpc.batch(
+            [
+                call(MODEL_NODES_SELECTOR, ["bytes32"], [model_id]),
+                call(EXCLUSIVE_WINDOW_SELECTOR, [], []),
+            ]
+        )
+        for answer in first:
+            if isinstance(answer, RpcError):
+                raise answer
+        word, window = first
+        self.exclusive_window = int(window, 16)
         (nodes,) = abi_decode(["address[]"], bytes.fromhex(word[2:]))
         calls: list[tuple[str, list[Any]]] = []
         for node in nodes:
@@ -265,14 +294,14 @@ class ChainWorker:
         for answer in answers:
             if isinstance(answer, RpcError):
                 raise answer
-        prices = [
-            int(price, 16)
-            for price, eligible in zip(answers[::2], answers[1::2], strict=True)
+        prices: dict[str, int] = {
+            to_checksum_address(node): int(price, 16)
+            for node, price, eligible in zip(nodes, answers[::2], answers[1::2], strict=True)
             if int(eligible, 16)
-        ]
+        }
         if not prices:
             raise ClientError(f"no staked node serves model 0x{model_id.hex()}")
-        return max(prices)
+        return prices
 
     # ---- the submit thread ----
     def _run(self) -> None:
@@ -334,6 +363,19 @@ class ChainWorker:
         )
         self._access_lists = self._supports_access_lists()
         self.models(refresh=True)
+        settings = self.settings
+        self.router = GatewayRouter(
+            client.indexer, settings.weights(), settings.route_sync_s, settings.routing
+        )
+        if settings.routing == "score":
+            self.router.sync(force=True)  # the whole history once, before the first request
+            w = self.router.policy.weights
+            self.routing_says = (
+                f"by track record (reliability={w.reliability:g},latency={w.latency:g},"
+                f"price={w.price:g},stake={w.stake:g}; synced every {settings.route_sync_s:g}s)"
+            )
+        else:
+            self.routing_says = "open (first claimer) unless a request names a node"
 
     def _loop(self) -> None:
         window = self.settings.batch_window_ms / 1000
@@ -373,14 +415,21 @@ class ChainWorker:
             fut.set_exception(exc)
 
     def _submit(self, batch: list[JobRequest]) -> None:
-        assert self.limits is not None
+        assert self.limits is not None and self.router is not None
         accepted: list[tuple[JobRequest, ModelInfo, int, JobSpec]] = []
+        if any(not r.private and (r.routing or self.settings.routing) == "score" for r in batch):
+            self.router.sync()  # at most every route_sync_s
+        with self._lock:  # the gateway's own unanswered jobs per node: counted as tries
+            inflight = Counter(
+                p.routed_to.lower() for g in self._by_tx.values() for p in g if p.routed_to
+            )
         for req in batch:
             try:
                 model = self.resolve(req.model)
                 if problem := context_error(model.model_id, req.input, req.max_tokens):
                     raise errors.bad_request(problem, "max_tokens", "context_length_exceeded")
                 payment = req.max_tokens * self.price(model.model_id)
+                node = self._route(req, model, inflight)
                 try:
                     ticket = self.limits.reserve(payment)
                 except LimitError as exc:
@@ -397,7 +446,7 @@ class ChainWorker:
                 req.future.set_exception(errors.job_failed(str(exc), "chain_error"))
                 continue
             try:
-                spec = self._spec(req, model.model_id, params, payment)
+                spec = self._spec(req, model.model_id, params, payment, node)
             except ClientError as exc:
                 self.limits.settle(ticket, 0)
                 req.future.set_exception(errors.bad_request(str(exc), "private"))
@@ -413,18 +462,50 @@ class ChainWorker:
             if isinstance(out, ClientError):
                 self._refuse(req, ticket, out)
 
+    def _route(self, req: JobRequest, model: ModelInfo, inflight: Counter[str]) -> str | None:
+        """The job's preferred node (``GatewayRouter.choose``; None: open), counted in
+        ``inflight``; a private job's is the pinned node (or None: ``_spec`` chooses it)."""
+        assert self.router is not None
+        label = model_label(model, self._models)
+        if req.private:
+            if req.routing == "open":
+                raise errors.bad_request(
+                    'a private job names its node: routing "open" does not apply', "routing"
+                )
+            if req.node is None:
+                return None
+        node = self.router.choose(
+            model.model_id,
+            label,
+            self.eligible(model.model_id),
+            pin=req.node,
+            exclude=req.exclude,
+            routing=req.routing,
+            inflight=inflight,
+        )
+        if node is not None:
+            inflight[node.lower()] += 1
+        return node
+
     def _spec(
-        self, req: JobRequest, model_id: bytes, params: SamplingParams, payment: int
+        self,
+        req: JobRequest,
+        model_id: bytes,
+        params: SamplingParams,
+        payment: int,
+        node: str | None = None,
     ) -> JobSpec:
-        """The job to send; a private request's input is sealed to the chosen node's key
-        (``Client.private_node``: the eligible node with a valid one that its track record
-        ranks first) and its job key kept for the answer."""
+        """The job to send, to ``node`` (None: open); a private request's input is sealed to
+        its node's key (the pinned one, else ``Client.private_node``: the eligible node with a
+        valid key that its track record ranks first, outside ``exclude_nodes``) and its job key
+        kept for the answer."""
         if not req.private:
-            return JobSpec(model_id, req.input, params, payment)
+            return JobSpec(model_id, req.input, params, payment, node=node or ZERO_ADDRESS)
         from verinfer.private_jobs import require_key, seal
 
         assert self.client is not None
-        node = self.client.private_node(model_id)
+        if node is None:
+            node = self.client.private_node(model_id, exclude=req.exclude)
         req.input, req.job_key = seal(req.input, require_key(self.client.market, node))
         return JobSpec(model_id, req.input, params, payment, node=node)
 
@@ -533,6 +614,7 @@ class ChainWorker:
                 )
                 entry.batch, entry.tx_jobs = len(gas), len(group)
                 entry.params = spec.params.encode()
+                entry.routed_to = None if spec.node == ZERO_ADDRESS else spec.node
                 entries.append(entry)
                 out[i] = None
             batch.append((raw, entries))
@@ -848,7 +930,9 @@ class ChainWorker:
                 self._by_job.pop(p.handle.job_id, None)
 
     def _check_deadlines(self) -> None:
-        """Time out late jobs; look at the receipt of a job whose log has not come."""
+        """Time out late jobs; look at the receipt of a job whose log has not come; say once
+        when a job's node let its exclusive window pass (the job is then open to every eligible
+        node until its claim deadline: it is not failed early, the request waits on)."""
         now = time.perf_counter()
         with self._lock:
             groups = [(tx, list(group)) for tx, group in self._by_tx.items()]
@@ -865,13 +949,30 @@ class ChainWorker:
                 if self._check_receipt(tx_hash, group):
                     continue
             entries += group
+        chain_now = self._chain_now()
         for p in entries:
+            if (
+                not p.fell_open
+                and p.routed_to is not None
+                and p.handle is not None
+                and p.handle.status == JobStatus.OPEN
+                and not p.handle.record.private  # the market never opens a private job
+                and chain_now >= p.handle.record.submitted_time + self.exclusive_window
+            ):
+                p.fell_open = True
+                log.info(
+                    "job %s: node %s did not claim it within its exclusive window (%d s): open "
+                    "to every eligible node until its claim deadline",
+                    p.handle.job_id,
+                    p.routed_to,
+                    self.exclusive_window,
+                )
             if now < p.deadline or p.request.future.done():
                 continue
             self._forget(p)
             if p.handle is not None:
                 what = f"job {p.handle.job_id} has no result after {p.request.timeout_s:g}s "
-                state = p.handle.status.name
+                state = p.handle.status.name + self._where(p, chain_now)
             else:
                 what = (
                     f"submit transaction {p.tx_hash} has no JobSubmitted log after "
@@ -883,6 +984,27 @@ class ChainWorker:
                     f"{what}(it is {state}; it stays on chain and is refunded if no node serves it)"
                 )
             )
+
+    def _where(self, p: _Pending, chain_now: int) -> str:
+        """Where a timed-out job stands, for its 504: its node, or who may claim it until when."""
+        assert p.handle is not None
+        rec = p.handle.record
+        if p.handle.status >= JobStatus.CLAIMED:
+            left = max(rec.result_deadline - chain_now, 0)
+            return f" by node {rec.node}, its result due within {left} s"
+        if p.handle.status != JobStatus.OPEN:
+            return ""
+        left = max(rec.claim_deadline - chain_now, 0)
+        if p.routed_to is None:
+            return f", open to every eligible node for {left} s more"
+        if rec.private:
+            return f", private to node {p.routed_to} for {left} s more"
+        if chain_now < rec.submitted_time + self.exclusive_window:
+            return f", routed to node {p.routed_to}, in its exclusive window"
+        return (
+            f", routed to node {p.routed_to}, which did not claim it within its exclusive window:"
+            f" open to every eligible node for {left} s more"
+        )
 
     def _check_receipt(self, tx_hash: str, group: list[_Pending]) -> bool:
         """Take the job ids of ``group`` (the jobs of transaction ``tx_hash``) from its receipt,
@@ -918,6 +1040,8 @@ class ChainWorker:
 
     def _finish(self, p: _Pending, res: Result, seen_at: float) -> None:
         assert self.limits is not None
+        if p.routed_to is not None and self.router is not None:
+            self.router.answered(p.routed_to)
         if res.held:
             self.limits.settle(p.ticket, res.cost)
             sent_at = p.sent_at or p.request.arrived
@@ -933,6 +1057,7 @@ class ChainWorker:
                 p.sent_unix,
                 p.request.taken_at,
                 time.perf_counter(),
+                p.routed_to,
             )
             if not p.request.future.done():  # else timed out, or the client went away
                 p.request.future.set_result(outcome)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -46,7 +48,7 @@ def gateway(
     from verinfer.cli_common import connect
     from verinfer.gateway.app import create_app
     from verinfer.gateway.chain import ChainWorker
-    from verinfer.gateway.settings import GatewaySettings
+    from verinfer.gateway.settings import load_settings
 
     given: dict[str, Any] = {
         "host": host,
@@ -55,18 +57,20 @@ def gateway(
         "max_payment_per_day": max_per_day,
         "job_timeout_s": job_timeout_s,
     }
-    settings = GatewaySettings(**{k: v for k, v in given.items() if v is not None})
+    settings = load_settings(**{k: v for k, v in given.items() if v is not None})
     api_key = settings.api_key.get_secret_value() if settings.api_key else _stored_key()
 
     def conn() -> AbstractContextManager[Any]:
         return connect(network, market, account, chain_id, "test:1")
 
+    _log_lines()
     worker = ChainWorker(settings, conn)
     worker.start()
     click.echo(
         f"verinfer gateway: http://{settings.host}:{settings.port}/v1 paying from "
         f"{worker.address} (limits {settings.max_payment_per_request} {worker.symbol}/request, "
-        f"{settings.max_payment_per_day} {worker.symbol}/day); results: {worker.results_via}",
+        f"{settings.max_payment_per_day} {worker.symbol}/day); results: {worker.results_via}; "
+        f"routing: {worker.routing_says}",
         err=True,
     )
     config = uvicorn.Config(
@@ -103,6 +107,19 @@ class _Server:
                 yield
 
         return Server(config)
+
+
+def _log_lines() -> None:
+    """The gateway's own log (routing, failover, warnings): one ``time level message`` line
+    each on stderr, at INFO (not the libraries' INFO lines)."""
+    own = logging.getLogger("verinfer.gateway")
+    if own.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    own.addHandler(handler)
+    own.setLevel(logging.INFO)
+    own.propagate = False
 
 
 def _stored_key() -> str:

@@ -2,17 +2,22 @@
 
 Fields OpenAI clients send that verinfer cannot honour (``n > 1``, ``stop`` strings,
 ``top_p < 1``) are refused with a 400 naming the field, never silently ignored; other extra
-fields (``user``, ``presence_penalty`` ...) are accepted and ignored.
+fields (``user``, ``presence_penalty`` ...) are accepted and ignored. verinfer's own fields:
+``private``, and the routing wishes ``node`` (pin), ``exclude_nodes`` and ``routing``
+(``gateway.route``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_TOKENS_LIMIT = 65_536
 MAX_SEED = 2**63 - 1
+MAX_EXCLUDED = 64
+ADDRESS = r"^0x[0-9a-fA-F]{40}$"
+Address = Annotated[str, Field(pattern=ADDRESS)]
 
 EXAMPLE_MESSAGES: list[Any] = [{"role": "user", "content": "What is a GPU?"}]
 
@@ -57,6 +62,19 @@ class _Common(BaseModel):
     stop: str | list[str] | None = None
     user: str | None = None
     private: bool | None = None  # verinfer: encrypt end to end (default: the gateway's setting)
+    node: Address | None = Field(
+        default=None, description="verinfer: the node to run the job (an eligible node)"
+    )
+    exclude_nodes: list[Address] | None = Field(
+        default=None,
+        max_length=MAX_EXCLUDED,
+        description="verinfer: nodes not to route the job to",
+    )
+    routing: Literal["score", "open"] | None = Field(
+        default=None,
+        description="verinfer: the node by track record, or open to the first claimer "
+        "(default: the gateway's setting)",
+    )
 
 
 class ChatCompletionRequest(_Common):

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from verinfer.chain_errors import ClientError
+from verinfer.routing import Weights
 
 
 class GatewaySettings(BaseSettings):
@@ -18,6 +22,11 @@ class GatewaySettings(BaseSettings):
     endpoint's own host and port as ``ws://``) with an ``eth_getLogs`` backstop every
     ``backstop_s``; without a websocket (or with ``subscribe`` off) by polling every
     ``poll_interval_s``.
+
+    Public jobs go to the node the track record ranks first (``routing = "score"``, weights
+    ``route_weights`` in the CLI's ``--weights`` syntax, the record synced at most every
+    ``route_sync_s``), or open to the first claimer (``routing = "open"``); see
+    ``gateway.route``.
     """
 
     model_config = SettingsConfigDict(env_prefix="VERINFER_GATEWAY_", extra="ignore")
@@ -37,3 +46,29 @@ class GatewaySettings(BaseSettings):
     models_ttl_s: float = Field(default=30.0, ge=0)
     price_ttl_s: float = Field(default=5.0, ge=0)
     private: bool = False  # every job private unless a request says "private": false
+    routing: Literal["score", "open"] = "score"
+    route_weights: str | None = None  # "reliability=0.7,latency=0.3" (Weights.parse)
+    route_sync_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("route_weights")
+    @classmethod
+    def _weights(cls, value: str | None) -> str | None:
+        if value is not None:
+            Weights.parse(value)  # a ValueError: refused at start-up
+        return value
+
+    def weights(self) -> Weights:
+        """The routing weights (``route_weights``, else the defaults)."""
+        return Weights.parse(self.route_weights) if self.route_weights else Weights()
+
+
+def load_settings(**given: Any) -> GatewaySettings:
+    """The settings from ``given`` and the environment; a bad value is one ClientError line
+    naming its ``VERINFER_GATEWAY_*`` variable."""
+    try:
+        return GatewaySettings(**given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(x) for x in first.get("loc", ())) or "?"
+        msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        raise ClientError(f"bad VERINFER_GATEWAY_{name.upper()}: {msg}") from None
