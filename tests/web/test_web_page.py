@@ -80,6 +80,11 @@ def fmt(base_units: int) -> str:
     return f"{text} vUSD"
 
 
+def units(base_units: int) -> str:
+    """Token units as the models table prints them (the symbol in the column's header)."""
+    return fmt(base_units).removesuffix(" vUSD")
+
+
 class Miner:
     """A block every ``every`` seconds, as a real chain makes them (Anvil here mines only on
     a transaction): the court draws its verifier from a block after the dispute's."""
@@ -213,8 +218,8 @@ def test_connect__shows_network_market_token_models_nodes_prices_stakes(
             expect(row).to_have_count(0)
         else:
             cells = row.locator("td")  # node, score, served, p50, price, stake, seen, state
-            expect(cells.nth(4)).to_have_text(fmt(PRICE))
-            expect(cells.nth(5)).to_have_text(fmt(2_000 * UNIT))
+            expect(cells.nth(4)).to_have_text(units(PRICE))  # vUSD: in the column's header
+            expect(cells.nth(5)).to_have_text(units(2_000 * UNIT))
             expect(cells.nth(7)).to_have_text(state)
 
 
@@ -581,8 +586,9 @@ def test_models__track_record_next_to_each_model__best_first__new_node(
     expect(a_cells.nth(1)).to_have_text(f"{a_rec['score']:.3f} warm-up")
     expect(a_cells.nth(2)).to_have_text("100% 1/1")
     expect(a_cells.nth(3)).to_have_text(f"{a_rec['publish_p50_s']:g} s")
-    expect(a_cells.nth(4)).to_have_text(fmt(PRICE))
-    expect(a_cells.nth(5)).to_have_text(fmt(2_000 * UNIT))
+    expect(rows.nth(0).locator("th").nth(4)).to_have_text("pricevUSD / token")  # the unit
+    expect(a_cells.nth(4)).to_have_text(units(PRICE))
+    expect(a_cells.nth(5)).to_have_text(units(2_000 * UNIT))
     # last seen, before the newest indexed block (the chat test moved the chain's clock an hour)
     expect(a_cells.nth(6)).to_have_text(ago(snapshot["indexed_time"] - a_rec["last_seen"]))
     expect(b_cells.nth(2)).to_have_text("—")
@@ -624,7 +630,7 @@ def test_providers_json_fails__page_usable__track_record_unavailable(
     expect(other.locator("#record-status")).to_have_text("track record unavailable")
     row = other.locator("#models tr", has=other.locator(f"code[title='{net.addr(NODE_A)}']"))
     expect(row.locator("td").nth(1)).to_have_text("—")
-    expect(row.locator("td").nth(4)).to_have_text(fmt(PRICE))
+    expect(row.locator("td").nth(4)).to_have_text(units(PRICE))
     expect(other.locator("#node")).to_have_value("")  # no record: any node, as before
     shot(other, screens, "14-record-unavailable")
     answer = chat(other, net.addr(NODE_A), "Still there?")  # the page still chats

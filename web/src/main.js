@@ -28,6 +28,9 @@ function fmt(v) {
   if (v === undefined || v === null || !state.market) return "—";
   return `${formatUnits(v, state.market.decimals)} ${state.market.symbol}`;
 }
+function amount(v) { // in token units, the symbol in the column's header
+  return formatUnits(v, state.market.decimals);
+}
 function nodeName(addr) {
   return `<code title="${esc(addr)}">${esc(short(addr))}</code>`;
 }
@@ -262,11 +265,11 @@ async function refreshModels() {
   $("models").innerHTML = status + state.models.map((m) => `
     <div class="model" data-model="${esc(m.id)}"><strong>${esc(m.name)}</strong> <span class="muted">@${esc(m.revision)}</span>
       <code class="muted" title="${esc(m.id)}">${esc(m.id.slice(0, 10))}</code>
-      <table class="record"><tr><th>node</th><th>score</th><th>served</th><th>p50</th><th>price / token</th><th>stake</th><th>last seen</th><th></th></tr>
+      <table class="record"><tr><th>node</th><th>score</th><th>served</th><th>p50</th><th>price<span class="unit">${esc(state.market.symbol)} / token</span></th><th>stake<span class="unit">${esc(state.market.symbol)}</span></th><th>seen</th><th></th></tr>
       ${rankedNodes(m, state.providers).map((n) => {
         const c = recordCells(n.rec, snap);
         return `<tr><td>${nodeName(n.address)}</td><td class="score">${c.score}</td><td class="served">${c.served}</td>
-        <td class="p50">${c.p50}</td><td>${fmt(n.price)}</td><td>${fmt(n.stake)}</td><td class="seen">${c.seen}</td>
+        <td class="p50">${c.p50}</td><td>${amount(n.price)}</td><td>${amount(n.stake)}</td><td class="seen">${c.seen}</td>
         <td>${n.eligible ? '<span class="ok">active</span>' : '<span class="muted">inactive</span>'}</td></tr>`;
       }).join("")}
       </table></div>`).join("");

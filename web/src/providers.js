@@ -67,9 +67,9 @@ export function recordCells(rec, snapshot) {
   if (!rec) return { score: "—", served: "—", p50: "—", seen: "—" };
   const score = isNew(rec)
     ? '<span class="new" title="no record yet: the router tries it first (warm-up)">new</span>'
-    : `<strong>${rec.score.toFixed(3)}</strong>${rec.warming_up ? ' <span class="muted" title="fewer than 2 outcomes: tried first">warm-up</span>' : ""}`;
+    : `<strong>${rec.score.toFixed(3)}</strong>${rec.warming_up ? ' <span class="tag" title="fewer than 2 outcomes: tried first">warm-up</span>' : ""}`;
   const served = rec.claimed > 0
-    ? `${Math.round((100 * rec.published) / rec.claimed)}% <span class="muted">${rec.published}/${rec.claimed}</span>`
+    ? `${Math.round((100 * rec.published) / rec.claimed)}% <span class="tag" title="published of claimed">${rec.published}/${rec.claimed}</span>`
     : "—";
   const p50 = rec.publish_p50_s === null || rec.publish_p50_s === undefined ? "—" : `${rec.publish_p50_s} s`;
   const seen = rec.last_seen > 0 ? ago(rec.last_seen, snapshot.indexed_time) : "—";
