@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eth_utils import keccak
@@ -328,3 +329,50 @@ def test_nothing_readable_on_chain(net: Net, nodes: dict[int, NodeProcess]) -> N
         assert not found, f"plaintext fragments on chain: {found[:3]}"
     logs = "".join(n.log() for n in nodes.values())
     assert "Traceback" not in logs, logs[logs.find("Traceback") - 1500 :][:4000]
+
+
+def test_node_keygen__key_saved_encrypted__pubkey_registered__rotation_needs_force(
+    net: Net,
+) -> None:
+    """`verinfer node keygen` for a new node (register_node), then a rotation (update_node);
+    refused without --force, and with a wrong passphrase, leaving the key as it was."""
+    from click.testing import CliRunner
+    from verinfer.cli import main
+    from verinfer.node.private import load_key, pubkey_of
+
+    index = 9  # a dev key no other test uses: not registered yet
+    env = net.node_env(index, "keygen-node")
+    keystore = Path(env["VERINFER_KEYSTORE_DIR"])
+    key_file = keystore / "keygen-node.enc.json"
+
+    def keygen(*args: str, **extra: str) -> Any:
+        runner = CliRunner(mix_stderr=False)
+        return runner.invoke(main, ["node", "keygen", *args], env={**env, **extra})
+
+    first = keygen()
+    assert first.exit_code == 0, first.stderr
+    out = json.loads(first.stdout)
+    key = load_key("keygen-node", PASSPHRASE, keystore)
+    assert key is not None and out["pubkey"] == "0x" + key.pubkey.hex()
+    assert out["node"] == net.addr(index) and out["key_file"] == str(key_file)
+    protocol = type("P", (), {"market": net.dev.market})()
+    assert pubkey_of(protocol, net.addr(index)) == key.pubkey
+    (registered,) = net.events("NodeRegistered", node=net.addr(index))
+    assert registered["args"]["pubkey"] == key.pubkey
+    assert key.secret.hex() not in key_file.read_text()  # encrypted at rest
+
+    again = keygen()
+    assert again.exit_code == 1
+    assert again.stderr.strip().endswith("--force replaces it (rotation, docs/privacy.md)")
+    wrong = keygen("--force", VERINFER_PASSPHRASE="not the passphrase")
+    assert wrong.exit_code == 1 and "cannot decrypt" in wrong.stderr
+    assert load_key("keygen-node", PASSPHRASE, keystore) == key  # untouched
+
+    rotated = keygen("--force")
+    assert rotated.exit_code == 0, rotated.stderr
+    new = load_key("keygen-node", PASSPHRASE, keystore)
+    assert new is not None and new != key
+    assert pubkey_of(protocol, net.addr(index)) == new.pubkey
+    (updated,) = net.events("NodeUpdated", node=net.addr(index))
+    assert updated["args"]["pubkey"] == new.pubkey
+    assert not (keystore / "keygen-node.enc.new.json").exists()
