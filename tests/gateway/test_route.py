@@ -1,6 +1,8 @@
 """The gateway's choice of a preferred node (``gateway.route``), without a chain: records as
 the indexer gives them, through a stand-in indexer (``RecordsOnly``: a mock of the synced
-``Indexer``, which needs a chain), and the settings that steer it."""
+``Indexer``, which needs a chain), and the settings that steer it; then the poll thread's
+deadline check on a routed job whose node lets its exclusive window pass (a ChainWorker that is
+not connected, its chain time fixed). End to end with three real nodes: tests/routing."""
 
 from __future__ import annotations
 
@@ -207,3 +209,94 @@ def test_gateway_command__bad_weights__exit_1_one_line_before_connecting() -> No
     assert (
         out.stderr == "verinfer: bad VERINFER_GATEWAY_ROUTE_WEIGHTS: weight latency is negative\n"
     )
+
+
+# ---- a routed job's node lets its window pass: the request waits on, then says why ----
+NOW = 1_800_000_000
+
+
+def pending_job(status: Any, routed: str | None, claimed_by: str | None = None) -> Any:
+    """A sent job as the poll thread holds it (its JobSubmitted seen), submitted 10 s ago with
+    a 600 s claim window."""
+    from verinfer.client import JobHandle, ModelInfo
+    from verinfer.gateway.chain import JobRequest, _Pending
+    from verinfer.jobs import ZERO_ADDRESS, JobRecord
+
+    rec = JobRecord(GOOD, MODEL, b"", b"", 4, 4_000, routed or ZERO_ADDRESS, NOW - 10,
+                    NOW + 590, NOW + 1_190, node=claimed_by or ZERO_ADDRESS, job_id=7)  # fmt: skip
+    request = JobRequest("tiny", b"", 4, 1.0, 1, timeout_s=30)
+    p = _Pending(request, ModelInfo(MODEL, "tiny", "1", b""), 0, float("inf"), "0x01", 1)
+    p.routed_to, p.sent_at = routed, 1.0
+    p.handle = JobHandle(None, rec, status, 1)  # type: ignore[arg-type]  # no client needed
+    return p
+
+
+@pytest.fixture
+def worker(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A ChainWorker that is not connected (only its deadline checks run), at chain time NOW,
+    with a 2 s exclusive window."""
+    from verinfer.gateway.chain import ChainWorker
+    from verinfer.gateway.limits import SpendLimits
+    from verinfer.gateway.settings import GatewaySettings
+
+    w = ChainWorker(GatewaySettings(), connect=lambda: None)
+    w.exclusive_window = 2
+    w.limits = SpendLimits(10**18, 10**18)
+    monkeypatch.setattr(w, "_chain_now", lambda: NOW)
+    return w
+
+
+def track(w: Any, p: Any) -> None:
+    w._by_tx[p.tx_hash] = [p]
+    w._by_job[7] = p
+
+
+def test_routed_job_past_its_window__said_once__not_failed_early__504_says_where(
+    worker: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from verinfer.jobs import JobStatus
+
+    p = pending_job(JobStatus.OPEN, SLOW)
+    track(worker, p)
+    with caplog.at_level(logging.INFO, logger="verinfer.gateway"):
+        worker._check_deadlines()
+        worker._check_deadlines()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"job 7: node {SLOW} did not claim it within its exclusive window (2 s): open to every "
+        "eligible node until its claim deadline"
+    ]
+    assert not p.request.future.done()  # the request waits on
+    p.deadline = 0.0  # its own timeout has come
+    worker._check_deadlines()
+    err = p.request.future.exception()
+    assert (err.status, err.code) == (504, "job_timeout")
+    assert err.message == (
+        f"job 7 has no result after 30s (it is OPEN, routed to node {SLOW}, which did not claim "
+        "it within its exclusive window: open to every eligible node for 590 s more; it stays "
+        "on chain and is refunded if no node serves it)"
+    )
+
+
+def test_timeout_messages__in_the_window__claimed__open(worker: Any) -> None:
+    from verinfer.jobs import JobStatus
+
+    worker.exclusive_window = 60
+    cases = [
+        (
+            pending_job(JobStatus.OPEN, SLOW),
+            f"OPEN, routed to node {SLOW}, in its exclusive window",
+        ),
+        (
+            pending_job(JobStatus.CLAIMED, SLOW, claimed_by=SLOW),
+            f"CLAIMED by node {SLOW}, its result due within 1190 s",
+        ),
+        (pending_job(JobStatus.OPEN, None), "OPEN, open to every eligible node for 590 s more"),
+    ]
+    for p, where in cases:
+        track(worker, p)
+        p.deadline = 0.0
+        worker._check_deadlines()
+        assert p.request.future.exception().message == (
+            f"job 7 has no result after 30s (it is {where}; it stays on chain and is refunded "
+            "if no node serves it)"
+        )
