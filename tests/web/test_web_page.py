@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import threading
@@ -686,8 +687,11 @@ class Cuttable:
 
 
 def test_providers_json__rpc_down__last_good_snapshot_stale_with_the_error__not_a_500(
-    net: Net, node_b_back: str
+    browser: Any, site: str, net: Net, node_b_back: str, screens: Path
 ) -> None:
+    """The server's own RPC goes down: it answers its last good snapshot, marked stale with
+    the error; the page (its chain reads on the live RPC, providers.json relayed from that
+    server) shows the record and says it is stale."""
     from verinfer.web import Providers, make_server, page_config
 
     rpc = Cuttable(net.rpc_url)
@@ -708,6 +712,17 @@ def test_providers_json__rpc_down__last_good_snapshot_stale_with_the_error__not_
         assert "\n" not in stale["error"]
         assert stale["taken_at"] <= cut_at and stale["indexed_block"] >= good["indexed_block"]
         assert providers_of(stale, net.model_id) == providers_of(good, net.model_id)
+        other = browser.new_page(viewport={"width": 1280, "height": 900})
+        other.route("**/providers.json", lambda route: route.fulfill(response=route.fetch(url=url)))
+        other.goto(site)
+        expect(other.locator("#record-status")).to_have_text(
+            f"track record at block {stale['indexed_block']} (stale: the server cannot reach "
+            "the chain)"
+        )
+        row = other.locator("#models tr", has=other.locator(f"code[title='{net.addr(NODE_A)}']"))
+        expect(row.locator("td").nth(2)).to_have_text(re.compile(r"^\d+% \d+/\d+$"))
+        shot(other, screens, "15-record-stale")
+        other.close()
     finally:
         server.shutdown()
         server.server_close()
