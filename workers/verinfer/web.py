@@ -151,6 +151,15 @@ class Providers:
 
     def get(self) -> dict[str, Any]:
         """The snapshot, synced first when older than ``ttl_s`` (waiting ``wait_s`` at most)."""
+        thread = self.warm()
+        if thread is not None:
+            thread.join(timeout=self.wait_s)
+        return self.current()
+
+    def warm(self) -> threading.Thread | None:
+        """Start a sync in its thread when none runs and the last began ``ttl_s`` ago or more
+        (the server calls it at start: the first page finds the index read); returns the
+        sync's thread (the running one, or the last)."""
         with self._lock:
             running = self._thread is not None and self._thread.is_alive()
             if not running and time.monotonic() - self._tried >= self.ttl_s:
@@ -159,10 +168,7 @@ class Providers:
                     target=self.refresh, daemon=True, name="verinfer-web-index"
                 )
                 self._thread.start()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout=self.wait_s)
-        return self.current()
+            return self._thread
 
     def current(self) -> dict[str, Any]:
         """The last good snapshot, marked stale with the error when the last sync failed."""
@@ -294,7 +300,9 @@ def make_server(
     ``providers``: what serves providers.json (default: a ``Providers`` on ``config``)."""
     providers = providers or Providers(config)
     handler = type("Handler", (_Handler,), {"config": config, "providers": providers})
-    return ThreadingHTTPServer((host, port), partial(handler, directory=str(DIST)))
+    server = ThreadingHTTPServer((host, port), partial(handler, directory=str(DIST)))
+    providers.warm()  # the index read before the first page asks
+    return server
 
 
 def serve_in_thread(
