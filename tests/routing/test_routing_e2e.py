@@ -204,7 +204,8 @@ def test_gateway_completions__routed_by_the_record__pin__bad_pin_400__open(
 
     import httpx
 
-    good, slow, zero = net.addr(NODE_A), net.addr(NODE_B), "0x" + "00" * 20
+    good, slow, flaky = net.addr(NODE_A), net.addr(NODE_B), net.addr(CHEATER)
+    zero = "0x" + "00" * 20
     model, gw = _model(routed[1]), gateway
     auth = {"Authorization": f"Bearer {gw.key}"}
 
@@ -218,9 +219,18 @@ def test_gateway_completions__routed_by_the_record__pin__bad_pin_400__open(
         return str(event["args"]["preferred_node"])
 
     assert "routing: by track record" in gw.log()
-    with ThreadPoolExecutor(2) as pool:  # the record's best, and a pinned node, side by side
+    with ThreadPoolExecutor(3) as pool:  # the record's best, and pinned nodes, side by side
         routed_answer = pool.submit(complete)
+        to_flaky = pool.submit(complete, node=flaky)  # it never takes a job that names it
         pinned = pool.submit(complete, node=slow.lower()).result()
+    # the flaky node let its window pass: the job fell open, the gateway waited, another served
+    fell = to_flaky.result()
+    assert fell.status_code == 200, fell.text
+    ext = fell.json()["verinfer"]
+    assert ext["routed_to"] == flaky and ext["node"] in (good, slow)
+    assert preferred(ext["job_id"]) == flaky
+    said = f"job {ext['job_id']}: node {flaky} did not claim it within its exclusive window (2 s)"
+    assert said in gw.log()  # when the poll saw it open past the window, or when another claimed
     for answer in (routed_answer.result(), complete()):
         assert answer.status_code == 200, answer.text
         ext = answer.json()["verinfer"]

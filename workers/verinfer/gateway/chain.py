@@ -838,6 +838,7 @@ class ChainWorker:
         pushed and polled, changes nothing); answer the jobs whose result is now held."""
         assert self._decoder is not None and self.client is not None
         touched: list[_Pending] = []
+        taken: list[tuple[_Pending, str]] = []  # routed jobs another node claimed
         with self._lock:
             for entry in raw:
                 topics = entry.get("topics") or []
@@ -858,11 +859,31 @@ class ChainWorker:
                 if lg is not None:
                     p.handle.apply(lg)
                     touched.append(p)
+                    if (
+                        lg.event_name == "JobClaimed"
+                        and p.routed_to is not None
+                        and str(lg.node).lower() != p.routed_to.lower()
+                    ):
+                        taken.append((p, str(lg.node)))
             done = [
                 p for p in dict.fromkeys(touched) if p.handle and p.handle.done(finalized=False)
             ]
             for p in done:
                 p.delivering = True
+        for p, node in taken:
+            assert p.handle is not None
+            if p.fell_open:
+                log.info("job %s: node %s claimed it after the window", p.handle.job_id, node)
+            else:
+                log.info(
+                    "job %s: node %s did not claim it within its exclusive window (%d s): it fell "
+                    "open and node %s claimed it",
+                    p.handle.job_id,
+                    p.routed_to,
+                    self.exclusive_window,
+                    node,
+                )
+            p.fell_open = True
         if done:
             self._deliver(done, seen_at)
 
