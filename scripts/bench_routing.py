@@ -1,8 +1,9 @@
-"""`make bench-routing`: 200 jobs through the SDK router (``Client.router``) against three
-real node processes on Anvil: good, slow (its inference worker waits 3 s before each batch,
-so it publishes late) and flaky (only its chain worker runs: jobs that name it it never takes,
-open jobs it would claim and never publish). Then the same number of jobs pinned to the good
-node alone (the slow and flaky nodes stopped), for the reference p95.
+"""`make bench-routing`: 200 jobs through the SDK router (``Client.router``) against three real
+node processes on Anvil: good, slow (its inference worker waits 3 s before each batch, so it
+publishes late; its keeper claims the jobs that name it 1 s before their window ends) and
+flaky (only its chain worker runs: jobs that name it it never takes, open jobs it would
+claim and never publish). Then the same number of jobs pinned to the good node alone (the
+slow and flaky nodes stopped), for the reference p95.
 
 The client keeps BENCH_WINDOW jobs (default 8) in flight; each job names the router's choice
 as preferred node, with a 2 s exclusive window, a 7 s claim window and a 14 s result window.

@@ -150,6 +150,7 @@ def test_job_reserved_for_another_node__taken_once_its_window_is_over__not_befor
 ) -> None:
     from verinfer.node.keeper import Keeper
     from verinfer.node.localnet import NODE_B
+    from verinfer.node.watcher import secure_margin
 
     recorder = Recorder()
     watcher = _watcher(net, "watch-reserved", recorder)
@@ -157,28 +158,33 @@ def test_job_reserved_for_another_node__taken_once_its_window_is_over__not_befor
         pass
     window = watcher.exclusive_window()
     assert window == net.dev.market.functions.exclusive_window().call() > 0
-    node_b = net.addr(NODE_B)
+    node_b, me = net.addr(NODE_B), net.addr(NODE_A)
     theirs = net.submit(CLIENT_A, "for node B", seed=1, preferred=node_b)
     claimed = net.submit(CLIENT_A, "for node B, who takes it", seed=2, preferred=node_b)
-    quick = net.submit(CLIENT_A, "for me, quick", seed=3, preferred=net.addr(NODE_A))
+    quick = net.submit(CLIENT_A, "for me, run in time", seed=3, preferred=me)
+    slow = net.submit(CLIENT_A, "for me, not run in time", seed=4, preferred=me)
     assert watcher.poll_once()
-    # this node now expects to finish one more job just after the window's end
-    watcher.policy.est_job_s = (window + 1) / (watcher.store.inflight_count() + 1)
-    slow = net.submit(CLIENT_A, "for me, slow", seed=4, preferred=net.addr(NODE_A))
-    assert watcher.poll_once()
-    # its own: run first while it expects to finish inside the window, else claimed first
-    assert (recorder.jobs("serve")[quick], recorder.jobs("claim")[quick]) == (1, 0)
-    assert (recorder.jobs("serve")[slow], recorder.jobs("claim")[slow]) == (0, 1)
+    due = lambda queue, job_id: watcher.store.r.zscore(  # noqa: E731
+        watcher.store.key("due", queue), str(job_id)
+    )
+    # its own: run first (claimed with the result in one transaction), and due to be secured
+    # by a claim shortly before the window ends if it has not been run by then
+    for job_id in (quick, slow):
+        assert (recorder.jobs("serve")[job_id], recorder.jobs("claim")[job_id]) == (1, 0)
+        record = watcher.store.get_job(job_id)
+        assert record is not None
+        assert due("secure", job_id) == record.submitted_time + window - secure_margin(window)
     # another node's: nothing handed on, both due on the open schedule at the window's end
     for job_id in (theirs, claimed):
         assert recorder.jobs("claim")[job_id] == recorder.jobs("serve")[job_id] == 0
         record = watcher.store.get_job(job_id)
         assert record is not None and record.preferred_node == node_b
-        due = watcher.store.r.zscore(watcher.store.key("due", "open"), str(job_id))
-        assert due == record.submitted_time + window
+        assert due("open", job_id) == record.submitted_time + window
     keeper = Keeper(watcher.s, watcher.p, watcher.store, recorder, watcher.me, watcher.take_open)
+    watcher.store.worker_up("infer@test:1")  # an inference worker is alive (it runs them)
     keeper.tick()  # inside the window: nothing
-    assert recorder.jobs("claim")[theirs] == 0
+    assert recorder.jobs("claim")[theirs] == recorder.jobs("claim")[slow] == 0
+    watcher.store.put_output(quick, {"packed": pack_tokens((5, 6)).hex(), "n": 2})  # as run
     record = net.record(claimed)
     transact(net.w3, net.dev.market.functions.claim(claimed, record.as_struct()), node_b)
     net.w3.provider.make_request("evm_increaseTime", [window + 1])
@@ -189,6 +195,14 @@ def test_job_reserved_for_another_node__taken_once_its_window_is_over__not_befor
     assert recorder.jobs("claim")[theirs] == 1  # open to every node now: claimed here
     assert ("chain", "claim", (theirs, f"open:{theirs}")) in recorder.calls
     assert recorder.jobs("claim")[claimed] == 0  # node B had it
-    assert watcher.store.due_size("open") == 0
+    assert ("chain", "claim", (slow, f"secure:{slow}")) in recorder.calls  # not run: secured
+    assert recorder.jobs("claim")[quick] == 0  # run: its claim_and_publish is on its way
+    assert watcher.store.due_size("open") == watcher.store.due_size("secure") == 0
     keeper.tick()
-    assert recorder.jobs("claim")[theirs] == 1  # once
+    assert recorder.jobs("claim")[theirs] == recorder.jobs("claim")[slow] == 1  # once
+    # the secure claim on chain: the run in progress publishes it, it is not run again
+    record = net.record(slow)
+    transact(net.w3, net.dev.market.functions.claim(slow, record.as_struct()), me)
+    while not watcher.poll_once():
+        pass
+    assert recorder.jobs("serve")[slow] == 1

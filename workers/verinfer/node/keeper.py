@@ -76,6 +76,7 @@ class Keeper:
         # keeps an old head until a transaction comes)
         opens = max(now, int(time.time()))
         self._each("open", opens, 64, lambda job_id: self._open(job_id, opens))
+        self._each("secure", opens, 64, self._secure)
         self._each("settle", now, 64, self._when(JobStatus.VERIFYING, "settle"))
         if time.monotonic() - self._last_withdraw > self.s.withdraw_every_s:
             if self.p.market.functions.claimable(self.me).call() > self.s.withdraw_min:
@@ -99,6 +100,24 @@ class Keeper:
         watcher's policy when it is still open."""
         if self.take_open is not None and self._status(job_id) == JobStatus.OPEN:
             self.take_open(job_id, float(now))
+
+    def _secure(self, job_id: int) -> None:
+        """A job that names this node, its exclusive window about to end, not run yet (no
+        output stored) and still open: claimed now, so that no other node takes it when the
+        window ends; the run in progress publishes it (docs/routing.md). Not when no inference
+        worker of this node is alive: a node that cannot run it lets it fall open."""
+        if self.store.get_output(job_id) is not None:
+            return  # run: its claim_and_publish is on its way
+        if not self.store.r.sismember(self.store.key("inflight"), job_id):
+            return  # skipped or dropped meanwhile
+        if not any(name.startswith("infer") for name in self.store.workers()):
+            # no inference worker alive to run it: left to fall open to the other nodes
+            log.info("secure job=%d skipped reason=no live inference worker", job_id)
+            return
+        if self._status(job_id) == JobStatus.OPEN:
+            log.info("secure job=%d reason=not run yet, its exclusive window ends soon", job_id)
+            self.store.r.sadd(self.store.key("secured"), job_id)  # the run goes on: see JobClaimed
+            self.dispatch("chain", "claim", [job_id, f"secure:{job_id}"])
 
     def _audit(self, job_id: int, head: int) -> None:
         """Start the audit of ``job_id`` when the randomness selects it."""

@@ -116,11 +116,6 @@ class Policy:
             f"{self.fmt(job.max_tokens * price + gas)}"
         )
 
-    def finishes_by(self, now: float, inflight: int, until: float) -> bool:
-        """Whether one more job, taken at ``now`` with ``inflight`` jobs in hand, is expected
-        to be done by ``until`` (``est_job_s`` per job, the jobs in hand first)."""
-        return now + (inflight + 1) * self.est_job_s <= until
-
     def decide(self, job: JobRecord, now: float, inflight: int) -> Decision:
         """Whether to take ``job`` at chain time ``now`` with ``inflight`` jobs in hand."""
         model = self.models.get(job.model_id)

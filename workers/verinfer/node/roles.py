@@ -107,6 +107,8 @@ class ChainRole:
                 int(out["finish"]),
                 bytes.fromhex(out["digest"]),
             )
+            if action == "claim_and_publish" and self._mine(record):
+                action = "publish"  # claimed meanwhile (the keeper's secure claim): publish
             method = self.market.publish if action == "publish" else self.market.claim_and_publish
             struct = record.as_struct()
             calls.append((action, method(job_id, struct, *result)))
@@ -238,8 +240,14 @@ class ChainRole:
 
     def do_claim_and_publish(self, job_id: int, key: str) -> bytes | None:
         record = self._record(job_id)
+        if self._mine(record):  # claimed meanwhile (the keeper's secure claim): publish
+            return self.do_publish(job_id, key)
         fn = self.market.claim_and_publish(job_id, record.as_struct(), *self._result(record))
         return self._once("claim_and_publish", job_id, key, fn)
+
+    def _mine(self, record: JobRecord) -> bool:
+        """Whether ``record`` says this node has claimed the job."""
+        return record.node.lower() == str(self.sender.address).lower()
 
     def do_rederive(self, job_id: int, key: str) -> bytes | None:
         """A job of this node whose transactions a reorg may have dropped (the watcher found

@@ -31,6 +31,13 @@ log = logging.getLogger("verinfer.node.watcher")
 Dispatch = Callable[[str, str, list[Any]], None]  # (role, action, args)
 
 
+def secure_margin(window: float) -> float:
+    """How long before the end of its exclusive window a node claims a job that names it and
+    that it has not run yet: a quarter of the window, at least 1 s and at most 10 s (the
+    claim must be mined before the window ends)."""
+    return max(1.0, min(10.0, window / 4))
+
+
 def event_key(item: DecodedLog) -> str:
     """Idempotency key of a log: event, job id, block hash and log index."""
     job_id = item.args.get("job_id", "-")
@@ -255,9 +262,10 @@ class Watcher:
         job its preferred node drops is served by another node, not left to its deadline.
         A private job that names another node never opens (the market keeps it for its
         node, who alone can read it): skipped. The preferred node itself runs its job first
-        and claims with the result in one transaction when it expects to finish inside the
-        window (``Policy.finishes_by``), else it claims first, so a slow run does not lose
-        the job to another node at the window's end."""
+        and claims it with the result in one transaction; the job also goes on its ``secure``
+        schedule, ``secure_margin`` seconds before the window ends, when the keeper claims it
+        if it has not been run by then (``Keeper._secure``), so a slow run does not lose the
+        job to another node at the window's end."""
         decision = self.policy.decide(record, now, self.store.inflight_count())
         if not decision.take:
             log.info("skip job=%d reason=%s", record.job_id, decision.reason)
@@ -281,11 +289,11 @@ class Watcher:
                 self.store.schedule("open", record.job_id, opens_at)
                 return
         self.store.inflight_add(record.job_id)
-        if targeted:
-            run_first = self.policy.finishes_by(now, self.store.inflight_count() - 1, opens_at)
-        else:
-            run_first = self.s.claim_mode == "run-first"
-        if run_first:
+        if targeted and not record.private:  # (a private job never opens to others)
+            self.store.schedule(
+                "secure", record.job_id, opens_at - secure_margin(opens_at - record.submitted_time)
+            )
+        if targeted or self.s.claim_mode == "run-first":
             self.dispatch("infer", "serve", [record.job_id, key])
         else:
             self.dispatch("chain", "claim", [record.job_id, key])
@@ -320,13 +328,16 @@ class Watcher:
             return
         if self.s.expire_others:
             self.store.schedule("expire", record.job_id, record.result_deadline + 1)
+        self.store.unschedule("secure", record.job_id)
         if record.node == self.me:
             self.metrics.job("claimed")
             # run-first (claim_and_publish) stores the output before its claim: nothing to run;
             # a claim sent again after a reorg dropped it (the output is stored, its result
             # not published in the same transaction): publish again
+            secured = self.store.r.srem(self.store.key("secured"), record.job_id)
             if self.store.get_output(record.job_id) is None:
-                self.dispatch("infer", "serve", [record.job_id, key])
+                if not secured:  # (a secure claim's job is being run already: it publishes)
+                    self.dispatch("infer", "serve", [record.job_id, key])
             elif record.job_id not in self._published:
                 self.dispatch("chain", "rederive", [record.job_id, key])
         else:
@@ -373,7 +384,7 @@ class Watcher:
 
     def _terminal(self, job_id: int) -> None:
         self.store.inflight_remove(job_id)
-        for queue in ("finalize", "expire", "cancel", "audit", "open"):
+        for queue in ("finalize", "expire", "cancel", "audit", "open", "secure"):
             self.store.unschedule(queue, job_id)
 
     def on_JobVerifying(self, item: DecodedLog, key: str, first: bool) -> None:
