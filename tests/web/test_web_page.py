@@ -609,12 +609,14 @@ def test_node_picker__ordered_by_record__best_preselected__the_persons_choice_ke
     expect(options.nth(1)).to_contain_text("new")
     expect(options.nth(2)).to_have_attribute("value", net.addr(NODE_A))
     expect(options.nth(2)).to_contain_text("score 0.")
-    expect(other.locator("#node")).to_have_value(node_b_back)  # the record's first
-    other.select_option("#node", net.addr(NODE_A))  # the person's choice ...
+    # pre-selected: the best node with a record of its own (B, first in the routing order, is
+    # untried)
+    expect(other.locator("#node")).to_have_value(net.addr(NODE_A))
+    other.select_option("#node", node_b_back)  # the person's choice ...
     other.select_option("#model", label=f"{UNSERVED}@r1")
-    expect(other.locator("#node")).to_have_value(node_b_back)
+    expect(other.locator("#node")).to_have_value(node_b_back)  # its only node
     other.select_option("#model", index=0)
-    expect(other.locator("#node")).to_have_value(net.addr(NODE_A))  # ... kept
+    expect(other.locator("#node")).to_have_value(node_b_back)  # ... kept
     other.close()
 
 

@@ -281,7 +281,9 @@ async function refreshModels() {
 }
 
 /** The node picker: the model's active nodes in the record's order (best first); the one the
- * person chose for this model stays chosen, else the record's first is pre-selected. */
+ * person chose for this model stays chosen, else the first node with a record of its own is
+ * pre-selected (a person is offered a proven node; an untried one, which the routing order
+ * lists first to give it its warm-up, is there to choose), else the record's first. */
 function fillNodes() {
   const m = selectedModel();
   const nodes = m ? rankedNodes(m, state.providers).filter((n) => n.eligible) : [];
@@ -291,7 +293,7 @@ function fillNodes() {
     return `<option value="${n.address}">${short(n.address)} (${fmt(n.price)}/token${rec})</option>`;
   }).join("");
   const chosen = m ? state.picked.get(m.id) : undefined;
-  const best = nodes.find((n) => n.rec)?.address;
+  const best = (nodes.find((n) => n.rec && !isNew(n.rec)) ?? nodes.find((n) => n.rec))?.address;
   const want = chosen !== undefined ? chosen : (best ?? current);
   if ([...$("node").options].some((o) => o.value === want)) $("node").value = want;
 }
