@@ -1,7 +1,9 @@
 """The chain worker's `draw` action on a real Anvil and Redis, with the node's real sender:
-in the request's own block the simulation says "draw not ready" and the draw goes back on
-the keeper's queue for the next block; once a later block exists it draws the verifier; a
-draw someone else made already is skipped quietly (no transaction, no skip line)."""
+with the request's block still the head, the draw is simulated against the pending block
+(the next one, where the seed block's hash exists) and sent at once, mined in the block after
+the request; a draw someone else made already is skipped quietly (no transaction, no skip
+line). (A simulation that still says "draw not ready" puts the draw back on the keeper's
+queue for the next block: `ChainRole.do_draw`.)"""
 
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ def _published_and_disputed(net: Net) -> int:
     return job
 
 
-def test_draw_action__draws__then_skips_quietly__not_ready_retried_next_block(
+def test_draw_action__draws_in_the_block_after_the_request__then_skips_quietly(
     net: Net, caplog: pytest.LogCaptureFixture
 ) -> None:
     court = net.dev.court.functions
@@ -50,18 +52,17 @@ def test_draw_action__draws__then_skips_quietly__not_ready_retried_next_block(
     sender = TxSender(net.w3, net.keys[NODE_B], metrics, stuck_after_s=30)
 
     role = ChainRole(protocol, sender, store, metrics)
-    head = net.w3.eth.block_number
-    nonce = net.w3.eth.get_transaction_count(net.addr(NODE_B))
-    assert role.run("draw", job) is None  # still the request's block: not ready, not sent
-    assert net.w3.eth.get_transaction_count(net.addr(NODE_B)) == nonce
-    assert store.take_due("draw", head, 10) == []  # back on the queue for the next block
-    assert store.take_due("draw", head + 1, 10) == [str(job)]
-    net.dev.mine()  # the next block (a real chain makes it by itself)
+    # the head is still the request's block: the draw is simulated against the pending block,
+    # the next one, where the seed block's hash exists ("court: draw not ready" is for a
+    # transaction in the request's own block), so it is sent at once
+    (requested,) = net.events("DrawRequested", "court", job_id=job)
+    assert requested["args"]["seed_block"] == net.w3.eth.block_number
     with caplog.at_level(logging.INFO, logger="verinfer"):
         tx = role.run("draw", job)
         assert tx is not None
         receipt = net.w3.eth.wait_for_transaction_receipt(tx, timeout=30)
         assert receipt["status"] == 1
+        assert receipt["blockNumber"] == requested["args"]["seed_block"] + 1
         (assigned,) = net.events("VerifierAssigned", "court", job_id=job)
         assert assigned["transactionHash"] == receipt["transactionHash"]
         assert court.dispute_info(job).call()[1] == 1  # ASSIGNED
