@@ -337,8 +337,8 @@ class Chaos:
                 cost += a["payment"] + a["fee"] + a["audit_share"]
             elif j in can:
                 ok &= can[j][0]["refund"] == escrow
-            elif j in exp:
-                ok &= exp[j][0]["refund"] == escrow
+            elif j in exp:  # the escrow back plus the node's penalty (Market.expire)
+                ok &= exp[j][0]["refund"] == escrow + exp[j][0]["penalty"]
                 cost -= exp[j][0]["penalty"]
         balances = sum(int(dev.market.functions.balance_of(c).call()) for c in clients)
         held = sum(  # escrow of jobs not ended: still held by the market, not lost

@@ -206,3 +206,57 @@ def test_job_reserved_for_another_node__taken_once_its_window_is_over__not_befor
     while not watcher.poll_once():
         pass
     assert recorder.jobs("serve")[slow] == 1
+
+
+def test_claimed_job_without_result__run_again_halfway_to_its_deadline(net: Net) -> None:
+    """The watchdog of a claimed job: a serve message lost in a crash (the test hands on
+    nothing) is dispatched again halfway to the result deadline; a job run and not published
+    is published again; a published job is left alone."""
+    from verinfer.node.keeper import Keeper
+
+    recorder = Recorder()
+    watcher = _watcher(net, "watch-watchdog", recorder)
+    while not watcher.poll_once():
+        pass
+    me = net.addr(NODE_A)
+    lost, unpublished, done = (
+        net.submit(CLIENT_A, f"watchdog {i}", seed=10 + i, result_in=700) for i in range(3)
+    )
+    for job_id in (lost, unpublished, done):
+        transact(net.w3, net.dev.market.functions.claim(job_id, net.record(job_id).as_struct()), me)
+    assert watcher.poll_once()
+    for job_id in (lost, unpublished, done):
+        assert recorder.jobs("serve")[job_id] == 1  # claimed: run
+        record = watcher.store.get_job(job_id)
+        assert record is not None and record.node == me
+        (claimed,) = net.events("JobClaimed", job_id=job_id)
+        at = net.w3.eth.get_block(claimed["blockNumber"])["timestamp"]
+        due = watcher.store.r.zscore(watcher.store.key("due", "reserve"), str(job_id))
+        assert due == at + (record.result_deadline - at) / 2
+    tokens, finish = (5, 6), FinishReason.LENGTH
+    for job_id in (unpublished, done):  # these two ran
+        record = net.record(job_id)
+        digest = result_digest(job_id, record.model_id, record.input, record.params, tokens, finish)
+        watcher.store.put_output(
+            job_id,
+            {"packed": pack_tokens(tokens).hex(), "n": 2, "finish": 1, "digest": digest.hex()},
+        )
+    record = net.record(done)
+    digest = result_digest(done, record.model_id, record.input, record.params, tokens, finish)
+    fn = net.dev.market.functions.publish(
+        done, record.as_struct(), pack_tokens(tokens), 2, 1, digest
+    )
+    transact(net.w3, fn, me)
+    while not watcher.poll_once():  # its ResultPublished: off the watchdog
+        pass
+    keeper = Keeper(watcher.s, watcher.p, watcher.store, recorder, watcher.me, watcher.take_open)
+    keeper.tick()  # not halfway yet: nothing
+    assert recorder.jobs("serve")[lost] == 1 and recorder.jobs("rederive")[unpublished] == 0
+    net.w3.provider.make_request("evm_increaseTime", [360])
+    net.dev.mine(blocks=1)
+    keeper.tick()
+    assert ("infer", "serve", (lost, f"reserve:{lost}")) in recorder.calls  # run again
+    assert ("chain", "rederive", (unpublished, f"reserve:{unpublished}")) in recorder.calls
+    assert recorder.jobs("serve")[done] == 1 and recorder.jobs("rederive")[done] == 0
+    left = {int(m) for m in watcher.store.r.zrange(watcher.store.key("due", "reserve"), 0, -1)}
+    assert not left & {lost, unpublished, done}  # (the earlier tests' claims are not due yet)

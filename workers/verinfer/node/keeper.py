@@ -77,6 +77,7 @@ class Keeper:
         opens = max(now, int(time.time()))
         self._each("open", opens, 64, lambda job_id: self._open(job_id, opens))
         self._each("secure", opens, 64, self._secure)
+        self._each("reserve", opens, 64, self._reserve)
         self._each("settle", now, 64, self._when(JobStatus.VERIFYING, "settle"))
         if time.monotonic() - self._last_withdraw > self.s.withdraw_every_s:
             if self.p.market.functions.claimable(self.me).call() > self.s.withdraw_min:
@@ -118,6 +119,25 @@ class Keeper:
             log.info("secure job=%d reason=not run yet, its exclusive window ends soon", job_id)
             self.store.r.sadd(self.store.key("secured"), job_id)  # the run goes on: see JobClaimed
             self.dispatch("chain", "claim", [job_id, f"secure:{job_id}"])
+
+    def _reserve(self, job_id: int) -> None:
+        """The watchdog of a job this node claimed: halfway to its result deadline and still
+        claimed without a result on chain, its run is dispatched again when no output is
+        stored (the serve message was lost in a crash: one warning line), or its publish
+        when one is (``rederive``). A second run of a job whose first is still queued only
+        costs the work: one publish goes through, the other is refused by its simulation."""
+        record = self.store.get_job(job_id)
+        if record is None or record.node.lower() != self.me.lower():
+            return
+        if self._status(job_id) != JobStatus.CLAIMED:
+            return
+        if self.store.get_output(job_id) is None:
+            log.warning("job=%d claimed and not run halfway to its deadline: run again", job_id)
+            self.store.inflight_add(job_id)
+            self.dispatch("infer", "serve", [job_id, f"reserve:{job_id}"])
+        else:
+            log.warning("job=%d run and not published halfway to its deadline: sent again", job_id)
+            self.dispatch("chain", "rederive", [job_id, f"reserve:{job_id}"])
 
     def _audit(self, job_id: int, head: int) -> None:
         """Start the audit of ``job_id`` when the randomness selects it."""

@@ -335,6 +335,11 @@ class Watcher:
             # a claim sent again after a reorg dropped it (the output is stored, its result
             # not published in the same transaction): publish again
             secured = self.store.r.srem(self.store.key("secured"), record.job_id)
+            # the watchdog: halfway to the result deadline, a job still without its result
+            # is run (or published) again: a serve message lost in a crash costs no penalty
+            claimed_at = self.block_time(item)
+            half = max(0.0, record.result_deadline - claimed_at) / 2
+            self.store.schedule("reserve", record.job_id, claimed_at + half)
             if self.store.get_output(record.job_id) is None:
                 if not secured:  # (a secure claim's job is being run already: it publishes)
                     self.dispatch("infer", "serve", [record.job_id, key])
@@ -354,6 +359,7 @@ class Watcher:
             return
         if record.node == self.me:
             self.store.inflight_remove(record.job_id)
+            self.store.unschedule("reserve", record.job_id)
             self.metrics.job("published")
             seen = self.store.r.hget(self.store.key("seen_at"), record.job_id)
             if seen is not None:
@@ -384,7 +390,7 @@ class Watcher:
 
     def _terminal(self, job_id: int) -> None:
         self.store.inflight_remove(job_id)
-        for queue in ("finalize", "expire", "cancel", "audit", "open", "secure"):
+        for queue in ("finalize", "expire", "cancel", "audit", "open", "secure", "reserve"):
             self.store.unschedule(queue, job_id)
 
     def on_JobVerifying(self, item: DecodedLog, key: str, first: bool) -> None:
