@@ -181,12 +181,18 @@ def test_stuck_and_dropped_transactions__replaced_resent_noop__nonces_gap_free(n
         wait_for(
             lambda: {n0, n1} <= set(_pool(net, me)), 30, "the node filling its nonces n0 and n1"
         )
-        _mine(net)
-        assert net.w3.eth.get_transaction_count(me, "latest") >= n2 + 1
+        filled_from = net.w3.eth.block_number
+        _mined_until(  # (one block, unless a fee replacement of n2 is on its way)
+            net, lambda: net.w3.eth.get_transaction_count(me, "latest") >= n2 + 1, "n0..n2 mined"
+        )
         assert _claimer(net, resent) == me and _claimer(net, kept) == me
         assert _claimer(net, taken) == net.addr(NODE_B)
-        block = net.w3.eth.get_block("latest", full_transactions=True)
-        ours = {tx["nonce"]: tx for tx in block["transactions"] if tx["from"] == me}
+        ours = {
+            tx["nonce"]: tx
+            for n in range(filled_from + 1, net.w3.eth.block_number + 1)
+            for tx in net.w3.eth.get_block(n, full_transactions=True)["transactions"]
+            if tx["from"] == me
+        }
         assert {n0, n1, n2} <= set(ours)
         noop = ours[n1]
         assert noop["to"] == me and noop["value"] == 0 and bytes(noop["input"]) == b""
