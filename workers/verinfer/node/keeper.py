@@ -109,7 +109,7 @@ class Keeper:
         worker of this node is alive: a node that cannot run it lets it fall open."""
         if self.store.get_output(job_id) is not None:
             return  # run: its claim_and_publish is on its way
-        if not self.store.r.sismember(self.store.key("inflight"), job_id):
+        if not self.store.inflight_has(job_id):
             return  # skipped or dropped meanwhile
         if not any(name.startswith("infer") for name in self.store.workers()):
             # no inference worker alive to run it: left to fall open to the other nodes

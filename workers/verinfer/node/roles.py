@@ -263,8 +263,11 @@ class ChainRole:
         status = JobStatus(self.market.job_status(int(job_id)).call())
         if status == JobStatus.OPEN:
             return self._once("claim", job_id, key, self.market.claim(job_id, record.as_struct()))
-        mine = record.node == self.sender.address
-        if status == JobStatus.CLAIMED and mine and self.store.get_output(int(job_id)):
+        if (
+            status == JobStatus.CLAIMED
+            and self._mine(record)
+            and self.store.get_output(int(job_id))
+        ):
             fn = self.market.publish(job_id, record.as_struct(), *self._result(record))
             return self._once("publish", job_id, key, fn)
         log.info("reorg: job=%s nothing to send (status %s)", job_id, status.name)

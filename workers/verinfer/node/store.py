@@ -191,6 +191,10 @@ class Store:
         """Release ``job_id``'s capacity."""
         self.r.srem(self.key("inflight"), job_id)
 
+    def inflight_has(self, job_id: int) -> bool:
+        """Whether ``job_id`` is in hand (taken on and not yet published)."""
+        return bool(self.r.sismember(self.key("inflight"), job_id))
+
     def inflight_count(self) -> int:
         """Jobs taken on and not yet published."""
         return int(self.r.scard(self.key("inflight")))

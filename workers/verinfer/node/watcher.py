@@ -178,9 +178,7 @@ class Watcher:
                 log.warning("reorg: job=%d not on the canonical chain; forgotten", job_id)
                 continue
             self.store.put_job(record)
-            mine = (old is not None and old.node == self.me) or bool(
-                self.store.r.sismember(self.store.key("inflight"), job_id)
-            )
+            mine = (old is not None and old.node == self.me) or self.store.inflight_has(job_id)
             key = f"reorg:{job_id}:{block}"
             open_ = record.node.lower() == zero
             if self.s.expire_others:  # the work items of the orphaned chain were used up
@@ -305,7 +303,7 @@ class Watcher:
         record = self.store.get_job(job_id)
         if record is None or int(record.node, 16) != 0:
             return
-        if self.store.r.sismember(self.store.key("inflight"), job_id):
+        if self.store.inflight_has(job_id):
             return
         log.info("open job=%d reason=window of node %s over", job_id, record.preferred_node)
         self._take(record, f"open:{job_id}", now)
